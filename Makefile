@@ -1,0 +1,38 @@
+# dispatchbox — `make help` lists the targets.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help test demo lint typecheck unit bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create the virtualenv and install dispatchbox with dev extras
+
+lint: $(STAMP) ## ruff (lint and format check)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict on dispatchbox/
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint typecheck ## lint, typecheck, then the whole test suite on a real PostgreSQL
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) ## the end-to-end demo on a throwaway database
+	$(VENV)/bin/dispatchbox demo
+
+bench: $(STAMP) ## every benchmark, figures as a table and JSON
+	$(PY) -m bench
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache dist build

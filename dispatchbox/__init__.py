@@ -1,0 +1,15 @@
+"""dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
+
+from dispatchbox.errors import PermanentError
+from dispatchbox.events import EventStatus, OutboxEvent
+from dispatchbox.publish import publish, publish_many
+
+__all__ = [
+    "EventStatus",
+    "OutboxEvent",
+    "PermanentError",
+    "publish",
+    "publish_many",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""Every exception dispatchbox raises on purpose, each with the exit code the CLI maps it to."""
+
+from __future__ import annotations
+
+
+class DispatchboxError(Exception):
+    """Base class of dispatchbox's own errors."""
+
+    exit_code = 1
+
+
+class ConfigurationError(DispatchboxError):
+    """A setting is missing or invalid."""
+
+    exit_code = 2
+
+
+class DatabaseUnreachable(DispatchboxError):
+    """PostgreSQL could not be reached; the message names host, port and database only."""
+
+
+class MigrationError(DispatchboxError):
+    """A migration file is malformed or failed to apply."""
+
+
+class SchemaNotCurrent(DispatchboxError):
+    """The database lacks migrations that this version of dispatchbox needs."""
+
+
+class InvalidEvent(DispatchboxError, ValueError):
+    """An event passed to publish or publish_many is malformed; nothing was written."""
+
+    exit_code = 2
+
+
+class EventNotFound(DispatchboxError, LookupError):
+    """No event has this id."""
+
+
+class EventNotDead(DispatchboxError, ValueError):
+    """The event exists but is not dead, so it cannot be retried."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler: this event can never succeed, dead-letter it without more retries."""

@@ -1,0 +1,133 @@
+"""Schema migrations: sql/migrations/NNNN_name.sql, applied in order, each once, each atomic."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dispatchbox import queries
+from dispatchbox.errors import MigrationError, SchemaNotCurrent
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: int
+    name: str
+    applied_at: datetime
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    applied: list[AppliedMigration]
+    pending: list[Migration]
+    unknown: list[AppliedMigration]  # in the database, but not shipped with this version
+
+    @property
+    def current(self) -> bool:
+        return not self.pending
+
+
+def available(directory: Path | None = None) -> list[Migration]:
+    """Migrations shipped with this version, checked for numbering without gaps or duplicates."""
+    directory = directory or queries.sql_dir() / "migrations"
+    found: list[Migration] = []
+    for path in sorted(directory.iterdir()):
+        if path.suffix != ".sql":
+            continue
+        match = _FILE.match(path.name)
+        if not match:
+            raise MigrationError(f"badly named migration file {path.name} (want NNNN_name.sql)")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise MigrationError(
+                f"migration numbering broken at {migration.path.name}: expected {expected:04d}"
+            )
+    return found
+
+
+def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
+    if not queries.fetch_value(conn, "migrations_version_table_exists"):
+        return []
+    return [
+        AppliedMigration(row["version"], row["name"], row["applied_at"])
+        for row in queries.fetch_all(conn, "migrations_applied")
+    ]
+
+
+def status(conn: psycopg.Connection[Any]) -> MigrationStatus:
+    applied = _applied(conn)
+    conn.rollback()  # leave no transaction open on the caller's connection
+    done = {a.version for a in applied}
+    shipped = available()
+    known = {m.version for m in shipped}
+    return MigrationStatus(
+        applied=applied,
+        pending=[m for m in shipped if m.version not in done],
+        unknown=[a for a in applied if a.version not in known],
+    )
+
+
+def check(conn: psycopg.Connection[Any]) -> None:
+    """Raise SchemaNotCurrent naming the missing versions, if any."""
+    missing = status(conn).pending
+    if missing:
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+        raise SchemaNotCurrent(f"database schema is not current; missing migrations: {names}")
+
+
+def migrate(conn: psycopg.Connection[Any], *, dry_run: bool = False) -> list[Migration]:
+    """Apply every pending migration; return what was (or, with dry_run, would be) applied.
+
+    The connection must be in autocommit mode: the advisory lock is held by the session across
+    the per-migration transactions, so two `migrate` runs at the same moment apply each migration
+    once.
+    """
+    if not conn.autocommit:
+        raise MigrationError("migrate() needs a connection in autocommit mode")
+    shipped = available()
+    queries.fetch_value(conn, "migrations_lock")
+    try:
+        if dry_run:
+            done = {a.version for a in _applied(conn)}
+            return [m for m in shipped if m.version not in done]
+        queries.execute(conn, "migrations_create_version_table")
+        done = {a.version for a in _applied(conn)}
+        applied: list[Migration] = []
+        for migration in shipped:
+            if migration.version in done:
+                continue
+            try:
+                with conn.transaction():
+                    queries.execute_script(conn, migration.sql())
+                    queries.execute(
+                        conn,
+                        "migrations_record",
+                        {"version": migration.version, "name": migration.name},
+                    )
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"migration {migration.path.name} failed and was rolled back: "
+                    f"{' '.join(str(exc).split())}"
+                ) from None
+            applied.append(migration)
+        return applied
+    finally:
+        queries.fetch_value(conn, "migrations_unlock")

@@ -1,0 +1,207 @@
+"""publish and publish_many: write events through the caller's connection and transaction."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from dispatchbox import queries
+from dispatchbox.errors import InvalidEvent
+
+# publish_many sends this many events per statement: big enough to amortise the round trip,
+# small enough to keep one statement's parameters a few MB.
+BATCH_SIZE = 5000
+
+_FIELDS = frozenset(
+    {
+        "aggregate_type",
+        "aggregate_id",
+        "event_type",
+        "payload",
+        "headers",
+        "idempotency_key",
+        "priority",
+        "max_attempts",
+        "available_at",
+    }
+)
+_REQUIRED = ("aggregate_type", "aggregate_id", "event_type", "payload")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: str
+    headers: str
+    idempotency_key: str | None
+    priority: int
+    max_attempts: int
+    available_at: datetime | None
+
+
+def _text(name: str, value: Any, *, allow_int: bool = False) -> str:
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidEvent(f"{name} must not be empty")
+    return value
+
+
+def _json(name: str, value: Any) -> str:
+    try:
+        # jsonb rejects NaN and Infinity; refuse them here rather than at the server.
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"{name} is not JSON-serialisable: {exc}") from None
+
+
+def _int(name: str, value: Any, low: int, high: float) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        bound = "" if math.isinf(high) else f" and {int(high)}"
+        raise InvalidEvent(f"{name} must be an integer between {low}{bound}, got {value!r}")
+    return value
+
+
+def _validate(
+    *,
+    aggregate_type: Any,
+    aggregate_id: Any,
+    event_type: Any,
+    payload: Any,
+    headers: Any = None,
+    idempotency_key: Any = None,
+    priority: Any = 5,
+    max_attempts: Any = 5,
+    available_at: Any = None,
+) -> _Row:
+    if headers is not None and not isinstance(headers, Mapping):
+        raise InvalidEvent(f"headers must be a mapping, got {type(headers).__name__}")
+    if available_at is not None:
+        if not isinstance(available_at, datetime):
+            raise InvalidEvent("available_at must be a datetime")
+        if available_at.tzinfo is None:
+            raise InvalidEvent("available_at must be timezone-aware")
+    return _Row(
+        aggregate_type=_text("aggregate_type", aggregate_type),
+        aggregate_id=_text("aggregate_id", aggregate_id, allow_int=True),
+        event_type=_text("event_type", event_type),
+        payload=_json("payload", payload),
+        headers=_json("headers", dict(headers or {})),
+        idempotency_key=None
+        if idempotency_key is None
+        else _text("idempotency_key", idempotency_key),
+        priority=_int("priority", priority, 1, 10),
+        max_attempts=_int("max_attempts", max_attempts, 1, math.inf),
+        available_at=available_at,
+    )
+
+
+def publish(
+    conn: psycopg.Connection[Any],
+    *,
+    aggregate_type: str,
+    aggregate_id: str,
+    event_type: str,
+    payload: Any,
+    headers: Mapping[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    priority: int = 5,
+    max_attempts: int = 5,
+    available_at: datetime | None = None,
+) -> int:
+    """Write one event in the caller's transaction; return its id.
+
+    When ``idempotency_key`` was used before, nothing is written and the existing event's id is
+    returned. The event becomes visible to workers when the caller commits.
+    """
+    row = _validate(
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        event_type=event_type,
+        payload=payload,
+        headers=headers,
+        idempotency_key=idempotency_key,
+        priority=priority,
+        max_attempts=max_attempts,
+        available_at=available_at,
+    )
+    params = {
+        "aggregate_type": row.aggregate_type,
+        "aggregate_id": row.aggregate_id,
+        "event_type": row.event_type,
+        "payload": row.payload,
+        "headers": row.headers,
+        "idempotency_key": row.idempotency_key,
+        "priority": row.priority,
+        "max_attempts": row.max_attempts,
+        "available_at": row.available_at,
+    }
+    new_id = queries.fetch_value(conn, "publish_one", params)
+    if new_id is None:
+        new_id = queries.fetch_value(
+            conn, "publish_existing", {"idempotency_key": row.idempotency_key}
+        )
+    return int(new_id)
+
+
+def _validate_many(events: Iterable[Mapping[str, Any]]) -> list[_Row]:
+    rows: list[_Row] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, Mapping):
+            raise InvalidEvent(f"event #{index} must be a dict, got {type(event).__name__}")
+        unknown = sorted(set(event) - _FIELDS)
+        if unknown:
+            raise InvalidEvent(f"event #{index}: unknown keyword(s) {', '.join(unknown)}")
+        missing = [name for name in _REQUIRED if name not in event]
+        if missing:
+            raise InvalidEvent(f"event #{index}: missing {', '.join(missing)}")
+        try:
+            rows.append(_validate(**event))
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"event #{index}: {exc}") from None
+    return rows
+
+
+def publish_many(
+    conn: psycopg.Connection[Any],
+    events: Iterable[Mapping[str, Any]],
+    *,
+    batch_size: int = BATCH_SIZE,
+) -> list[int]:
+    """Write many events in the caller's transaction, one round trip per batch; return the ids.
+
+    Every event is validated before the first is written, so bad input writes nothing.
+    """
+    rows = _validate_many(events)
+    ids: list[int] = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        params = {
+            "aggregate_type": [r.aggregate_type for r in batch],
+            "aggregate_id": [r.aggregate_id for r in batch],
+            "event_type": [r.event_type for r in batch],
+            "payload": [r.payload for r in batch],
+            "headers": [r.headers for r in batch],
+            "idempotency_key": [r.idempotency_key for r in batch],
+            "priority": [r.priority for r in batch],
+            "max_attempts": [r.max_attempts for r in batch],
+            "available_at": [r.available_at for r in batch],
+        }
+        result = [row["id"] for row in queries.fetch_all(conn, "publish_many", params)]
+        for offset, event_id in enumerate(result):
+            if event_id is None:
+                # The key was committed by another transaction after our statement's snapshot.
+                key = batch[offset].idempotency_key
+                event_id = queries.fetch_value(conn, "publish_existing", {"idempotency_key": key})
+            ids.append(int(event_id))
+    return ids

@@ -1,0 +1,27 @@
+-- name: migrations_lock
+-- Serialise concurrent `db migrate` runs (session-level advisory lock, key "dispatchbox").
+SELECT pg_advisory_lock(7466393547617329272)
+
+-- name: migrations_unlock
+-- Release the lock taken by migrations_lock.
+SELECT pg_advisory_unlock(7466393547617329272)
+
+-- name: migrations_create_version_table
+-- The version table; created by the first migrate run.
+CREATE TABLE IF NOT EXISTS dispatchbox_schema_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: migrations_version_table_exists
+-- Whether any migration ever ran here.
+SELECT to_regclass('dispatchbox_schema_version') IS NOT NULL
+
+-- name: migrations_applied
+-- What has been applied, in order.
+SELECT version, name, applied_at FROM dispatchbox_schema_version ORDER BY version
+
+-- name: migrations_record
+-- Record one applied migration (same transaction as the migration itself).
+INSERT INTO dispatchbox_schema_version (version, name) VALUES (%(version)s, %(name)s)

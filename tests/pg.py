@@ -1,0 +1,116 @@
+"""The PostgreSQL server the test session talks to, and catalog snapshots for schema checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+
+from dispatchbox.tempcluster import TempCluster, find_bindir
+
+
+@dataclass
+class PgServer:
+    """Where tests create their databases; ``cluster`` is set when we own the server."""
+
+    admin_dsn: str
+    cluster: TempCluster | None = None
+    kind: str = "external"
+    pg_cron: bool = False
+    _container: Any = field(default=None, repr=False)
+
+    def dsn(self, dbname: str) -> str:
+        return conninfo.make_conninfo(self.admin_dsn, dbname=dbname)
+
+    def tcp_dsn(self, dbname: str) -> str:
+        if self.cluster is not None:
+            return self.cluster.tcp_dsn(dbname)
+        return self.dsn(dbname)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self._container is not None:
+            self._container.stop()
+
+
+def _docker_reachable() -> bool:
+    return bool(os.environ.get("DOCKER_HOST")) or os.path.exists("/var/run/docker.sock")
+
+
+def _has_pg_cron(dsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'"
+        ).fetchone()
+    return available is not None and preload is not None and "pg_cron" in str(preload[0])
+
+
+def start_server() -> PgServer:
+    """DISPATCHBOX_TEST_DSN, else a throwaway local cluster, else testcontainers."""
+    external = os.environ.get("DISPATCHBOX_TEST_DSN")
+    if external:
+        return PgServer(admin_dsn=external, kind="external", pg_cron=_has_pg_cron(external))
+    if find_bindir() is not None:
+        cluster = TempCluster().start()
+        return PgServer(
+            admin_dsn=cluster.dsn("postgres"),
+            cluster=cluster,
+            kind="local",
+            pg_cron=cluster.pg_cron,
+        )
+    if _docker_reachable() and shutil.which("docker"):
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer("postgres:15", driver=None).start()
+        dsn = container.get_connection_url()
+        return PgServer(admin_dsn=dsn, kind="container", pg_cron=False, _container=container)
+    raise RuntimeError(
+        "no PostgreSQL for the tests: set DISPATCHBOX_TEST_DSN, install the PostgreSQL server "
+        "binaries (initdb, pg_ctl), or make a Docker engine reachable"
+    )
+
+
+_CATALOG_QUERIES = {
+    "columns": """
+        SELECT table_name, column_name, ordinal_position, data_type, is_nullable,
+               column_default, is_identity, identity_generation
+          FROM information_schema.columns WHERE table_schema = 'public'
+         ORDER BY table_name, ordinal_position""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+          FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+         ORDER BY 1, 2""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+         WHERE schemaname = 'public' ORDER BY 1, 2""",
+    "triggers": """
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger
+         WHERE NOT tgisinternal ORDER BY 1, 2""",
+    "functions": """
+        SELECT proname, pg_get_function_identity_arguments(oid), pg_get_functiondef(oid)
+          FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1, 2""",
+    "views": """
+        SELECT viewname, definition FROM pg_views WHERE schemaname = 'public' ORDER BY 1""",
+    "relations": """
+        SELECT relname, relkind, reloptions, obj_description(oid, 'pg_class')
+          FROM pg_class WHERE relnamespace = 'public'::regnamespace ORDER BY 1""",
+    "sequences": """
+        SELECT sequencename, data_type, start_value, increment_by, cycle
+          FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1""",
+    "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
+}
+
+
+def catalog_snapshot(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every object of the public schema as the catalog describes it."""
+    with psycopg.connect(dsn) as conn:
+        return {
+            name: [tuple(row) for row in conn.execute(sql).fetchall()]
+            for name, sql in _CATALOG_QUERIES.items()
+        }
