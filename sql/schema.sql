@@ -144,3 +144,11 @@ SELECT
     (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at,
     (SELECT count(*) FROM outbox_event
       WHERE status = 'running' AND locked_until < now()) AS expired_leases;
+
+-- ==== 0002 archival (archive_outbox_events, archive_dead_events, purge_outbox_archive) ====
+
+-- ==== end 0002 ====
+
+-- ==== 0003 dead-letter audit ====
+
+-- ==== end 0003 ====

@@ -41,8 +41,10 @@ app.command("publish")(publish_command)
 
 def _register_optional() -> None:
     # Command groups added by later modules register here, so the core stays importable alone.
-    from dispatchbox.cli import demo
+    from dispatchbox.cli import archive, dead_events, demo
 
+    app.add_typer(dead_events.app, name="dead-events")
+    app.add_typer(archive.app, name="archive")
     app.command("demo")(demo.demo_command)
 
 

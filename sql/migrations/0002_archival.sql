@@ -1,0 +1,1 @@
+-- 0002_archival: archive_outbox_events, archive_dead_events, purge_outbox_archive (issue 5).

@@ -1,0 +1,1 @@
+-- 0003_dead_letter_audit: operator audit trail and redrive lineage (issue 4).
