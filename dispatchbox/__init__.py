@@ -1,10 +1,13 @@
 """dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
 
+from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
 from dispatchbox.errors import PermanentError
 from dispatchbox.events import EventStatus, OutboxEvent
 from dispatchbox.publish import publish, publish_many
 
 __all__ = [
+    "BackoffPolicy",
+    "Dispatcher",
     "EventStatus",
     "OutboxEvent",
     "PermanentError",

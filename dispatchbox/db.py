@@ -32,7 +32,9 @@ def dsn_parts(dsn: str) -> dict[str, str]:
     try:
         parts = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"invalid DSN: {redact(str(exc), dsn)}") from None
+        raise ConfigurationError(
+            f"invalid DSN: {redact(' '.join(str(exc).split()), dsn)}"
+        ) from None
     out = {k: str(v) for k, v in parts.items() if v is not None}
     out.setdefault("host", os.environ.get("PGHOST", "localhost"))
     out.setdefault("port", os.environ.get("PGPORT", "5432"))
@@ -74,6 +76,7 @@ def _reason(exc: BaseException, dsn: str) -> str:
 def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
     """Open a connection, or raise DatabaseUnreachable with one clean line."""
     kwargs.setdefault("connect_timeout", 10)
+    dsn_parts(dsn)  # a malformed DSN is a configuration error, not an outage
     try:
         return psycopg.connect(dsn, autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:

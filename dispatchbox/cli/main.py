@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import psycopg
 import typer
@@ -41,23 +42,50 @@ app.command("publish")(publish_command)
 
 def _register_optional() -> None:
     # Command groups added by later modules register here, so the core stays importable alone.
-    from dispatchbox.cli import archive, dead_events, demo
+    from dispatchbox.cli import archive, dead_events, demo, worker
 
     app.add_typer(dead_events.app, name="dead-events")
     app.add_typer(archive.app, name="archive")
+    app.command("worker")(worker.worker_command)
     app.command("demo")(demo.demo_command)
 
 
 _register_optional()
 
 
+def _click_error(exc: BaseException) -> bool:
+    # Typer ships its own copy of Click in recent versions and uses the real one in older ones:
+    # recognise a Click exception by its shape rather than by one of the two classes.
+    return hasattr(exc, "exit_code") and hasattr(exc, "format_message")
+
+
+def _report_click_error(exc: Any) -> int:
+    if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+        print(exc.ctx.get_help())
+        return 0
+    where = ""
+    if getattr(exc, "ctx", None) is not None and type(exc).__name__ != "ClickException":
+        where = f"{exc.ctx.command_path}: "
+    # One line, not Click's usage box: scripts and people at 3 a.m. read the first line.
+    message = " ".join(str(exc.format_message()).split())
+    print(f"dispatchbox: error: {where}{message}", file=sys.stderr)
+    return int(exc.exit_code)
+
+
 def run() -> None:
     """Console-script entry: our errors and database errors become one line and an exit code."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except DispatchboxError as exc:
         print(f"dispatchbox: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except psycopg.errors.UndefinedTable as exc:
+        print(
+            "dispatchbox: error: the dispatchbox schema is missing or incomplete in this "
+            f"database ({' '.join(str(exc).split())}); run `dispatchbox db migrate`",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except psycopg.Error as exc:
         message = db.redact(" ".join(str(exc).split()))
         print(f"dispatchbox: error: database error: {message}", file=sys.stderr)
@@ -65,3 +93,11 @@ def run() -> None:
     except KeyboardInterrupt:
         print("dispatchbox: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if _click_error(exc):
+            sys.exit(_report_click_error(exc))
+        if type(exc).__name__ == "Abort":
+            print("dispatchbox: aborted", file=sys.stderr)
+            sys.exit(1)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,105 @@
+"""`dispatchbox worker --app MODULE:ATTR`: run the supervisor and its worker processes."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from dispatchbox import migrations
+from dispatchbox.cli.common import state
+from dispatchbox.db import connect, describe
+from dispatchbox.worker.config import WorkerConfig
+from dispatchbox.worker.loader import load_dispatcher
+from dispatchbox.worker.supervisor import Supervisor, configure_logging
+
+
+def worker_command(
+    ctx: typer.Context,
+    app: str = typer.Option(..., "--app", help="MODULE:ATTR naming your Dispatcher."),
+    processes: int = typer.Option(
+        os.cpu_count() or 1,
+        "--processes",
+        envvar="DISPATCHBOX_PROCESSES",
+        min=1,
+        help="Worker processes (default: number of cores).",
+    ),
+    concurrency: int = typer.Option(
+        10,
+        "--concurrency",
+        envvar="DISPATCHBOX_CONCURRENCY",
+        min=1,
+        help="Handlers running at once per process.",
+    ),
+    batch_size: int = typer.Option(
+        100,
+        "--batch-size",
+        envvar="DISPATCHBOX_BATCH_SIZE",
+        min=1,
+        help="Events claimed per statement.",
+    ),
+    lease_seconds: float = typer.Option(
+        60.0, "--lease-seconds", envvar="DISPATCHBOX_LEASE_SECONDS"
+    ),
+    handler_timeout: float = typer.Option(
+        30.0, "--handler-timeout", envvar="DISPATCHBOX_HANDLER_TIMEOUT"
+    ),
+    poll_interval: float = typer.Option(1.0, "--poll-interval", envvar="DISPATCHBOX_POLL_INTERVAL"),
+    reaper_interval: float = typer.Option(
+        5.0,
+        "--reaper-interval",
+        envvar="DISPATCHBOX_REAPER_INTERVAL",
+        help="Seconds between sweeps of expired leases; 0 disables.",
+    ),
+    backoff_base: float = typer.Option(1.0, "--backoff-base", envvar="DISPATCHBOX_BACKOFF_BASE"),
+    backoff_max: float = typer.Option(300.0, "--backoff-max", envvar="DISPATCHBOX_BACKOFF_MAX"),
+    grace_period: float = typer.Option(30.0, "--grace-period", envvar="DISPATCHBOX_GRACE_PERIOD"),
+    no_listen: bool = typer.Option(
+        False,
+        "--no-listen",
+        envvar="DISPATCHBOX_NO_LISTEN",
+        help="Poll only, no LISTEN (PgBouncer in transaction mode).",
+    ),
+    no_prepare: bool = typer.Option(
+        False,
+        "--no-prepared-statements",
+        envvar="DISPATCHBOX_NO_PREPARED_STATEMENTS",
+        help="No server-side prepared statements (PgBouncer before 1.21, transaction mode).",
+    ),
+    log_level: str = typer.Option("INFO", "--log-level", envvar="DISPATCHBOX_LOG_LEVEL"),
+) -> None:
+    """Deliver events: a supervisor and N worker processes, until SIGTERM or Ctrl-C."""
+    config = WorkerConfig(
+        dsn=state(ctx).dsn(),
+        app=app,
+        processes=processes,
+        concurrency=concurrency,
+        batch_size=batch_size,
+        lease_seconds=lease_seconds,
+        handler_timeout=handler_timeout,
+        poll_interval=poll_interval,
+        reaper_interval=reaper_interval,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        grace_period=grace_period,
+        listen=not no_listen,
+        prepared_statements=not no_prepare,
+        app_path=(os.getcwd(),),
+        log_level=log_level.upper(),
+    )
+    # Fail fast, in the supervisor, on what would make every worker process fail.
+    config.validate()
+    dispatcher = load_dispatcher(config.app, config.app_path)
+    config.validate(dispatcher)
+    with connect(config.dsn) as conn:
+        migrations.check(conn)
+    configure_logging(config.log_level)
+    import logging
+
+    logging.getLogger("dispatchbox.supervisor").info(
+        "supervisor_started processes=%d database=%s handlers=%s",
+        config.processes,
+        describe(config.dsn),
+        ",".join(dispatcher.event_types) or "-",
+    )
+    raise typer.Exit(Supervisor(config).run())

@@ -1,0 +1,112 @@
+"""Dispatcher: which handler runs for which event type, with its timeout and backoff."""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dispatchbox.errors import ConfigurationError
+from dispatchbox.events import OutboxEvent
+
+Handler = Callable[[OutboxEvent], Any]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """Exponential backoff with jitter: ``min(cap, base * factor**(attempt-1))``, then up to
+    ``jitter`` of it taken off at random so that events failing together do not retry together."""
+
+    base: float = 1.0  # seconds before the first retry (before jitter)
+    factor: float = 2.0  # growth per attempt
+    cap: float = 300.0  # the longest wait, seconds
+    jitter: float = 0.5  # fraction of the delay randomised (0: none, 1: full jitter)
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0 or self.factor < 1 or not 0 <= self.jitter <= 1:
+            raise ConfigurationError(
+                "backoff needs base >= 0, cap >= 0, factor >= 1 and 0 <= jitter <= 1"
+            )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        exponent = max(attempt - 1, 0)
+        # Cap the exponent first so huge attempt counts cannot overflow a float.
+        raw = self.cap if exponent > 64 else min(self.cap, self.base * self.factor**exponent)
+        return raw * (1.0 - self.jitter * random.random())
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    event_type: str
+    func: Handler
+    is_async: bool
+    timeout: float | None  # None: the worker's --handler-timeout
+    backoff: BackoffPolicy | None  # None: the worker's policy
+
+
+class Dispatcher:
+    """Registry of handlers, one per event type.
+
+    >>> dispatcher = Dispatcher()
+    >>> @dispatcher.handler("order.created")
+    ... def send_confirmation(event: OutboxEvent) -> None: ...
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, HandlerSpec] = {}
+
+    def handler(
+        self,
+        event_type: str,
+        *,
+        timeout: float | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> Callable[[H], H]:
+        """Decorator: run the function for every event of ``event_type``."""
+
+        def register(func: H) -> H:
+            self.register(event_type, func, timeout=timeout, backoff=backoff)
+            return func
+
+        return register
+
+    def register(
+        self,
+        event_type: str,
+        func: Handler,
+        *,
+        timeout: float | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> None:
+        if not isinstance(event_type, str) or not event_type:
+            raise ConfigurationError("event_type must be a non-empty string")
+        if event_type in self._handlers:
+            raise ConfigurationError(f"a handler for {event_type!r} is already registered")
+        if not callable(func):
+            raise ConfigurationError(f"handler for {event_type!r} is not callable")
+        if timeout is not None and timeout <= 0:
+            raise ConfigurationError(f"handler timeout for {event_type!r} must be positive")
+        self._handlers[event_type] = HandlerSpec(
+            event_type=event_type,
+            func=func,
+            is_async=inspect.iscoroutinefunction(func),
+            timeout=timeout,
+            backoff=backoff,
+        )
+
+    def get(self, event_type: str) -> HandlerSpec | None:
+        return self._handlers.get(event_type)
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def specs(self) -> list[HandlerSpec]:
+        return list(self._handlers.values())
+
+
+AsyncHandler = Callable[[OutboxEvent], Awaitable[None]]

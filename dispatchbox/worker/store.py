@@ -1,0 +1,144 @@
+"""The worker's database operations: claim, complete, fail, release, heartbeat, reap.
+
+Every statement guards on the state it expects and, for running rows, on the lease token, so a
+worker whose lease was taken over cannot change the newer owner's row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from dispatchbox import queries
+
+AsyncConn = psycopg.AsyncConnection[Any]
+
+
+@dataclass(slots=True)
+class Claimed:
+    """One claimed event, as the claim returned it (payload still JSON text)."""
+
+    id: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: str
+    headers: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    token: uuid.UUID
+    claimed_at: datetime  # the database clock at claim time
+    claimed_mono: float = 0.0  # this process's monotonic clock at the same moment
+
+
+@dataclass(slots=True)
+class Failure:
+    id: int
+    token: uuid.UUID
+    error_type: str
+    message: str
+    traceback: str | None
+    started_at: datetime
+    finished_at: datetime
+    permanent: bool
+    delay: float  # seconds until the next attempt, if one is left
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """An event that a fail or reap statement moved, as it now stands."""
+
+    id: int
+    status: str
+    attempts: int
+    event_type: str
+    aggregate_type: str
+    locked_by: str | None = None
+
+
+async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+    token = uuid.uuid4()
+    mono = time.monotonic()
+    rows = await queries.afetch_tuples(
+        conn,
+        "worker_claim",
+        {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
+    )
+    return [
+        Claimed(
+            id=r[0],
+            aggregate_type=r[1],
+            aggregate_id=r[2],
+            event_type=r[3],
+            payload=r[4],
+            headers=r[5],
+            attempts=r[6],
+            max_attempts=r[7],
+            created_at=r[8],
+            token=token,
+            claimed_at=r[9],
+            claimed_mono=mono,
+        )
+        for r in rows
+    ]
+
+
+def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:
+    return {"ids": [i for i, _ in items], "tokens": [t for _, t in items]}
+
+
+async def complete(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> int:
+    """Mark done; returns how many rows were still ours."""
+    if not items:
+        return 0
+    return await queries.aexecute(conn, "worker_complete", _pairs(items))
+
+
+async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> list[Transition]:
+    """Record failed attempts; returns the events that went dead."""
+    if not failures:
+        return []
+    params = {
+        "worker": worker,
+        "ids": [f.id for f in failures],
+        "tokens": [f.token for f in failures],
+        "error_types": [f.error_type for f in failures],
+        "messages": [f.message for f in failures],
+        "tracebacks": [f.traceback for f in failures],
+        "started": [f.started_at for f in failures],
+        "finished": [f.finished_at for f in failures],
+        "permanent": [f.permanent for f in failures],
+        "delays": [f.delay for f in failures],
+    }
+    rows = await queries.afetch_tuples(conn, "worker_fail", params)
+    return [Transition(*row) for row in rows if row[1] == "dead"]
+
+
+async def release(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> int:
+    """Give back unstarted events without counting an attempt."""
+    if not items:
+        return 0
+    return await queries.aexecute(conn, "worker_release", _pairs(items))
+
+
+async def heartbeat(
+    conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]], *, lease_seconds: float
+) -> int:
+    if not items:
+        return 0
+    return await queries.aexecute(
+        conn, "worker_heartbeat", {**_pairs(items), "lease_seconds": lease_seconds}
+    )
+
+
+async def reap(conn: AsyncConn, *, limit: int = 1000) -> list[Transition]:
+    """Take back events whose lease expired; returns what moved (pending or dead)."""
+    rows = await queries.afetch_tuples(conn, "reaper_expire", {"limit": limit})
+    return [Transition(*row) for row in rows]

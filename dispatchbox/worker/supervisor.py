@@ -1,0 +1,159 @@
+"""The supervisor: starts N worker processes, restarts one that dies, stops all on a signal.
+
+Workers are started with the "spawn" method, so each opens its own connections after it starts
+and nothing (sockets, locks, threads) is inherited from the supervisor. Handlers run only in the
+workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from dispatchbox.errors import DispatchboxError
+from dispatchbox.worker.config import WorkerConfig
+from dispatchbox.worker.hooks import WorkerHooks
+
+logger = logging.getLogger("dispatchbox.supervisor")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def worker_main(config: WorkerConfig, slot: int) -> None:
+    """Entry point of one worker process."""
+    configure_logging(config.log_level)
+    # The supervisor forwards SIGINT/SIGTERM; until the loop installs its own handlers, a
+    # Ctrl-C must not print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from dispatchbox.worker.loader import load_dispatcher
+    from dispatchbox.worker.process import run_process
+
+    try:
+        dispatcher = load_dispatcher(config.app, config.app_path)
+        hooks = None
+        hook_factory = _hook_factory()
+        if hook_factory is not None:
+            hooks = hook_factory(config, slot)
+        run_process(config, dispatcher, hooks)
+    except DispatchboxError as exc:
+        logger.error("worker_process_failed slot=%d error=%s", slot, exc)
+        sys.exit(1)
+    except Exception:
+        logger.exception("worker_process_crashed slot=%d", slot)
+        sys.exit(1)
+
+
+def _hook_factory() -> Callable[[WorkerConfig, int], WorkerHooks] | None:
+    """Observability plugs in here (metrics, alerts) when it is present; None otherwise."""
+    try:
+        module = importlib.import_module("dispatchbox.observability.worker_hooks")
+    except ModuleNotFoundError:
+        return None
+    factory: Callable[[WorkerConfig, int], WorkerHooks] = module.make_hooks
+    return factory
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+    restart_delay: float = 1.0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.ctx = multiprocessing.get_context("spawn")
+        self.slots = [_Slot(i) for i in range(config.processes)]
+        self.stopping = False
+
+    def _start(self, slot: _Slot) -> None:
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(self.config, slot.index),
+            name=f"dispatchbox-worker-{slot.index}",
+        )
+        proc.start()
+        slot.process = proc
+        slot.started = time.monotonic()
+        logger.info("worker_process_started slot=%d pid=%s", slot.index, proc.pid)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            logger.info("supervisor_stopping signal=%s", signal.Signals(signum).name)
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for slot in self.slots:
+            self._start(slot)
+        while not self.stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            if self.stopping:
+                break
+            for slot in self.slots:
+                proc = slot.process
+                if proc is not None and not proc.is_alive():
+                    code = proc.exitcode
+                    proc.close()
+                    slot.process = None
+                    # A process that dies soon after starting waits longer each time, so a
+                    # crash loop (bad handler import, schema missing) does not spin the CPU.
+                    if now - slot.started < 10:
+                        slot.restart_delay = min(slot.restart_delay * 2, 30.0)
+                    else:
+                        slot.restart_delay = 1.0
+                    slot.restart_at = now + slot.restart_delay
+                    logger.warning(
+                        "worker_process_died slot=%d exitcode=%s restart_in=%.0fs",
+                        slot.index,
+                        code,
+                        slot.restart_delay,
+                    )
+                if slot.process is None and not self.stopping and now >= slot.restart_at:
+                    self._start(slot)
+        return self._stop_all()
+
+    def _stop_all(self) -> int:
+        alive = [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
+        for proc in alive:
+            if proc.pid is not None:
+                with _suppress_lookup():
+                    import os
+
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.grace_period + 20
+        for proc in alive:
+            proc.join(max(0.1, deadline - time.monotonic()))
+        for proc in alive:
+            if proc.is_alive():
+                logger.error("worker_process_killed pid=%s (did not stop in time)", proc.pid)
+                proc.kill()
+                proc.join(5)
+        logger.info("supervisor_stopped")
+        return 0
+
+
+class _suppress_lookup:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, ProcessLookupError)

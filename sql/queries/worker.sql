@@ -1,0 +1,141 @@
+-- name: worker_claim
+-- Claim up to %(limit)s due pending events in priority order: running, one attempt counted,
+-- leased to %(worker)s under %(token)s until now() + lease. Time is the database's.
+WITH due AS (
+    SELECT id
+      FROM outbox_event
+     WHERE status = 'pending' AND next_attempt_at <= now()
+     ORDER BY priority, next_attempt_at, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox_event e
+   SET status = 'running',
+       attempts = e.attempts + 1,
+       locked_by = %(worker)s,
+       locked_until = now() + make_interval(secs => %(lease_seconds)s),
+       lease_token = %(token)s,
+       updated_at = now()
+  FROM due
+ WHERE e.id = due.id
+RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text, e.headers::text,
+          e.attempts, e.max_attempts, e.created_at, now()
+
+-- name: worker_complete
+-- Mark delivered events done, only where our lease still holds (ids and tokens pairwise).
+UPDATE outbox_event e
+   SET status = 'done',
+       done_at = now(),
+       updated_at = now(),
+       locked_by = NULL,
+       locked_until = NULL,
+       lease_token = NULL
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
+ WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+
+-- name: worker_fail
+-- Record failed attempts: error history, last_error, then back to pending after the backoff
+-- (%(delays)s seconds from now) or dead at max_attempts or when permanent. Rows whose lease was
+-- taken over are skipped. Returns every event it moved, with its new status.
+WITH f AS (
+    SELECT *
+      FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(error_types)s::text[],
+                  %(messages)s::text[], %(tracebacks)s::text[], %(started)s::timestamptz[],
+                  %(finished)s::timestamptz[], %(permanent)s::boolean[],
+                  %(delays)s::double precision[])
+           AS f(id, token, error_type, message, traceback, started_at, finished_at, permanent,
+                delay)
+),
+upd AS (
+    UPDATE outbox_event e
+       SET status = CASE WHEN f.permanent OR e.attempts >= e.max_attempts
+                         THEN 'dead' ELSE 'pending' END,
+           next_attempt_at = CASE WHEN f.permanent OR e.attempts >= e.max_attempts
+                                  THEN e.next_attempt_at
+                                  ELSE now() + make_interval(secs => f.delay) END,
+           dead_at = CASE WHEN f.permanent OR e.attempts >= e.max_attempts
+                          THEN now() END,
+           last_error = f.error_type || ': ' || f.message,
+           last_error_at = now(),
+           updated_at = now(),
+           locked_by = NULL,
+           locked_until = NULL,
+           lease_token = NULL
+      FROM f
+     WHERE e.id = f.id AND e.status = 'running' AND e.lease_token = f.token
+ RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type
+),
+history AS (
+    INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
+                                    error_type, message, traceback)
+    SELECT upd.id, upd.attempts, %(worker)s, f.started_at, f.finished_at, f.error_type,
+           f.message, f.traceback
+      FROM upd JOIN f ON f.id = upd.id
+)
+SELECT id, status, attempts, event_type, aggregate_type FROM upd
+
+-- name: worker_release
+-- Give back claimed events whose handler never started (shutdown): pending again, the attempt
+-- the claim counted is taken back.
+UPDATE outbox_event e
+   SET status = 'pending',
+       attempts = GREATEST(e.attempts - 1, 0),
+       updated_at = now(),
+       locked_by = NULL,
+       locked_until = NULL,
+       lease_token = NULL
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
+ WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+
+-- name: worker_heartbeat
+-- Extend the lease of events still being handled, where our lease still holds.
+UPDATE outbox_event e
+   SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
+ WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+
+-- name: reaper_expire
+-- Sweep up to %(limit)s running events whose lease expired (their worker died or hung): the
+-- attempt counts as failed, recorded as "lease expired"; back to pending, or dead at
+-- max_attempts. SKIP LOCKED lets every worker run the reaper without stepping on each other.
+WITH expired AS (
+    SELECT id, locked_by, locked_until
+      FROM outbox_event
+     WHERE status = 'running' AND locked_until < now()
+     ORDER BY locked_until
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+),
+upd AS (
+    UPDATE outbox_event e
+       SET status = CASE WHEN e.attempts >= e.max_attempts THEN 'dead' ELSE 'pending' END,
+           next_attempt_at = now(),
+           dead_at = CASE WHEN e.attempts >= e.max_attempts THEN now() END,
+           last_error = 'LeaseExpired: lease held by ' || COALESCE(x.locked_by, '?')
+                        || ' expired at ' || x.locked_until::text,
+           last_error_at = now(),
+           updated_at = now(),
+           locked_by = NULL,
+           locked_until = NULL,
+           lease_token = NULL
+      FROM expired x
+     WHERE e.id = x.id
+ RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, x.locked_by,
+           x.locked_until
+),
+history AS (
+    INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
+                                    error_type, message)
+    SELECT id, attempts, locked_by, NULL, now(), 'LeaseExpired',
+           'lease held by ' || COALESCE(locked_by, '?') || ' expired at ' || locked_until::text
+      FROM upd
+)
+SELECT id, status, attempts, event_type, aggregate_type, locked_by FROM upd
+
+-- name: worker_db_now
+-- The database clock.
+SELECT now()
+
+-- name: worker_listen
+-- Subscribe to the insert trigger's wake-up notifications.
+LISTEN dispatchbox_outbox

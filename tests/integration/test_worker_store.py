@@ -1,0 +1,167 @@
+"""The worker's SQL: claims, lease guards, the reaper, release, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from dispatchbox import publish, publish_many
+from dispatchbox.worker import store
+
+EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def aconn(dsn: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+
+
+def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        event_id = publish(conn, **EVENT)
+
+    async def scenario() -> None:
+        a = await aconn(db_dsn)
+        b = await aconn(db_dsn)
+        (mine,) = await store.claim(a, worker="A", limit=10, lease_seconds=60)
+        # A stalls; its lease runs out (back-dated here) and the reaper hands the event on.
+        await a.execute(
+            "UPDATE outbox_event SET locked_until = now() - interval '1 second' WHERE id = %s",
+            [event_id],
+        )
+        reaped = await store.reap(b)
+        assert [(t.id, t.status, t.locked_by) for t in reaped] == [(event_id, "pending", "A")]
+        (theirs,) = await store.claim(b, worker="B", limit=10, lease_seconds=60)
+        assert theirs.attempts == 2 and theirs.token != mine.token
+
+        stale = [(mine.id, mine.token)]
+        assert await store.complete(a, stale) == 0
+        assert await store.heartbeat(a, stale, lease_seconds=60) == 0
+        assert await store.release(a, stale) == 0
+        failure = store.Failure(
+            id=mine.id,
+            token=mine.token,
+            error_type="X",
+            message="late",
+            traceback=None,
+            started_at=datetime.now(UTC),
+            finished_at=datetime.now(UTC),
+            permanent=True,
+            delay=0,
+        )
+        assert await store.fail(a, worker="A", failures=[failure]) == []
+        row = await (
+            await b.execute("SELECT status, locked_by FROM outbox_event WHERE id = %s", [event_id])
+        ).fetchone()
+        assert row == ("running", "B")
+
+        assert await store.complete(b, [(theirs.id, theirs.token)]) == 1
+        await a.close()
+        await b.close()
+
+    run(scenario())
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute(
+            "SELECT status, attempts, lease_token FROM outbox_event WHERE id = %s", [event_id]
+        ).fetchone() == ("done", 2, None)
+        errors = conn.execute(
+            "SELECT attempt, worker, error_type FROM outbox_event_error WHERE event_id = %s",
+            [event_id],
+        ).fetchall()
+    assert errors == [(1, "A", "LeaseExpired")]
+
+
+def test_claim_order_priority_then_due_time_and_skip_locked(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        low = publish(conn, **EVENT, priority=9)
+        high = publish(conn, **EVENT, priority=1)
+        mid = publish_many(conn, [{**EVENT, "priority": 5}] * 3)
+        publish(conn, **EVENT, priority=1, available_at=datetime(2999, 1, 1, tzinfo=UTC))
+
+    async def scenario() -> None:
+        a = await aconn(db_dsn)
+        b = await aconn(db_dsn)
+        first = await store.claim(a, worker="A", limit=2, lease_seconds=60)
+        assert [c.id for c in first] == [high, mid[0]]
+        # A second claimer, inside a transaction that holds row locks of its own, skips them.
+        async with b.transaction():
+            await b.execute("SELECT 1 FROM outbox_event WHERE id = %s FOR UPDATE", [mid[1]])
+            second = await store.claim(a, worker="A", limit=10, lease_seconds=60)
+            assert [c.id for c in second] == [mid[2], low]
+        await a.close()
+        await b.close()
+
+    run(scenario())
+
+
+def test_release_gives_back_without_counting_the_attempt(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        publish_many(conn, [EVENT] * 3)
+
+    async def scenario() -> None:
+        a = await aconn(db_dsn)
+        claimed = await store.claim(a, worker="A", limit=3, lease_seconds=60)
+        assert await store.release(a, [(c.id, c.token) for c in claimed]) == 3
+        await a.close()
+
+    run(scenario())
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute("SELECT status, attempts, locked_by FROM outbox_event").fetchall()
+    assert rows == [("pending", 0, None)] * 3
+
+
+def test_reaper_dead_letters_at_max_attempts(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        event_id = publish(conn, **EVENT, max_attempts=1)
+
+    async def scenario() -> None:
+        a = await aconn(db_dsn)
+        await store.claim(a, worker="A", limit=1, lease_seconds=0.05)
+        await asyncio.sleep(0.2)
+        (moved,) = await store.reap(a)
+        assert (moved.id, moved.status, moved.attempts) == (event_id, "dead", 1)
+        await a.close()
+
+    run(scenario())
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT status, dead_at IS NOT NULL, last_error LIKE 'LeaseExpired: lease held by A%%'"
+            " FROM outbox_event WHERE id = %s",
+            [event_id],
+        ).fetchone()
+    assert row == ("dead", True, True)
+
+
+def test_claim_uses_the_claim_index(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        publish_many(conn, [EVENT] * 20_000)
+        conn.execute("UPDATE outbox_event SET status = 'done', done_at = now() WHERE id % 50 <> 0")
+        conn.execute("ANALYZE outbox_event")
+        plan = conn.execute(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM outbox_event WHERE status = 'pending' "
+            "AND next_attempt_at <= now() ORDER BY priority, next_attempt_at, id LIMIT 100 "
+            "FOR UPDATE SKIP LOCKED"
+        ).fetchone()
+    assert plan is not None
+    assert "outbox_event_claim_idx" in str(plan[0])
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+def test_claim_respects_the_limit(db_dsn: str, limit: int) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        publish_many(conn, [EVENT] * 10)
+
+    async def scenario() -> int:
+        a = await aconn(db_dsn)
+        claimed = await store.claim(a, worker="A", limit=limit, lease_seconds=60)
+        await a.close()
+        return len(claimed)
+
+    assert run(scenario()) == limit

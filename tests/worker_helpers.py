@@ -1,0 +1,87 @@
+"""Start and stop the real `dispatchbox worker`, publish test events, read what handlers saw."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from dispatchbox import publish_many
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = "tests.worker_app:dispatcher"
+
+
+class WorkerRun:
+    def __init__(self, dsn: str, record_dir: Path, *args: str, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+        env["DISPATCHBOX_DSN"] = dsn
+        env["DBX_RECORD_DIR"] = str(record_dir)
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatchbox", "worker", "--app", APP, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def publish(dsn: str, event_type: str, n: int, **fields: Any) -> list[int]:
+    fields.setdefault("payload", {})
+    events = [
+        {"aggregate_type": "order", "aggregate_id": str(i), "event_type": event_type, **fields}
+        for i in range(n)
+    ]
+    with psycopg.connect(dsn) as conn:
+        ids = publish_many(conn, events)
+        conn.commit()
+    return ids
+
+
+def records(record_dir: Path) -> list[tuple[str, int, int, int, float]]:
+    out = []
+    for path in record_dir.glob("*.log"):
+        for line in path.read_text().splitlines():
+            kind, event_id, attempts, pid, at = line.split()
+            out.append((kind, int(event_id), int(attempts), int(pid), float(at)))
+    return out
+
+
+def counts(dsn: str) -> Counter[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM outbox_event GROUP BY 1").fetchall()
+    return Counter({status: n for status, n in rows})
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
