@@ -6,8 +6,10 @@ stalls another:
 
 - claimer:   claims up to --batch-size due events whenever the local queue runs low; when there
              is nothing due it sleeps until a NOTIFY or the poll interval.
-- dispatch:  starts a handler for each queued event, at most --concurrency at a time (sync
-             handlers in a thread pool of that size, async ones on this loop).
+- handlers:  sync handlers run in a pool of --concurrency threads that pull claimed events
+             from a shared queue and hand results back in bursts (worker/threads.py); async
+             handlers run as tasks on this loop, at most --concurrency at a time.
+- watchdog:  fails sync handlers that run past their timeout (threads cannot be interrupted).
 - flusher:   writes completions and failures a few milliseconds' worth at a time, one statement
              per kind, guarded by the lease token.
 - heartbeat: renews the lease of everything this process holds, every third of the lease.
@@ -25,13 +27,13 @@ import os
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from traceback import format_exception
 from typing import Any, TypeVar
 
 import psycopg
@@ -45,6 +47,7 @@ from dispatchbox.worker import store
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
+from dispatchbox.worker.threads import SyncPool
 
 logger = logging.getLogger("dispatchbox.worker")
 
@@ -87,6 +90,16 @@ class Connection:
             self.conn = None
 
 
+@dataclass(slots=True)
+class Outcome:
+    """How one handler call ended."""
+
+    item: store.Claimed
+    label: str  # done | failed | timeout | permanent
+    seconds: float
+    failure: store.Failure | None = None
+
+
 class WorkerProcess:
     def __init__(
         self,
@@ -108,11 +121,13 @@ class WorkerProcess:
         self.upkeep_conn = Connection(config.dsn, prepare=prepare, role="upkeep")
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
 
-        self.queue: deque[store.Claimed] = deque()
+        # Claimed events for async handlers; those for sync handlers wait in the pool's queue.
+        self.async_queue: deque[store.Claimed] = deque()
+        self.pool: SyncPool[Outcome] | None = None
         # Set when the dispatch loop may have something to do: events queued, a handler
         # finished, or stopping.
         self.progress = asyncio.Event()
-        self.want_more = asyncio.Event()  # set when the queue ran low
+        self.want_more = asyncio.Event()  # set when the local queues ran low
         self.wakeup = asyncio.Event()  # a NOTIFY arrived
         self.stopping = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
@@ -121,9 +136,6 @@ class WorkerProcess:
         self.completed: list[tuple[int, uuid.UUID]] = []
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.results_ready = asyncio.Event()
-        self.executor = ThreadPoolExecutor(
-            max_workers=config.concurrency, thread_name_prefix="dispatchbox-handler"
-        )
         self.low_water = max(1, config.batch_size // 2)
         self.crashed: BaseException | None = None
 
@@ -142,6 +154,13 @@ class WorkerProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        self.pool = SyncPool(
+            self.config.concurrency,
+            run_item=self._run_sync,
+            timeout_of=self._timeout_of,
+            on_results=self._collect,
+            loop=loop,
+        )
         logger.info(
             "worker_started worker=%s handlers=%d concurrency=%d batch_size=%d",
             self.name,
@@ -150,7 +169,10 @@ class WorkerProcess:
             self.config.batch_size,
         )
         self.want_more.set()
-        background = [asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+        ]
         if self.config.reaper_interval > 0:
             background.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         if self.config.listen:
@@ -171,7 +193,7 @@ class WorkerProcess:
             await asyncio.gather(flusher, *background, return_exceptions=True)
             for conn in (self.claim_conn, self.flush_conn, self.upkeep_conn, self.listen_conn):
                 await conn.close()
-            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.pool.stop()
             logger.info("worker_stopped worker=%s", self.name)
         if self.crashed is not None:
             raise self.crashed
@@ -217,13 +239,17 @@ class WorkerProcess:
 
     # -- claiming ------------------------------------------------------------------------------
 
+    def _queued(self) -> int:
+        assert self.pool is not None
+        return len(self.async_queue) + self.pool.queued()
+
     async def _claim_loop(self) -> None:
         cfg = self.config
         while not self.stopping.is_set():
             await self.want_more.wait()
             if self.stopping.is_set():
                 break
-            room = cfg.batch_size - len(self.queue)
+            room = cfg.batch_size - self._queued()
             if room <= 0:
                 self.want_more.clear()
                 continue
@@ -231,15 +257,12 @@ class WorkerProcess:
             self.wakeup.clear()
             batch = await self._with_db(self.claim_conn, partial(self._claim, room))
             if batch:
-                for item in batch:
-                    self.leased[item.id] = item.token
-                self.queue.extend(batch)
-                self.progress.set()
+                self._route(batch)
             if batch is not None and len(batch) < room:
                 # Nothing more is due: sleep until a notification or the poll interval.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), cfg.poll_interval)
-            elif len(self.queue) >= self.low_water:
+            elif self._queued() >= self.low_water:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
@@ -247,25 +270,32 @@ class WorkerProcess:
             conn, worker=self.name, limit=limit, lease_seconds=self.config.lease_seconds
         )
 
+    def _route(self, batch: list[store.Claimed]) -> None:
+        assert self.pool is not None
+        sync: list[store.Claimed] = []
+        for item in batch:
+            self.leased[item.id] = item.token
+            spec = self.dispatcher.get(item.event_type)
+            if spec is None:
+                exc = LookupError(f"no handler registered for event type {item.event_type!r}")
+                failure = self._failure(item, None, exc, time.monotonic(), traceback=False)
+                self._settle(Outcome(item, "failed", 0.0, failure))
+            elif spec.is_async:
+                self.async_queue.append(item)
+            else:
+                sync.append(item)
+        if sync:
+            self.pool.submit(sync)
+        if self.async_queue:
+            self.progress.set()
+        if self.completed or self.failed:
+            self.results_ready.set()
+
     # -- running handlers -----------------------------------------------------------------------
 
-    async def _dispatch_loop(self) -> None:
-        limit = self.config.concurrency
-        while not self.stopping.is_set():
-            if not self.queue or len(self.inflight) >= limit:
-                self.progress.clear()
-                await self.progress.wait()
-                continue
-            item = self.queue.popleft()
-            if len(self.queue) < self.low_water:
-                self.want_more.set()
-            task = asyncio.create_task(self._handle(item))
-            self.inflight.add(task)
-            task.add_done_callback(self._handler_done)
-
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self.inflight.discard(task)
-        self.progress.set()
+    def _timeout_of(self, item: store.Claimed) -> float:
+        spec = self.dispatcher.get(item.event_type)
+        return (spec.timeout if spec else None) or self.config.handler_timeout
 
     def _event(self, item: store.Claimed) -> OutboxEvent:
         return OutboxEvent(
@@ -279,49 +309,101 @@ class WorkerProcess:
             created_at=item.created_at,
         )
 
+    def _run_sync(self, item: store.Claimed) -> Outcome:
+        """In a pool thread: one sync handler call, every exception caught."""
+        start = time.monotonic()
+        spec = self.dispatcher.get(item.event_type)
+        assert spec is not None
+        try:
+            spec.func(self._event(item))
+        except PermanentError as exc:
+            failure = self._failure(item, spec, exc, start, permanent=True)
+            return Outcome(item, "permanent", time.monotonic() - start, failure)
+        except Exception as exc:
+            failure = self._failure(item, spec, exc, start)
+            return Outcome(item, "failed", time.monotonic() - start, failure)
+        return Outcome(item, "done", time.monotonic() - start)
+
+    async def _run_async(self, item: store.Claimed) -> None:
+        start = time.monotonic()
+        spec = self.dispatcher.get(item.event_type)
+        assert spec is not None
+        try:
+            async with asyncio.timeout(self._timeout_of(item)):
+                await spec.func(self._event(item))
+        except PermanentError as exc:
+            failure = self._failure(item, spec, exc, start, permanent=True)
+            self._settle(Outcome(item, "permanent", time.monotonic() - start, failure))
+        except TimeoutError:
+            late = HandlerTimeout(f"handler did not finish within {self._timeout_of(item):g}s")
+            failure = self._failure(item, spec, late, start, traceback=False)
+            self._settle(Outcome(item, "timeout", time.monotonic() - start, failure))
+        except asyncio.CancelledError:
+            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
+            failure = self._failure(item, spec, cut, start, traceback=False)
+            self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
+        except Exception as exc:
+            failure = self._failure(item, spec, exc, start)
+            self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
+        else:
+            self._settle(Outcome(item, "done", time.monotonic() - start))
+        finally:
+            self.results_ready.set()
+
+    async def _dispatch_loop(self) -> None:
+        limit = self.config.concurrency
+        while not self.stopping.is_set():
+            if not self.async_queue or len(self.inflight) >= limit:
+                self.progress.clear()
+                await self.progress.wait()
+                continue
+            item = self.async_queue.popleft()
+            if self._queued() < self.low_water:
+                self.want_more.set()
+            task = asyncio.create_task(self._run_async(item))
+            self.inflight.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.progress.set()
+
+    def _collect(self) -> None:
+        """On the loop: results from the pool threads, a burst at a time."""
+        assert self.pool is not None
+        for outcome in self.pool.take_results():
+            self._settle(outcome)
+        self.results_ready.set()
+        if self._queued() < self.low_water:
+            self.want_more.set()
+
+    def _settle(self, outcome: Outcome) -> None:
+        if outcome.failure is None:
+            self.completed.append((outcome.item.id, outcome.item.token))
+        else:
+            self.failed.append((outcome.failure, outcome.item.event_type))
+        self.hooks.handled(outcome.item.event_type, outcome.label, outcome.seconds)
+
+    async def _watchdog_loop(self) -> None:
+        """Sync handlers past their timeout: a failed attempt now, whatever they do later."""
+        assert self.pool is not None
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for item in self.pool.expire(now):
+                timeout = self._timeout_of(item)
+                late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
+                spec = self.dispatcher.get(item.event_type)
+                failure = self._failure(item, spec, late, now - timeout, traceback=False)
+                self._settle(Outcome(item, "timeout", timeout, failure))
+                self.results_ready.set()
+
     @staticmethod
     def _db_time(item: store.Claimed, mono: float) -> datetime:
         # Timestamps follow the database clock: claim time plus locally measured elapsed time.
         return item.claimed_at + timedelta(seconds=mono - item.claimed_mono)
 
-    async def _handle(self, item: store.Claimed) -> None:
-        mono_start = time.monotonic()
-        spec = self.dispatcher.get(item.event_type)
-        outcome = "done"
-        try:
-            if spec is None:
-                raise LookupError(f"no handler registered for event type {item.event_type!r}")
-            await self._call(spec, self._event(item))
-        except PermanentError as exc:
-            outcome = "permanent"
-            self._record_failure(item, spec, exc, mono_start, permanent=True)
-        except TimeoutError:
-            outcome = "timeout"
-            timeout = (spec.timeout if spec else None) or self.config.handler_timeout
-            late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
-            self._record_failure(item, spec, late, mono_start, with_traceback=False)
-        except asyncio.CancelledError:
-            outcome = "failed"
-            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
-            self._record_failure(item, spec, cut, mono_start, with_traceback=False)
-        except Exception as exc:
-            outcome = "failed"
-            self._record_failure(item, spec, exc, mono_start)
-        else:
-            self.completed.append((item.id, item.token))
-        finally:
-            self.results_ready.set()
-            self.hooks.handled(item.event_type, outcome, time.monotonic() - mono_start)
-
-    async def _call(self, spec: HandlerSpec, event: OutboxEvent) -> None:
-        timeout = spec.timeout or self.config.handler_timeout
-        if spec.is_async:
-            await asyncio.wait_for(spec.func(event), timeout)
-        else:
-            loop = asyncio.get_running_loop()
-            await asyncio.wait_for(loop.run_in_executor(self.executor, spec.func, event), timeout)
-
-    def _record_failure(
+    def _failure(
         self,
         item: store.Claimed,
         spec: HandlerSpec | None,
@@ -329,13 +411,13 @@ class WorkerProcess:
         mono_start: float,
         *,
         permanent: bool = False,
-        with_traceback: bool = True,
-    ) -> None:
+        traceback: bool = True,
+    ) -> store.Failure:
         policy = (spec.backoff if spec else None) or self.backoff
         tb = None
-        if with_traceback:
-            tb = "".join(traceback.format_exception(exc))[-MAX_TRACEBACK:]
-        failure = store.Failure(
+        if traceback:
+            tb = "".join(format_exception(exc))[-MAX_TRACEBACK:]
+        return store.Failure(
             id=item.id,
             token=item.token,
             error_type=type(exc).__name__,
@@ -346,7 +428,6 @@ class WorkerProcess:
             permanent=permanent,
             delay=policy.delay(item.attempts),
         )
-        self.failed.append((failure, item.event_type))
 
     # -- writing outcomes -----------------------------------------------------------------------
 
@@ -454,8 +535,10 @@ class WorkerProcess:
     # -- shutdown ------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        unstarted = [(item.id, item.token) for item in self.queue]
-        self.queue.clear()
+        assert self.pool is not None
+        unstarted = [(item.id, item.token) for item in self.pool.take_unstarted()]
+        unstarted += [(item.id, item.token) for item in self.async_queue]
+        self.async_queue.clear()
         if unstarted:
             released = await self._with_db(
                 self.flush_conn, lambda c: store.release(c, unstarted), until_stopped=False
@@ -463,18 +546,28 @@ class WorkerProcess:
             for event_id, _ in unstarted:
                 self.leased.pop(event_id, None)
             logger.info("released_unstarted worker=%s count=%s", self.name, released)
-        if self.inflight:
+        running = len(self.inflight) + self.pool.busy()
+        if running:
             logger.info(
                 "waiting_for_handlers worker=%s count=%d grace_seconds=%g",
                 self.name,
-                len(self.inflight),
+                running,
                 self.config.grace_period,
             )
-            _, still = await asyncio.wait(set(self.inflight), timeout=self.config.grace_period)
-            for task in still:
+            deadline = time.monotonic() + self.config.grace_period
+            while (self.inflight or self.pool.busy()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
+            now = time.monotonic()
+            for item in self.pool.abandon_all():
+                spec = self.dispatcher.get(item.event_type)
+                failure = self._failure(item, spec, cut, now, traceback=False)
+                self._settle(Outcome(item, "failed", 0.0, failure))
+            for task in list(self.inflight):
                 task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
+            if self.inflight:
+                await asyncio.wait(set(self.inflight), timeout=5)
+        self._collect()
         try:
             await asyncio.wait_for(self._flush(), timeout=15)
         except TimeoutError:

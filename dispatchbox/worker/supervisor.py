@@ -76,8 +76,12 @@ class _Slot:
 
 
 class Supervisor:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(
+        self, config: WorkerConfig, *, on_process_exit: Callable[[int], None] | None = None
+    ) -> None:
         self.config = config
+        # Called with the pid of every worker process that ended (metrics bookkeeping).
+        self.on_process_exit = on_process_exit
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = [_Slot(i) for i in range(config.processes)]
         self.stopping = False
@@ -112,6 +116,7 @@ class Supervisor:
                 proc = slot.process
                 if proc is not None and not proc.is_alive():
                     code = proc.exitcode
+                    self._exited(proc)
                     proc.close()
                     slot.process = None
                     # A process that dies soon after starting waits longer each time, so a
@@ -147,8 +152,16 @@ class Supervisor:
                 logger.error("worker_process_killed pid=%s (did not stop in time)", proc.pid)
                 proc.kill()
                 proc.join(5)
+            self._exited(proc)
         logger.info("supervisor_stopped")
         return 0
+
+    def _exited(self, proc: BaseProcess) -> None:
+        if self.on_process_exit is not None and proc.pid is not None:
+            try:
+                self.on_process_exit(proc.pid)
+            except Exception:
+                logger.exception("on_process_exit_failed pid=%s", proc.pid)
 
 
 class _suppress_lookup:

@@ -1,28 +1,44 @@
 -- name: worker_claim
 -- Claim up to %(limit)s due pending events in priority order: running, one attempt counted,
 -- leased to %(worker)s under %(token)s until now() + lease. Time is the database's.
-WITH due AS (
-    SELECT id
-      FROM outbox_event
-     WHERE status = 'pending' AND next_attempt_at <= now()
-     ORDER BY priority, next_attempt_at, id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
+-- The locked ids go through an array so that the update is a primary-key lookup per id; a join
+-- with the row-locking subquery lets the planner hash the whole table instead.
+WITH claimed AS (
+    UPDATE outbox_event e
+       SET status = 'running',
+           attempts = e.attempts + 1,
+           locked_by = %(worker)s,
+           locked_until = now() + make_interval(secs => %(lease_seconds)s),
+           lease_token = %(token)s,
+           updated_at = now()
+     WHERE e.id = ANY (ARRAY(
+               SELECT id
+                 FROM outbox_event
+                WHERE status = 'pending' AND next_attempt_at <= now()
+                ORDER BY priority, next_attempt_at, id
+                LIMIT %(limit)s
+                  FOR UPDATE SKIP LOCKED))
+    RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
+              e.headers::text AS headers, e.attempts, e.max_attempts, e.created_at,
+              e.priority, e.next_attempt_at
 )
-UPDATE outbox_event e
-   SET status = 'running',
-       attempts = e.attempts + 1,
-       locked_by = %(worker)s,
-       locked_until = now() + make_interval(secs => %(lease_seconds)s),
-       lease_token = %(token)s,
-       updated_at = now()
-  FROM due
- WHERE e.id = due.id
-RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text, e.headers::text,
-          e.attempts, e.max_attempts, e.created_at, now()
+-- Handlers start in claim order: most urgent first.
+SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, max_attempts,
+       created_at, now()
+  FROM claimed
+ ORDER BY priority, next_attempt_at, id
 
 -- name: worker_complete
--- Mark delivered events done, only where our lease still holds (ids and tokens pairwise).
+-- Mark delivered events done where one of our leases still holds.
+-- The ids go through ARRAY(SELECT unnest(...)) so that the planner, not knowing the array's
+-- length, always reads them by primary key: with a literal array of 1,000 ids it would rather
+-- hash a seq scan of the table, and given a status = 'running' filter it would drive a nested
+-- loop from the partial lease index on stale statistics. A lease token is only ever set on a
+-- running row (CHECK outbox_event_lease_consistent), so matching it is the state guard.
+-- Tokens are matched as a set (the tokens of this flush) rather than pairwise: they are random
+-- per claim and only this process knows them, so no other worker's lease can match; the only
+-- difference from a pairwise check is an event this same process claimed twice (its first
+-- lease expired) with both outcomes in one flush, and then "done" is true of one of the runs.
 UPDATE outbox_event e
    SET status = 'done',
        done_at = now(),
@@ -30,13 +46,16 @@ UPDATE outbox_event e
        locked_by = NULL,
        locked_until = NULL,
        lease_token = NULL
-  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
- WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+ WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
+   AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
 -- name: worker_fail
 -- Record failed attempts: error history, last_error, then back to pending after the backoff
 -- (%(delays)s seconds from now) or dead at max_attempts or when permanent. Rows whose lease was
--- taken over are skipped. Returns every event it moved, with its new status.
+-- taken over are skipped (pairwise id and token: each row carries its own error). The token
+-- implies running (see worker_complete); the join is by key, so the planner hashes the input
+-- or looks each id up, never loops over the partial lease index. Returns every event it moved,
+-- with its new status.
 WITH f AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(error_types)s::text[],
@@ -62,7 +81,7 @@ upd AS (
            locked_until = NULL,
            lease_token = NULL
       FROM f
-     WHERE e.id = f.id AND e.status = 'running' AND e.lease_token = f.token
+     WHERE e.id = f.id AND e.lease_token = f.token  -- the token implies running
  RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type
 ),
 history AS (
@@ -76,7 +95,7 @@ SELECT id, status, attempts, event_type, aggregate_type FROM upd
 
 -- name: worker_release
 -- Give back claimed events whose handler never started (shutdown): pending again, the attempt
--- the claim counted is taken back.
+-- the claim counted is taken back. Same key lookups and token guard as worker_complete.
 UPDATE outbox_event e
    SET status = 'pending',
        attempts = GREATEST(e.attempts - 1, 0),
@@ -84,15 +103,16 @@ UPDATE outbox_event e
        locked_by = NULL,
        locked_until = NULL,
        lease_token = NULL
-  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
- WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+ WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
+   AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
 -- name: worker_heartbeat
--- Extend the lease of events still being handled, where our lease still holds.
+-- Extend the lease of events this process still holds. Same key lookups and token guard as
+-- worker_complete.
 UPDATE outbox_event e
    SET locked_until = now() + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS c(id, token)
- WHERE e.id = c.id AND e.status = 'running' AND e.lease_token = c.token
+ WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
+   AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
 -- name: reaper_expire
 -- Sweep up to %(limit)s running events whose lease expired (their worker died or hung): the

@@ -1,0 +1,39 @@
+"""Handlers the benchmarks run: a no-op, fail-once, and a latency probe."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from dispatchbox import Dispatcher, OutboxEvent
+
+dispatcher = Dispatcher()
+
+
+@dispatcher.handler("bench.noop")
+def noop(event: OutboxEvent) -> None:
+    """Does nothing: the benchmark measures dispatchbox, not a handler."""
+
+
+@dispatcher.handler("bench.fail_once")
+def fail_once(event: OutboxEvent) -> None:
+    if event.attempts == 1:
+        raise RuntimeError("first attempt fails")
+
+
+@dispatcher.handler("bench.async_noop")
+async def async_noop(event: OutboxEvent) -> None:
+    """Async twin of noop."""
+
+
+_probe_fd: int | None = None
+
+
+@dispatcher.handler("bench.latency")
+def latency(event: OutboxEvent) -> None:
+    """Appends "<id> <unix time at handler start>" to $DBX_LATENCY_FILE."""
+    global _probe_fd
+    now = time.time()
+    if _probe_fd is None:
+        _probe_fd = os.open(os.environ["DBX_LATENCY_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(_probe_fd, f"{event.id} {now:.6f}\n".encode())

@@ -1,0 +1,195 @@
+"""What every worker benchmark shares: a database, seeding, the worker process, figures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import conninfo, sql
+
+from dispatchbox import migrations
+from dispatchbox.tempcluster import TempCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BenchDatabase:
+    """DISPATCHBOX_BENCH_DSN's server, or a throwaway cluster with fsync and synchronous_commit
+    on (as a production server would run), and a fresh migrated database per scenario."""
+
+    def __init__(self) -> None:
+        self.cluster: TempCluster | None = None
+        dsn = os.environ.get("DISPATCHBOX_BENCH_DSN")
+        if dsn:
+            self.admin_dsn = dsn
+            self.where = "DISPATCHBOX_BENCH_DSN"
+        else:
+            self.cluster = TempCluster(fsync=True).start()
+            self.admin_dsn = self.cluster.dsn()
+            self.where = "throwaway cluster (fsync on, synchronous_commit on)"
+        self.created: list[str] = []
+
+    def fresh(self) -> str:
+        name = f"bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.created.append(name)
+        dsn = conninfo.make_conninfo(self.admin_dsn, dbname=name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            migrations.migrate(conn)
+        return dsn
+
+    def drop(self, dsn: str) -> None:
+        name = conninfo.conninfo_to_dict(dsn)["dbname"]
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    def close(self) -> None:
+        for name in self.created:
+            with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+def seed(dsn: str, n: int, event_type: str = "bench.noop", max_attempts: int = 5) -> None:
+    """n pending events in one statement (the publish path is measured on its own)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, "
+            "max_attempts) SELECT 'bench', g::text, %s, jsonb_build_object('n', g), %s "
+            "FROM generate_series(1, %s) g",
+            [event_type, max_attempts, n],
+        )
+        conn.execute("ANALYZE outbox_event")
+
+
+def count_where(dsn: str, condition: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(f"SELECT count(*) FROM outbox_event WHERE {condition}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@contextmanager
+def worker(
+    dsn: str, *args: str, app: str = "bench.apps:dispatcher", env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`dispatchbox worker` running until the block ends; waits until every process is up."""
+    log = open(os.devnull, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dispatchbox",
+            "worker",
+            "--app",
+            app,
+            "--log-level",
+            "WARNING",
+            *args,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DISPATCHBOX_DSN": dsn, **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        expected = int(args[args.index("--processes") + 1]) if "--processes" in args else 1
+        deadline = time.monotonic() + 30
+        # Ready when every worker process holds its connections.
+        while time.monotonic() < deadline:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'dispatchbox-worker-claim'"
+                ).fetchone()
+            if row and row[0] >= expected:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def wait_for(
+    dsn: str, condition: str, target: int, timeout: float = 600, step: float = 0.02
+) -> float:
+    """Seconds until count(condition) reaches target."""
+    start = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(f"SELECT count(*) FROM outbox_event WHERE {condition}").fetchone()
+            if row and row[0] >= target:
+                return time.perf_counter() - start
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"{condition}: {row} of {target} after {timeout}s")
+            time.sleep(step)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    print(f"\n{title}")
+    if not rows:
+        return
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+    print("  ".join(k.ljust(widths[k]) for k in keys))
+    for r in rows:
+        print("  ".join(_fmt(r.get(k)).ljust(widths[k]) for k in keys))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def emit_json(name: str, payload: dict[str, Any]) -> None:
+    print("JSON " + json.dumps({"bench": name, **payload}, default=str), flush=True)
