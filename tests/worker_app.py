@@ -64,3 +64,16 @@ def slow(event: OutboxEvent) -> None:
     if event.attempts == 1 or not event.payload.get("first_only"):
         time.sleep(float(event.payload["seconds"]))
     record("end", event)
+
+
+@dispatcher.handler("test.own_timeout")
+async def own_timeout(event: OutboxEvent) -> None:
+    """A handler's own TimeoutError is its error, not the worker's handler timeout."""
+    record("call", event)
+    raise TimeoutError("upstream read timed out")
+
+
+@dispatcher.handler("test.async_sleep", timeout=0.5)
+async def async_sleep(event: OutboxEvent) -> None:
+    record("start", event)
+    await asyncio.sleep(5)

@@ -37,6 +37,9 @@ class WorkerConfig:
     listen: bool = True
     # Server-side prepared statements (off behind PgBouncer < 1.21 in transaction mode).
     prepared_statements: bool = True
+    # synchronous_commit for the worker's own claims and outcomes; off trades a possible
+    # redelivery after a server crash for fewer WAL flush waits.
+    synchronous_commit: bool = True
     # How long completions wait to be written together, seconds.
     flush_interval: float = 0.002
     # sys.path entries to add before importing the app (the CLI adds its working directory).
@@ -63,6 +66,11 @@ class WorkerConfig:
                 raise ConfigurationError(f"--{name} must be positive, got {value}")
         if self.grace_period < 0 or self.flush_interval < 0:
             raise ConfigurationError("--grace-period must not be negative")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigurationError(
+                "--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"got {self.log_level!r}"
+            )
         if ":" not in self.app:
             raise ConfigurationError(f"--app must look like module:attribute, got {self.app!r}")
         self.backoff()  # validates the numbers

@@ -64,19 +64,28 @@ def worker_name() -> str:
 class Connection:
     """A connection that reopens itself after an outage."""
 
-    def __init__(self, dsn: str, *, prepare: bool, role: str) -> None:
+    def __init__(
+        self, dsn: str, *, prepare: bool, role: str, synchronous_commit: bool = True
+    ) -> None:
         self.dsn = dsn
         self.prepare = prepare
         self.role = role
+        self.synchronous_commit = synchronous_commit
         self.conn: psycopg.AsyncConnection[Any] | None = None
 
     async def get(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             await self.close()
+            extra: dict[str, str] = {}
+            if not self.synchronous_commit:
+                # Only this session's commits: the worker's own state changes. A completion
+                # lost in a crash means the event is delivered again, which at-least-once allows.
+                extra["options"] = "-c synchronous_commit=off"
             conn = await connect_async(
                 self.dsn,
                 autocommit=True,
                 application_name=f"dispatchbox-worker-{self.role}",
+                **extra,
             )
             if not self.prepare:
                 conn.prepare_threshold = None
@@ -116,8 +125,13 @@ class WorkerProcess:
         self.backoff = config.backoff()
         self.outage = OutageTracker(self.name)
         prepare = config.prepared_statements
-        self.claim_conn = Connection(config.dsn, prepare=prepare, role="claim")
-        self.flush_conn = Connection(config.dsn, prepare=prepare, role="flush")
+        sync = config.synchronous_commit
+        self.claim_conn = Connection(
+            config.dsn, prepare=prepare, role="claim", synchronous_commit=sync
+        )
+        self.flush_conn = Connection(
+            config.dsn, prepare=prepare, role="flush", synchronous_commit=sync
+        )
         self.upkeep_conn = Connection(config.dsn, prepare=prepare, role="upkeep")
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
 
@@ -328,16 +342,21 @@ class WorkerProcess:
         start = time.monotonic()
         spec = self.dispatcher.get(item.event_type)
         assert spec is not None
+        deadline = asyncio.timeout(self._timeout_of(item))
         try:
-            async with asyncio.timeout(self._timeout_of(item)):
+            async with deadline:
                 await spec.func(self._event(item))
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             self._settle(Outcome(item, "permanent", time.monotonic() - start, failure))
-        except TimeoutError:
-            late = HandlerTimeout(f"handler did not finish within {self._timeout_of(item):g}s")
-            failure = self._failure(item, spec, late, start, traceback=False)
-            self._settle(Outcome(item, "timeout", time.monotonic() - start, failure))
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a TimeoutError the handler raised itself
+                late = HandlerTimeout(f"handler did not finish within {self._timeout_of(item):g}s")
+                failure = self._failure(item, spec, late, start, traceback=False)
+                self._settle(Outcome(item, "timeout", time.monotonic() - start, failure))
+            else:
+                failure = self._failure(item, spec, exc, start)
+                self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
         except asyncio.CancelledError:
             cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
             failure = self._failure(item, spec, cut, start, traceback=False)

@@ -105,6 +105,20 @@ def test_retry_dead_and_permanent_paths(db_dsn: str, record_dir: Path, tmp_path:
     assert "Traceback" not in log
 
 
+def test_timeouts_ours_and_the_handlers_own(db_dsn: str, record_dir: Path, tmp_path: Path) -> None:
+    (own,) = publish(db_dsn, "test.own_timeout", 1, max_attempts=1)
+    (slow,) = publish(db_dsn, "test.async_sleep", 1, max_attempts=1)
+    run = start(db_dsn, record_dir, tmp_path, "--processes", "1", *FAST)
+    try:
+        wait_until(lambda: counts(db_dsn)["dead"] == 2, 30, "both dead")
+    finally:
+        run.stop()
+    assert event_row(db_dsn, own)["last_error"] == "TimeoutError: upstream read timed out"
+    assert event_row(db_dsn, slow)["last_error"] == (
+        "HandlerTimeout: handler did not finish within 0.5s"
+    )
+
+
 def test_payloads_never_reach_the_log(db_dsn: str, record_dir: Path, tmp_path: Path) -> None:
     publish(db_dsn, "test.always_fail", 1, max_attempts=1, payload={"card": "4111-SECRET-CARD"})
     run = start(db_dsn, record_dir, tmp_path, "--processes", "1", *FAST)
