@@ -15,10 +15,12 @@ RETURNING id
 SELECT id FROM outbox_event WHERE idempotency_key = %(idempotency_key)s
 
 -- name: publish_many
--- Insert a batch from parallel arrays in one round trip and return one id per input row, in
--- input order: ids are drawn from the sequence up front so that rows skipped by an idempotency
--- conflict map to the existing event (or to an earlier row of the same batch).
-WITH input AS (
+-- Insert a batch from parallel arrays in one round trip; one row out per input row, in input
+-- order: the id drawn for it and whether it was inserted. Rows skipped by an idempotency
+-- conflict report inserted = false, and the caller looks their keys up (publish_existing_many).
+-- No join between the input and the table: the IN below is a hashed subplan, linear in the
+-- batch size.
+WITH input AS MATERIALIZED (
     SELECT nextval('outbox_event_id_seq'::regclass) AS new_id, t.*
       FROM unnest(
                %(aggregate_type)s::text[], %(aggregate_id)s::text[], %(event_type)s::text[],
@@ -28,12 +30,6 @@ WITH input AS (
            ) WITH ORDINALITY
            AS t(aggregate_type, aggregate_id, event_type, payload, headers, idempotency_key,
                 priority, max_attempts, available_at, ord)
-),
-existing AS (
-    SELECT e.id, e.idempotency_key
-      FROM outbox_event e
-     WHERE e.idempotency_key IN (SELECT idempotency_key FROM input
-                                  WHERE idempotency_key IS NOT NULL)
 ),
 inserted AS (
     INSERT INTO outbox_event (
@@ -45,11 +41,22 @@ inserted AS (
       FROM input
      ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, idempotency_key
+    RETURNING id
 )
-SELECT COALESCE(by_id.id, existing.id, by_key.id) AS id
+SELECT new_id, new_id IN (SELECT id FROM inserted) AS inserted
   FROM input
-  LEFT JOIN inserted by_id ON by_id.id = input.new_id
-  LEFT JOIN existing ON existing.idempotency_key = input.idempotency_key
-  LEFT JOIN inserted by_key ON by_key.idempotency_key = input.idempotency_key
- ORDER BY input.ord
+ ORDER BY ord
+
+-- name: publish_existing_many
+-- The ids of the events holding these idempotency keys.
+SELECT idempotency_key, id FROM outbox_event WHERE idempotency_key = ANY(%(keys)s::text[])
+
+-- name: publish_reserve_ids
+-- Draw %(n)s event ids, in order, for a COPY batch.
+SELECT nextval('outbox_event_id_seq'::regclass) AS id FROM generate_series(1, %(n)s)
+
+-- name: publish_copy
+-- The fast path of publish_many: binary COPY of a batch whose ids were drawn beforehand.
+COPY outbox_event (id, aggregate_type, aggregate_id, event_type, payload, headers, priority,
+                   max_attempts)
+FROM STDIN (FORMAT BINARY)
