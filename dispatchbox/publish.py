@@ -196,8 +196,9 @@ class _RawJsonbBinaryDumper(Dumper):
 def _copy_batch(conn: psycopg.Connection[Any], batch: list[_Row]) -> list[int]:
     """The fast path (no idempotency keys, no delays): draw the ids, then one binary COPY.
 
-    Two round trips whatever the number of events (COPY streams without waiting). COPY fires the statement-level NOTIFY trigger and the
-    CHECK constraints like an INSERT; next_attempt_at takes its default, now().
+    Two round trips whatever the number of events (COPY streams without waiting). COPY fires
+    the statement-level NOTIFY trigger and the CHECK constraints like an INSERT;
+    next_attempt_at takes its default, now().
     """
     ids = [
         int(row["id"]) for row in queries.fetch_all(conn, "publish_reserve_ids", {"n": len(batch)})
