@@ -1,0 +1,54 @@
+"""`make bench` / `python -m bench [scenario ...]`: every benchmark, a table each and one JSON
+summary (also written to bench/results/latest.json).
+
+Scenarios: drain, publish, latency, failure (default: all four), archive, dead_letters (the
+1,000,000-row benchmarks of archival and the dead-letter tools; run them by name or with `all`).
+Each scenario also runs alone: `python -m bench.drain --help`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CORE = ["drain", "publish", "latency", "failure"]
+EXTRA = ["archive", "dead_letters"]
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str]) -> None:
+    names = argv or CORE
+    if names == ["all"]:
+        names = CORE + EXTRA
+    unknown = [n for n in names if n not in CORE + EXTRA]
+    if unknown:
+        sys.exit(f"unknown scenario(s): {', '.join(unknown)}; choose from {CORE + EXTRA}")
+    results: dict[str, Any] = {"machine": _machine()}
+    for name in names:
+        module = __import__(f"bench.{name}", fromlist=["main"])
+        run = module.main
+        sys.argv = [f"bench.{name}"]  # each scenario's own defaults
+        results[name] = run([]) if inspect.signature(run).parameters else run()
+    out = Path(__file__).parent / "results" / "latest.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
