@@ -43,3 +43,13 @@ class EventNotDead(DispatchboxError, ValueError):
 
 class PermanentError(Exception):
     """Raised by a handler: this event can never succeed, dead-letter it without more retries."""
+
+
+class InvalidArchiveSettings(DispatchboxError, ValueError):
+    """A retention, batch size or cron expression for archival is invalid."""
+
+    exit_code = 2
+
+
+class PgCronUnavailable(DispatchboxError):
+    """pg_cron is not installed, not preloaded, or its extension is not created; says how to fix."""

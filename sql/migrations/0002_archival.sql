@@ -1,1 +1,294 @@
 -- 0002_archival: archive_outbox_events, archive_dead_events, purge_outbox_archive (issue 5).
+--
+-- Retention model: a done row leaves the outbox `retention_days` after its done_at, a dead row
+-- `dead_retention_days` after its dead_at (its own, longer retention); both move, with their
+-- error history, into the archive tables. The archive keeps rows until purge_outbox_archive
+-- removes those archived more than `older_than_days` ago. Pending and running rows are never
+-- touched. Every batch is one statement (DELETE ... RETURNING feeding INSERT), so an event and
+-- its errors move together or not at all, and rows a worker holds locked are skipped, not
+-- waited for. See docs/en/archival.md.
+
+-- The error history of archived events: outbox_event_error's columns plus archived_at. The
+-- foreign key keeps an archived error attached to its archived event, and purge removes both.
+CREATE TABLE outbox_event_error_archive (
+    id           bigint      PRIMARY KEY,
+    event_id     bigint      NOT NULL REFERENCES outbox_event_archive (id) ON DELETE CASCADE,
+    attempt      integer     NOT NULL,
+    worker       text,
+    started_at   timestamptz,
+    finished_at  timestamptz NOT NULL,
+    error_type   text        NOT NULL,
+    message      text        NOT NULL,
+    traceback    text,
+    archived_at  timestamptz NOT NULL DEFAULT now()
+) WITH (
+    -- Append-only between purges: vacuum after inserts too (visibility map, freezing) in
+    -- small steps rather than one anti-wraparound pass over a large table.
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_vacuum_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05
+);
+
+CREATE INDEX outbox_event_error_archive_event_idx ON outbox_event_error_archive (event_id, id);
+
+COMMENT ON TABLE outbox_event_error_archive IS
+    'dispatchbox: error history of archived events; see docs/en/archival.md';
+
+-- The archive is written in bulk by archival and deleted in bulk by purge; it is never updated,
+-- so pages stay full (default fillfactor) and vacuum follows the inserts as well as the purges.
+ALTER TABLE outbox_event_archive SET (
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_vacuum_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05
+);
+
+COMMENT ON TABLE outbox_event_archive IS
+    'dispatchbox: done and dead events moved out of outbox_event; see docs/en/archival.md';
+
+-- One batch: move at most p_batch_size rows in state p_status ('done' or 'dead') whose done_at
+-- (or dead_at) is before p_cutoff, and their error rows, into the archive tables. Rows locked by
+-- anyone else are skipped. Returns the number of events moved (0 when nothing is left).
+CREATE FUNCTION outbox_archive_batch(p_status text, p_cutoff timestamptz, p_batch_size integer)
+    RETURNS integer
+    LANGUAGE plpgsql AS $$
+DECLARE
+    moved integer;
+BEGIN
+    IF p_status IS NULL OR p_status NOT IN ('done', 'dead') THEN
+        RAISE EXCEPTION 'outbox_archive_batch: status must be done or dead, not %', p_status
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_cutoff IS NULL OR p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'outbox_archive_batch: cutoff must be set and batch_size at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- Dynamic SQL so that every batch is planned with its literal state: a generic plan with
+    -- the state as a parameter could not use the partial indexes (WHERE status = 'done' ...).
+    EXECUTE format($sql$
+        WITH batch AS (
+            SELECT e.id
+              FROM outbox_event e
+             WHERE e.status = %1$L AND e.%2$I < $1
+             ORDER BY e.%2$I
+             LIMIT $2
+               FOR UPDATE SKIP LOCKED
+        ),
+        errors AS (
+            DELETE FROM outbox_event_error r
+             USING batch b
+             WHERE r.event_id = b.id
+            RETURNING r.id, r.event_id, r.attempt, r.worker, r.started_at, r.finished_at,
+                      r.error_type, r.message, r.traceback
+        ),
+        errors_archived AS (
+            INSERT INTO outbox_event_error_archive (
+                id, event_id, attempt, worker, started_at, finished_at, error_type, message,
+                traceback
+            )
+            SELECT id, event_id, attempt, worker, started_at, finished_at, error_type,
+                   message, traceback
+              FROM errors
+        ),
+        events AS (
+            -- The batch's rows are locked by us, so this re-check cannot fail; it names the
+            -- state the delete expects, like every state change of the outbox.
+            DELETE FROM outbox_event e
+             USING batch b
+             WHERE e.id = b.id AND e.status = %1$L
+            RETURNING e.*
+        ),
+        archived AS (
+            INSERT INTO outbox_event_archive (
+                id, aggregate_type, aggregate_id, event_type, payload, headers, status,
+                attempts, max_attempts, priority, idempotency_key, next_attempt_at, locked_by,
+                locked_until, lease_token, last_error, last_error_at, created_at, updated_at,
+                done_at, dead_at, redrive_count, last_redriven_at, last_redriven_by
+            )
+            SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status,
+                   attempts, max_attempts, priority, idempotency_key, next_attempt_at,
+                   locked_by, locked_until, lease_token, last_error, last_error_at, created_at,
+                   updated_at, done_at, dead_at, redrive_count, last_redriven_at,
+                   last_redriven_by
+              FROM events
+            RETURNING 1
+        )
+        SELECT count(*) FROM archived
+    $sql$, p_status, p_status || '_at')
+    INTO moved
+    USING p_cutoff, p_batch_size;
+    RETURN moved;
+END;
+$$;
+
+-- One batch of purge: delete at most p_batch_size archived events archived before p_cutoff;
+-- their archived errors go with them (ON DELETE CASCADE). Returns the number of events deleted.
+CREATE FUNCTION outbox_archive_purge_batch(p_cutoff timestamptz, p_batch_size integer)
+    RETURNS integer
+    LANGUAGE plpgsql AS $$
+DECLARE
+    purged integer;
+BEGIN
+    IF p_cutoff IS NULL OR p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'outbox_archive_purge_batch: cutoff must be set and batch_size at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH batch AS (
+        SELECT a.id
+          FROM outbox_event_archive a
+         WHERE a.archived_at < p_cutoff
+         ORDER BY a.archived_at
+         LIMIT p_batch_size
+           FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM outbox_event_archive a
+     USING batch b
+     WHERE a.id = b.id;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END;
+$$;
+
+-- The moment `days` days before now: the cutoff of a retention. Rejects negative or NULL days.
+CREATE FUNCTION outbox_retention_cutoff(days integer)
+    RETURNS timestamptz
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF days IS NULL OR days < 0 THEN
+        RAISE EXCEPTION 'retention days must be 0 or more, not %', days
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN now() - make_interval(days => days);
+END;
+$$;
+
+-- Move done rows whose done_at is more than retention_days ago into the archive, batch after
+-- batch, and return how many moved. A function runs inside its caller's transaction: each batch
+-- is one short statement, but every moved row stays locked until that transaction ends. The
+-- pg_cron job therefore CALLs run_outbox_archival, which commits after every batch.
+CREATE FUNCTION archive_outbox_events(retention_days integer, batch_size integer DEFAULT 10000)
+    RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := outbox_retention_cutoff(retention_days);
+    total  bigint := 0;
+    n      integer;
+BEGIN
+    LOOP
+        n := outbox_archive_batch('done', cutoff, batch_size);
+        EXIT WHEN n = 0;
+        total := total + n;
+    END LOOP;
+    RETURN total;
+END;
+$$;
+
+-- The same for dead rows, by dead_at and their own (usually longer) retention. Their error
+-- history moves with them, so archival never loses why an event died.
+CREATE FUNCTION archive_dead_events(retention_days integer, batch_size integer DEFAULT 10000)
+    RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := outbox_retention_cutoff(retention_days);
+    total  bigint := 0;
+    n      integer;
+BEGIN
+    LOOP
+        n := outbox_archive_batch('dead', cutoff, batch_size);
+        EXIT WHEN n = 0;
+        total := total + n;
+    END LOOP;
+    RETURN total;
+END;
+$$;
+
+-- Delete archived events (and their archived errors) archived more than older_than_days ago.
+CREATE FUNCTION purge_outbox_archive(older_than_days integer, batch_size integer DEFAULT 10000)
+    RETURNS bigint
+    LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := outbox_retention_cutoff(older_than_days);
+    total  bigint := 0;
+    n      integer;
+BEGIN
+    LOOP
+        n := outbox_archive_purge_batch(cutoff, batch_size);
+        EXIT WHEN n = 0;
+        total := total + n;
+    END LOOP;
+    RETURN total;
+END;
+$$;
+
+-- What the pg_cron job runs: done rows, then dead rows (skipped when dead_retention_days is
+-- NULL), committing after every batch so that no lock and no snapshot outlives one batch, and
+-- sleeping pause_seconds between batches so that archival leaves CPU and I/O to the workers.
+-- CALL it outside a transaction block. moved_done and moved_dead come back as a result row.
+CREATE PROCEDURE run_outbox_archival(
+    retention_days integer,
+    dead_retention_days integer DEFAULT NULL,
+    batch_size integer DEFAULT 10000,
+    pause_seconds double precision DEFAULT 0,
+    INOUT moved_done bigint DEFAULT NULL,
+    INOUT moved_dead bigint DEFAULT NULL
+)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    done_cutoff timestamptz := outbox_retention_cutoff(retention_days);
+    dead_cutoff timestamptz;
+    n           integer;
+BEGIN
+    IF pause_seconds IS NULL OR pause_seconds < 0 THEN
+        RAISE EXCEPTION 'pause_seconds must be 0 or more, not %', pause_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF dead_retention_days IS NOT NULL THEN
+        dead_cutoff := outbox_retention_cutoff(dead_retention_days);
+    END IF;
+    moved_done := 0;
+    moved_dead := 0;
+    LOOP
+        n := outbox_archive_batch('done', done_cutoff, batch_size);
+        COMMIT;
+        EXIT WHEN n = 0;
+        moved_done := moved_done + n;
+        PERFORM pg_sleep(pause_seconds);
+    END LOOP;
+    IF dead_cutoff IS NOT NULL THEN
+        LOOP
+            n := outbox_archive_batch('dead', dead_cutoff, batch_size);
+            COMMIT;
+            EXIT WHEN n = 0;
+            moved_dead := moved_dead + n;
+            PERFORM pg_sleep(pause_seconds);
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- The pg_cron purge job: purge_outbox_archive, committing (and pausing) after every batch.
+CREATE PROCEDURE run_outbox_archive_purge(
+    older_than_days integer,
+    batch_size integer DEFAULT 10000,
+    pause_seconds double precision DEFAULT 0,
+    INOUT purged bigint DEFAULT NULL
+)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    cutoff timestamptz := outbox_retention_cutoff(older_than_days);
+    n      integer;
+BEGIN
+    IF pause_seconds IS NULL OR pause_seconds < 0 THEN
+        RAISE EXCEPTION 'pause_seconds must be 0 or more, not %', pause_seconds
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    purged := 0;
+    LOOP
+        n := outbox_archive_purge_batch(cutoff, batch_size);
+        COMMIT;
+        EXIT WHEN n = 0;
+        purged := purged + n;
+        PERFORM pg_sleep(pause_seconds);
+    END LOOP;
+END;
+$$;
