@@ -4,12 +4,14 @@ from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
 from dispatchbox.errors import PermanentError
 from dispatchbox.events import EventStatus, OutboxEvent
 from dispatchbox.publish import publish, publish_many
+from dispatchbox.repository import OutboxRepository
 
 __all__ = [
     "BackoffPolicy",
     "Dispatcher",
     "EventStatus",
     "OutboxEvent",
+    "OutboxRepository",
     "PermanentError",
     "publish",
     "publish_many",

@@ -53,3 +53,35 @@ class InvalidArchiveSettings(DispatchboxError, ValueError):
 
 class PgCronUnavailable(DispatchboxError):
     """pg_cron is not installed, not preloaded, or its extension is not created; says how to fix."""
+
+
+# -- dead-letter lifecycle (issue 4) -------------------------------------------------------------
+
+
+class InvalidFilter(DispatchboxError, ValueError):
+    """A dead-event filter is malformed (bad date, empty text, unknown fingerprint form)."""
+
+    exit_code = 2
+
+
+class InvalidEventIds(DispatchboxError, ValueError):
+    """A batch names events that are missing or not dead; nothing was retried."""
+
+    def __init__(self, *, missing: list[int], not_dead: list[int]) -> None:
+        self.missing = missing
+        self.not_dead = not_dead
+        parts = []
+        if missing:
+            parts.append(f"no such event: {_ids(missing)}")
+        if not_dead:
+            parts.append(f"not dead: {_ids(not_dead)}")
+        super().__init__("; ".join(parts) + "; nothing was retried")
+
+
+class ExportError(DispatchboxError):
+    """An export could not be written (output path, format); nothing was exported."""
+
+
+def _ids(ids: list[int], limit: int = 20) -> str:
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"

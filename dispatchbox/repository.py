@@ -1,0 +1,795 @@
+"""OutboxRepository: dead-letter reads, redrive, export, purge and the audit trail.
+
+The CLI and the HTTP API are clients of this class; the SQL lives in sql/queries/dead_letters.sql
+and sql/queries/audit.sql. Rules it keeps:
+
+* Every state change names the state it expects (``WHERE status = 'dead'``), so a worker never
+  sees a row change under it, and an event that is not dead is never touched.
+* Set-based work (redrive by filter, purge) runs in PostgreSQL in bounded batches, each batch its
+  own transaction: an interrupted run keeps what it committed, and running it again continues
+  where it stopped (a redriven event is no longer dead, so nothing is redriven twice).
+* Every operator action that changes or exports dead events writes one audit row, in the same
+  transaction as the change: a failed action records nothing, and a multi-batch action's count
+  is exactly what its committed batches did (see sql/queries/audit.sql).
+* Queries run unprepared, so PostgreSQL plans each filter with its actual values.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool
+
+from dispatchbox import db, queries
+from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
+from dispatchbox.export import ExportFormat, Writer
+from dispatchbox.filters import DeadEventFilter
+from dispatchbox.maintenance import archiver
+
+logger = logging.getLogger("dispatchbox.repository")
+
+# Rows per statement for set-based work: big enough to amortise a round trip, small enough that
+# one batch's locks and WAL stay short.
+BATCH_SIZE = 5000
+GROUPINGS = ("event_type", "aggregate_type", "error")
+MAX_PAGE = 10_000
+# Export chunks fetched ahead of the writer (each is one FETCH, 5,000 rows).
+_PREFETCH = 2
+_MAX_BIGINT = 2**63 - 1
+
+Progress = Callable[[int], None]
+
+
+def default_actor() -> str:
+    """The OS user running this process (what the CLI records as the actor)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEvent:
+    """One dead event as listed."""
+
+    id: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: Any
+    headers: dict[str, Any]
+    status: str
+    attempts: int
+    max_attempts: int
+    priority: int
+    last_error: str | None
+    last_error_at: datetime | None
+    created_at: datetime
+    dead_at: datetime | None
+    redrive_count: int
+    last_redriven_at: datetime | None
+    last_redriven_by: str | None
+    error_fingerprint: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """One failed attempt from the error history (outbox_event_error)."""
+
+    id: int
+    attempt: int
+    worker: str | None
+    started_at: datetime | None
+    finished_at: datetime
+    error_type: str
+    message: str
+    traceback: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """One event in any state, with its whole error history (oldest first)."""
+
+    id: int
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: Any
+    headers: dict[str, Any]
+    status: str
+    attempts: int
+    max_attempts: int
+    priority: int
+    idempotency_key: str | None
+    next_attempt_at: datetime
+    locked_by: str | None
+    locked_until: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    done_at: datetime | None
+    dead_at: datetime | None
+    redrive_count: int
+    last_redriven_at: datetime | None
+    last_redriven_by: str | None
+    error_fingerprint: str | None
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: _jsonable(getattr(self, k)) for k in self.__dataclass_fields__ if k != "errors"}
+        out["errors"] = [e.to_json() for e in self.errors]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStat:
+    """Dead events sharing an event type or aggregate type."""
+
+    key: str
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """Dead events sharing a normalised error (see dispatchbox.fingerprint)."""
+
+    fingerprint: str
+    signature: str | None
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    example_id: int
+    example_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadEventStats:
+    """Totals, and the groupings asked for (None when not asked), most numerous first."""
+
+    total: int
+    oldest_dead_at: datetime | None
+    newest_dead_at: datetime | None
+    by_event_type: list[GroupStat] | None = None
+    by_aggregate_type: list[GroupStat] | None = None
+    by_error: list[ErrorGroup] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "total": self.total,
+            "oldest_dead_at": _jsonable(self.oldest_dead_at),
+            "newest_dead_at": _jsonable(self.newest_dead_at),
+        }
+        for name in ("by_event_type", "by_aggregate_type", "by_error"):
+            groups = getattr(self, name)
+            if groups is not None:
+                out[name] = [g.to_json() for g in groups]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action on dead events."""
+
+    id: int
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    db_role: str
+    actor: str
+    action: str
+    event_ids: list[int] | None
+    filter: dict[str, Any] | None
+    affected: int
+    outcome: str
+    details: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_BIGINT
+
+
+def _check_positive(name: str, value: int | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    low = 0 if allow_zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InvalidFilter(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _prefetched(conn: psycopg.Connection[Any], fetch: str) -> Iterator[list[dict[str, Any]]]:
+    """The chunks of an open cursor (``fetch`` is its FETCH query), each fetched by a helper
+    thread while the caller handles the one before.
+
+    A FETCH is a round trip: alone, PostgreSQL idles while the client writes a chunk and the
+    client idles while PostgreSQL builds the next, and an export takes the sum of the two. The
+    helper overlaps them. At most _PREFETCH chunks wait in the queue, so memory stays bounded;
+    the connection is only used by the helper until this generator ends.
+    """
+    handoff: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(_PREFETCH)
+    stop = threading.Event()
+
+    def put(item: list[dict[str, Any]] | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            while not stop.is_set() and (chunk := queries.fetch_all(conn, fetch)):
+                put(chunk)
+            put(None)
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            put(exc)
+
+    helper = threading.Thread(target=produce, name="dispatchbox-export-fetch", daemon=True)
+    helper.start()
+    try:
+        while (item := handoff.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # On the caller's error (or Ctrl-C) too: the helper finishes its FETCH and stops, and
+        # only then does the caller's transaction roll back on this connection.
+        stop.set()
+        helper.join()
+
+
+class OutboxRepository:
+    """Dead-letter operations over a DSN (a connection per call) or a psycopg_pool pool."""
+
+    def __init__(
+        self, dsn_or_pool: str | ConnectionPool[Any], *, batch_size: int = BATCH_SIZE
+    ) -> None:
+        _check_positive("batch_size", batch_size)
+        self._pool: ConnectionPool[Any] | None = None
+        self._dsn: str | None = None
+        if isinstance(dsn_or_pool, ConnectionPool):
+            self._pool = dsn_or_pool
+        elif isinstance(dsn_or_pool, str):
+            self._dsn = dsn_or_pool
+        else:
+            raise TypeError("OutboxRepository takes a DSN string or a psycopg_pool.ConnectionPool")
+        self.batch_size = batch_size
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """An autocommit connection that never prepares: units of work use conn.transaction()."""
+        if self._pool is None:
+            assert self._dsn is not None
+            conn = db.connect(self._dsn, autocommit=True, prepare_threshold=None)
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
+        with self._pool.connection() as conn:
+            saved = (conn.autocommit, conn.prepare_threshold)
+            conn.autocommit = True
+            conn.prepare_threshold = None
+            try:
+                yield conn
+            finally:
+                conn.prepare_threshold = saved[1]
+                if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                    conn.autocommit = saved[0]
+
+    @staticmethod
+    def _filter(filter: DeadEventFilter | None, **fields: Any) -> DeadEventFilter:
+        given = {k: v for k, v in fields.items() if v is not None}
+        if filter is None:
+            return DeadEventFilter(**given)
+        if not isinstance(filter, DeadEventFilter):
+            raise TypeError("filter must be a DeadEventFilter")
+        if given:
+            raise TypeError("pass either filter= or individual filter arguments, not both")
+        return filter
+
+    @staticmethod
+    def _audit(
+        conn: psycopg.Connection[Any],
+        *,
+        actor: str,
+        action: str,
+        affected: int,
+        event_ids: Sequence[int] | None = None,
+        filter: DeadEventFilter | None = None,
+        outcome: str = "completed",
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        audit_id = queries.fetch_value(
+            conn,
+            "audit_insert",
+            {
+                "actor": actor,
+                "action": action,
+                "event_ids": list(event_ids) if event_ids is not None else None,
+                "filter": json.dumps(filter.to_json()) if filter is not None else None,
+                "affected": affected,
+                "outcome": outcome,
+                "details": json.dumps(details or {}),
+            },
+        )
+        return int(audit_id)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def fetch_dead_events(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        aggregate_type: str | None = None,
+        event_type: str | None = None,
+        since: datetime | None = None,
+        *,
+        until: datetime | None = None,
+        error_contains: str | None = None,
+        error_fingerprint: str | None = None,
+        after_id: int | None = None,
+        filter: DeadEventFilter | None = None,
+    ) -> list[DeadEvent]:
+        """A page of dead events in id order; ``after_id`` gives keyset pages (no OFFSET scan)."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidFilter(f"limit must be an integer between 1 and {MAX_PAGE}")
+        _check_positive("offset", offset, allow_zero=True)
+        _check_positive("after_id", after_id, allow_zero=True)
+        flt = self._filter(
+            filter,
+            aggregate_type=aggregate_type,
+            event_type=event_type,
+            since=since,
+            until=until,
+            error_contains=error_contains,
+            error_fingerprint=error_fingerprint,
+        )
+        params = {**flt.params(), "limit": limit, "offset": offset, "after_id": after_id}
+        with self._connection() as conn:
+            rows = queries.fetch_all(conn, "dead_list", params)
+        return [DeadEvent(**row) for row in rows]
+
+    def count_dead_events(
+        self,
+        aggregate_type: str | None = None,
+        event_type: str | None = None,
+        since: datetime | None = None,
+        *,
+        until: datetime | None = None,
+        error_contains: str | None = None,
+        error_fingerprint: str | None = None,
+        filter: DeadEventFilter | None = None,
+    ) -> int:
+        """How many dead events match."""
+        flt = self._filter(
+            filter,
+            aggregate_type=aggregate_type,
+            event_type=event_type,
+            since=since,
+            until=until,
+            error_contains=error_contains,
+            error_fingerprint=error_fingerprint,
+        )
+        with self._connection() as conn:
+            return int(queries.fetch_value(conn, "dead_count", flt.params()))
+
+    def dead_event_stats(
+        self,
+        aggregate_type: str | None = None,
+        event_type: str | None = None,
+        since: datetime | None = None,
+        *,
+        until: datetime | None = None,
+        error_contains: str | None = None,
+        error_fingerprint: str | None = None,
+        filter: DeadEventFilter | None = None,
+        by: Iterable[str] = GROUPINGS,
+    ) -> DeadEventStats:
+        """Totals, oldest and newest death, and counts by event type, aggregate type and error.
+
+        ``by`` picks the groupings (each is one scan of a million rows at most, so ask only for
+        what is shown). Totals come from the first grouping, all read from one snapshot.
+        """
+        wanted = list(dict.fromkeys(by))
+        unknown = [b for b in wanted if b not in GROUPINGS]
+        if unknown:
+            raise InvalidFilter(f"unknown grouping {unknown[0]!r} (choose {', '.join(GROUPINGS)})")
+        flt = self._filter(
+            filter,
+            aggregate_type=aggregate_type,
+            event_type=event_type,
+            since=since,
+            until=until,
+            error_contains=error_contains,
+            error_fingerprint=error_fingerprint,
+        )
+        params = flt.params()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        with self._connection() as conn, conn.transaction():
+            queries.execute(conn, "dead_snapshot")
+            for name in wanted:
+                groups[name] = queries.fetch_all(conn, f"dead_stats_by_{name}", params)
+            totals = None if wanted else queries.fetch_one(conn, "dead_stats_totals", params)
+        if totals is None:
+            first = groups[wanted[0]]
+            seen_first = [g["first_seen"] for g in first if g["first_seen"] is not None]
+            seen_last = [g["last_seen"] for g in first if g["last_seen"] is not None]
+            totals = {
+                "total": sum(g["count"] for g in first),
+                "oldest_dead_at": min(seen_first, default=None),
+                "newest_dead_at": max(seen_last, default=None),
+            }
+        return DeadEventStats(
+            total=int(totals["total"]),
+            oldest_dead_at=totals["oldest_dead_at"],
+            newest_dead_at=totals["newest_dead_at"],
+            by_event_type=[GroupStat(**g) for g in groups["event_type"]]
+            if "event_type" in groups
+            else None,
+            by_aggregate_type=[GroupStat(**g) for g in groups["aggregate_type"]]
+            if "aggregate_type" in groups
+            else None,
+            by_error=[ErrorGroup(**g) for g in groups["error"]] if "error" in groups else None,
+        )
+
+    def get_event(self, event_id: int) -> EventDetail | None:
+        """One event in any state with its error history, or None when there is no such id."""
+        if not _valid_id(event_id):
+            return None
+        with self._connection() as conn, conn.transaction():
+            queries.execute(conn, "dead_snapshot")
+            row = queries.fetch_one(conn, "event_get", {"id": event_id})
+            if row is None:
+                return None
+            errors = queries.fetch_all(conn, "event_errors", {"id": event_id})
+        return EventDetail(**row, errors=[ErrorRecord(**e) for e in errors])
+
+    def history(self, limit: int = 50) -> list[AuditEntry]:
+        """The latest audited actions on dead events, newest first."""
+        _check_positive("limit", limit)
+        with self._connection() as conn:
+            rows = queries.fetch_all(conn, "audit_history", {"limit": limit})
+        return [AuditEntry(**row) for row in rows]
+
+    # -- redrive -------------------------------------------------------------------------------
+
+    def retry_dead_event(self, event_id: int, *, actor: str | None = None) -> bool:
+        """Send one dead event back to pending. False when there is no such event; EventNotDead
+        (a ValueError) when it exists but is not dead."""
+        if not _valid_id(event_id):
+            return False
+        who = actor or default_actor()
+        with self._connection() as conn:
+            with conn.transaction():
+                done = queries.fetch_all(
+                    conn, "dead_redrive_ids", {"ids": [event_id], "actor": who}
+                )
+                if done:
+                    self._audit(conn, actor=who, action="retry", affected=1, event_ids=[event_id])
+                    queries.execute(conn, "outbox_notify")
+            if done:
+                return True
+            found = queries.fetch_all(conn, "events_status", {"ids": [event_id]})
+        if not found:
+            return False
+        raise EventNotDead(
+            f"event {event_id} is {found[0]['status']}, not dead; only dead events can be retried"
+        )
+
+    def classify_ids(self, ids: Iterable[int]) -> tuple[list[int], list[int], list[int]]:
+        """Split ids into (dead, missing, not dead) without changing anything (for --dry-run)."""
+        wanted = list(dict.fromkeys(ids))
+        candidates = [i for i in wanted if _valid_id(i)]
+        with self._connection() as conn:
+            found = {
+                r["id"]: r["status"]
+                for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
+            }
+        dead = [i for i in wanted if found.get(i) == "dead"]
+        missing = [i for i in wanted if i not in found]
+        not_dead = [i for i in wanted if found.get(i) not in (None, "dead")]
+        return dead, missing, not_dead
+
+    def retry_dead_events_batch(
+        self, ids: Iterable[int], *, actor: str | None = None, skip_invalid: bool = False
+    ) -> int:
+        """Redrive these dead events in one transaction; return how many were redriven.
+
+        Any id that is missing or not dead fails the whole batch with InvalidEventIds naming
+        them, and nothing is retried; with ``skip_invalid`` the others are retried.
+        """
+        wanted = list(dict.fromkeys(ids))
+        bad_type = [i for i in wanted if not isinstance(i, int) or isinstance(i, bool)]
+        if bad_type:
+            raise InvalidFilter(f"event ids must be integers, got {bad_type[0]!r}")
+        if not wanted:
+            return 0
+        who = actor or default_actor()
+        out_of_range = [i for i in wanted if not _valid_id(i)]
+        candidates = [i for i in wanted if _valid_id(i)]
+        with self._connection() as conn, conn.transaction():
+            found = {
+                r["id"]: r["status"]
+                for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
+            }
+            missing = out_of_range + [i for i in candidates if i not in found]
+            not_dead = [i for i in candidates if found.get(i) not in (None, "dead")]
+            if (missing or not_dead) and not skip_invalid:
+                raise InvalidEventIds(missing=missing, not_dead=not_dead)
+            dead = [i for i in candidates if found.get(i) == "dead"]
+            done = {
+                r["id"]
+                for r in queries.fetch_all(conn, "dead_redrive_ids", {"ids": dead, "actor": who})
+            }
+            # Redriven or archived by someone else between the two statements.
+            changed = [i for i in dead if i not in done]
+            if changed and not skip_invalid:
+                raise InvalidEventIds(missing=[], not_dead=changed)
+            redriven = [i for i in dead if i in done]
+            self._audit(
+                conn,
+                actor=who,
+                action="retry_batch",
+                affected=len(redriven),
+                event_ids=redriven,
+                details={"requested": len(wanted), "skipped": missing + not_dead + changed},
+            )
+            if redriven:
+                queries.execute(conn, "outbox_notify")
+        return len(redriven)
+
+    def retry_dead_events(
+        self,
+        filter: DeadEventFilter | None = None,
+        limit: int | None = None,
+        *,
+        actor: str | None = None,
+        rate: float | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Redrive every dead event that matches (at most ``limit``), in batches; return how many.
+
+        Each batch is one statement and its own transaction, taking the next dead events in id
+        order. ``rate`` caps events made pending per second (batches shrink to at most ``rate``
+        and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C, an
+        error), it keeps the batches already committed, records the action as interrupted with
+        their count, and re-raises; run it again to continue.
+        """
+        flt = self._filter(filter)
+        _check_positive("limit", limit)
+        if rate is not None and (isinstance(rate, bool) or not rate > 0):
+            raise InvalidFilter(f"rate must be a positive number of events per second, not {rate}")
+        who = actor or default_actor()
+        size = self.batch_size if rate is None else max(1, min(self.batch_size, int(rate)))
+        details = {"limit": limit, "rate": rate, "batch_size": size}
+        params: dict[str, Any] = {**flt.params(), "actor": who}
+        total = 0
+        after_id = 0
+        audit_id: int | None = None
+        started = time.monotonic()
+        with self._connection() as conn:
+            try:
+                while limit is None or total < limit:
+                    params["after_id"] = after_id
+                    params["batch_size"] = size if limit is None else min(size, limit - total)
+                    with conn.transaction():
+                        current = audit_id
+                        if current is None:
+                            current = self._audit(
+                                conn,
+                                actor=who,
+                                action="retry_filter",
+                                affected=0,
+                                filter=flt,
+                                outcome="in_progress",
+                                details=details,
+                            )
+                        row = queries.fetch_one(conn, "dead_redrive_batch", params)
+                        assert row is not None
+                        n = int(row["redriven"])
+                        if n:
+                            queries.execute(conn, "audit_progress", {"id": current, "affected": n})
+                            queries.execute(conn, "outbox_notify")
+                    audit_id = current  # committed: from here on the audit row exists
+                    total += n
+                    if progress is not None and n:
+                        progress(total)
+                    if row["picked"] < params["batch_size"]:
+                        break  # the keyset scan reached the end
+                    after_id = int(row["last_id"])
+                    if rate is not None:
+                        lag = started + total / rate - time.monotonic()
+                        if lag > 0:
+                            time.sleep(lag)
+            except BaseException:
+                if audit_id is not None:
+                    self._finish(conn, audit_id, "interrupted")
+                logger.info("redrive by filter interrupted after %d events", total)
+                raise
+            if audit_id is not None:
+                self._finish(conn, audit_id, "completed")
+        return total
+
+    @staticmethod
+    def _finish(conn: psycopg.Connection[Any], audit_id: int, outcome: str) -> None:
+        try:
+            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                conn.rollback()
+            queries.execute(conn, "audit_finish", {"id": audit_id, "outcome": outcome})
+        except psycopg.Error as exc:
+            # The batches' counts are already in the row; only the outcome is missing (it stays
+            # in_progress, which reads as "died mid-way"). Info, not warning: the caller is
+            # already reporting the failure that brought us here, in one line.
+            logger.info("could not mark audit entry %d %s: %s", audit_id, outcome, exc)
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export_dead_events(
+        self,
+        out: TextIO,
+        format: str | ExportFormat,
+        filter: DeadEventFilter | None = None,
+        *,
+        actor: str | None = None,
+        destination: str | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Stream matching dead events to ``out`` as json, jsonl or csv; return how many.
+
+        Rows come from a server-side cursor a chunk at a time, so memory stays flat whatever the
+        count; the next chunk is fetched while the last one is written. The audit row is written
+        in the export's transaction after the last row: an export that fails records nothing.
+        """
+        fmt = format if isinstance(format, ExportFormat) else ExportFormat.parse(format)
+        flt = self._filter(filter)
+        who = actor or default_actor()
+        writer = Writer(out, fmt)
+        with self._connection() as conn, conn.transaction():
+            queries.execute(conn, "export_utc")
+            writer.begin()
+            queries.execute(
+                conn,
+                "dead_export_csv" if fmt is ExportFormat.CSV else "dead_export_json",
+                flt.params(),
+            )
+            for chunk in _prefetched(conn, "dead_export_fetch"):
+                writer.write_chunk(chunk)
+                if progress is not None:
+                    progress(writer.count)
+            writer.end()
+            self._audit(
+                conn,
+                actor=who,
+                action="export",
+                affected=writer.count,
+                filter=flt,
+                details={"format": fmt.value, "destination": destination},
+            )
+        return writer.count
+
+    # -- purge ---------------------------------------------------------------------------------
+
+    def cleanup_old_dead_events(
+        self,
+        older_than_days: int,
+        *,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Move dead events that died more than ``older_than_days`` ago to the archive.
+
+        Goes through archival, never a bare DELETE: each batch is migration 0002's
+        ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their
+        error history into outbox_event_archive and outbox_event_error_archive in one statement.
+        Each batch is its own transaction, with the audit row (action ``purge``) kept up to date.
+        """
+        _check_positive("older_than_days", older_than_days, allow_zero=True)
+        who = actor or default_actor()
+        total = 0
+        audit_id: int | None = None
+        with self._connection() as conn:
+            archiver.require_schema(conn)
+            # One cutoff for the whole run: events dying while it runs are not chased.
+            cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
+            params = {"status": "dead", "cutoff": cutoff, "batch_size": self.batch_size}
+            details = {"older_than_days": older_than_days, "cutoff": cutoff.isoformat()}
+            try:
+                while True:
+                    with conn.transaction():
+                        current = audit_id
+                        if current is None:
+                            current = self._audit(
+                                conn,
+                                actor=who,
+                                action="purge",
+                                affected=0,
+                                outcome="in_progress",
+                                details=details,
+                            )
+                        n = int(queries.fetch_value(conn, "archive_batch", params))
+                        if n:
+                            queries.execute(conn, "audit_progress", {"id": current, "affected": n})
+                    audit_id = current
+                    total += n
+                    if progress is not None:
+                        progress(total)
+                    # Stop on an empty batch, not a short one: rows another transaction holds
+                    # are skipped (SKIP LOCKED), so a short batch does not mean the end.
+                    if n == 0:
+                        break
+            except BaseException:
+                if audit_id is not None:
+                    self._finish(conn, audit_id, "interrupted")
+                raise
+            if audit_id is not None:
+                self._finish(conn, audit_id, "completed")
+        return total
+
+    def count_purgeable(self, older_than_days: int) -> int:
+        """How many dead events purge --older-than-days N would move (for --dry-run)."""
+        _check_positive("older_than_days", older_than_days, allow_zero=True)
+        with self._connection() as conn:
+            return int(
+                queries.fetch_value(
+                    conn, "dead_count_older_than", {"older_than_days": older_than_days}
+                )
+            )
+
+    # -- archival ------------------------------------------------------------------------------
+
+    def archive(
+        self,
+        *,
+        retention_days: int = archiver.DEFAULT_RETENTION_DAYS,
+        dead_retention_days: int | None = archiver.DEFAULT_DEAD_RETENTION_DAYS,
+        batch_size: int = archiver.DEFAULT_BATCH_SIZE,
+    ) -> int:
+        """Run archival now (dispatchbox.maintenance.archiver.run_archive): done rows older than
+        ``retention_days``, dead rows older than ``dead_retention_days`` (None: none), with their
+        error history, into the archive. Returns how many events moved."""
+        with self._connection() as conn:
+            result = archiver.run_archive(
+                conn,
+                retention_days=retention_days,
+                dead_retention_days=dead_retention_days,
+                batch_size=batch_size,
+            )
+        return result.total

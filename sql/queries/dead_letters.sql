@@ -1,0 +1,313 @@
+-- Dead-letter reads, redrive, export and purge (dispatchbox/repository.py).
+--
+-- Every query that takes a dead-event filter repeats the same block, written against the alias
+-- `e` for outbox_event (tests/unit/test_dead_letter_filters.py checks the copies are identical):
+--
+--    AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+--    AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+--    AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+--    AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+--    AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+--    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+--            SELECT f.event_id FROM outbox_dead_fingerprint f
+--             WHERE f.fingerprint = %(error_fingerprint)s::text))
+--
+-- The repository runs these unprepared, so PostgreSQL plans each with the actual values: a NULL
+-- filter folds away and the partial indexes on dead rows serve what remains.
+
+-- name: dead_snapshot
+-- First statement of a multi-query read (stats, show): one consistent snapshot, no writes.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- name: dead_list
+-- One page of dead events in id order: OFFSET pages, or keyset pages with after_id.
+SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.headers, e.status,
+       e.attempts, e.max_attempts, e.priority, e.last_error, e.last_error_at, e.created_at,
+       e.dead_at, e.redrive_count, e.last_redriven_at, e.last_redriven_by,
+       -- a lookup per row shown: a join would merge from the first id, not from after_id
+       (SELECT fp.fingerprint FROM outbox_dead_fingerprint fp WHERE fp.event_id = e.id)
+           AS error_fingerprint
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND (%(after_id)s::bigint IS NULL OR e.id > %(after_id)s::bigint)
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+ ORDER BY e.id
+ LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: dead_count
+-- How many dead events match the filter.
+SELECT count(*)
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+
+-- name: dead_stats_totals
+-- Count, oldest and newest death of the dead events that match the filter.
+SELECT count(*) AS total, min(e.dead_at) AS oldest_dead_at, max(e.dead_at) AS newest_dead_at
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+
+-- name: dead_stats_by_event_type
+-- Dead events per event type, most first, with first and last death.
+SELECT e.event_type AS key, count(*) AS count, min(e.dead_at) AS first_seen,
+       max(e.dead_at) AS last_seen
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+ GROUP BY e.event_type
+ ORDER BY count DESC, key
+
+-- name: dead_stats_by_aggregate_type
+-- Dead events per aggregate type, most first, with first and last death.
+SELECT e.aggregate_type AS key, count(*) AS count, min(e.dead_at) AS first_seen,
+       max(e.dead_at) AS last_seen
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+ GROUP BY e.aggregate_type
+ ORDER BY count DESC, key
+
+-- name: dead_stats_by_error
+-- Dead events per error fingerprint, most first: count, first and last death, the lowest event id
+-- as an example and that event's normalised error. Reads outbox_dead_fingerprint (one narrow row
+-- per dead event) instead of normalising a million errors; touches outbox_event only for the
+-- examples and, with error_like, to read last_error.
+SELECT g.fingerprint, g.count, g.first_seen, g.last_seen, g.example_id,
+       outbox_error_signature(x.last_error) AS signature, x.last_error AS example_error
+  FROM (SELECT f.fingerprint, count(*) AS count, min(f.dead_at) AS first_seen,
+               max(f.dead_at) AS last_seen, min(f.event_id) AS example_id
+          FROM outbox_dead_fingerprint f
+         WHERE (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
+           AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+           AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
+           AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
+           AND (%(error_fingerprint)s::text IS NULL
+                OR f.fingerprint = %(error_fingerprint)s::text)
+           AND (%(error_like)s::text IS NULL OR EXISTS (
+                   SELECT 1 FROM outbox_event e
+                    WHERE e.id = f.event_id AND e.last_error ILIKE %(error_like)s::text))
+         GROUP BY f.fingerprint) g
+  JOIN outbox_event x ON x.id = g.example_id
+ ORDER BY g.count DESC, g.fingerprint
+
+-- name: event_get
+-- One event in any state, with its error fingerprint when dead.
+SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.headers, e.status,
+       e.attempts, e.max_attempts, e.priority, e.idempotency_key, e.next_attempt_at,
+       e.locked_by, e.locked_until, e.last_error, e.last_error_at, e.created_at, e.updated_at,
+       e.done_at, e.dead_at, e.redrive_count, e.last_redriven_at, e.last_redriven_by,
+       fp.fingerprint AS error_fingerprint
+  FROM outbox_event e
+  LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
+ WHERE e.id = %(id)s
+
+-- name: event_errors
+-- An event's whole error history, oldest first (it survives redrives).
+SELECT id, attempt, worker, started_at, finished_at, error_type, message, traceback
+  FROM outbox_event_error
+ WHERE event_id = %(id)s
+ ORDER BY id
+
+-- name: events_status
+-- The status of each of the given ids that exists.
+SELECT id, status FROM outbox_event WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: dead_redrive_ids
+-- Redrive the given events that are still dead: back to pending, attempts reset, due now, lease
+-- and dead_at cleared, lineage counted; last_error and the error history stay. They leave the
+-- fingerprint mirror here (its trigger skips redrives, see migration 0003).
+WITH redriven AS (
+    UPDATE outbox_event
+       SET status = 'pending',
+           attempts = 0,
+           next_attempt_at = now(),
+           locked_by = NULL,
+           locked_until = NULL,
+           lease_token = NULL,
+           dead_at = NULL,
+           updated_at = now(),
+           redrive_count = redrive_count + 1,
+           last_redriven_at = now(),
+           last_redriven_by = %(actor)s
+     WHERE id = ANY(%(ids)s::bigint[])
+       AND status = 'dead'
+    RETURNING id
+), unmirrored AS (
+    DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
+)
+SELECT id FROM redriven
+
+-- name: dead_redrive_batch
+-- One batch of a redrive by filter: the next dead events after after_id in id order (rows
+-- another transaction holds are skipped, not waited for), redriven as dead_redrive_ids does.
+-- Returns how many were redriven, how many were picked (fewer than batch_size: nothing left) and
+-- the last id picked, where the next batch starts.
+WITH picked AS (
+    SELECT e.id
+      FROM outbox_event e
+     WHERE e.status = 'dead'
+       AND e.id > %(after_id)s::bigint
+       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+               SELECT f.event_id FROM outbox_dead_fingerprint f
+                WHERE f.fingerprint = %(error_fingerprint)s::text))
+     ORDER BY e.id
+     LIMIT %(batch_size)s
+       FOR UPDATE OF e SKIP LOCKED
+), redriven AS (
+    UPDATE outbox_event o
+       SET status = 'pending',
+           attempts = 0,
+           next_attempt_at = now(),
+           locked_by = NULL,
+           locked_until = NULL,
+           lease_token = NULL,
+           dead_at = NULL,
+           updated_at = now(),
+           redrive_count = o.redrive_count + 1,
+           last_redriven_at = now(),
+           last_redriven_by = %(actor)s
+      FROM picked
+     WHERE o.id = picked.id
+       AND o.status = 'dead'
+    RETURNING o.id
+), unmirrored AS (
+    DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
+)
+SELECT (SELECT count(*) FROM redriven) AS redriven,
+       (SELECT count(*) FROM picked) AS picked,
+       (SELECT max(id) FROM picked) AS last_id
+
+-- name: outbox_notify
+-- Wake idle workers after a redrive (a hint; they poll anyway).
+SELECT pg_notify('dispatchbox_outbox', '')
+
+-- name: export_utc
+-- Exports write timestamps in UTC, whatever the session's time zone.
+SET LOCAL TIME ZONE 'UTC'
+
+-- name: dead_export_json
+-- Open the export cursor over dead events as JSON text, one per row, in id order (json and jsonl
+-- exports); read with dead_export_fetch inside the same transaction. The object is built by
+-- concatenation: json_build_object looks up every argument's type on every row (a third of the
+-- export's time); to_json quotes and escapes each value, jsonb::text is JSON already.
+DECLARE dispatchbox_export NO SCROLL CURSOR FOR
+SELECT '{"id":' || e.id
+       || ',"aggregate_type":' || to_json(e.aggregate_type)::text
+       || ',"aggregate_id":' || to_json(e.aggregate_id)::text
+       || ',"event_type":' || to_json(e.event_type)::text
+       || ',"status":"dead"'
+       || ',"attempts":' || e.attempts
+       || ',"max_attempts":' || e.max_attempts
+       || ',"priority":' || e.priority
+       || ',"idempotency_key":' || coalesce(to_json(e.idempotency_key)::text, 'null')
+       || ',"created_at":' || to_json(e.created_at)::text
+       || ',"dead_at":' || coalesce(to_json(e.dead_at)::text, 'null')
+       || ',"last_error":' || coalesce(to_json(e.last_error)::text, 'null')
+       || ',"last_error_at":' || coalesce(to_json(e.last_error_at)::text, 'null')
+       || ',"error_fingerprint":' || coalesce(to_json(fp.fingerprint)::text, 'null')
+       || ',"redrive_count":' || e.redrive_count
+       || ',"last_redriven_at":' || coalesce(to_json(e.last_redriven_at)::text, 'null')
+       || ',"last_redriven_by":' || coalesce(to_json(e.last_redriven_by)::text, 'null')
+       || ',"headers":' || e.headers::text
+       || ',"payload":' || e.payload::text
+       || '}' AS doc
+  FROM outbox_event e
+  LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+ ORDER BY e.id
+
+-- name: dead_export_csv
+-- Open the export cursor over dead events as text columns named as in export.CSV_COLUMNS, in id
+-- order; timestamps in ISO 8601, payload and headers as JSON text.
+DECLARE dispatchbox_export NO SCROLL CURSOR FOR
+SELECT e.id::text AS id,
+       e.aggregate_type,
+       e.aggregate_id,
+       e.event_type,
+       e.status,
+       e.attempts::text AS attempts,
+       e.max_attempts::text AS max_attempts,
+       e.priority::text AS priority,
+       e.idempotency_key,
+       to_json(e.created_at) #>> '{}' AS created_at,
+       to_json(e.dead_at) #>> '{}' AS dead_at,
+       e.last_error,
+       to_json(e.last_error_at) #>> '{}' AS last_error_at,
+       fp.fingerprint AS error_fingerprint,
+       e.redrive_count::text AS redrive_count,
+       to_json(e.last_redriven_at) #>> '{}' AS last_redriven_at,
+       e.last_redriven_by,
+       e.headers::text AS headers,
+       e.payload::text AS payload
+  FROM outbox_event e
+  LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
+ WHERE e.status = 'dead'
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+ ORDER BY e.id
+
+-- name: dead_export_fetch
+-- The next chunk of the export cursor: a bounded piece, so an export's memory stays flat.
+FETCH FORWARD 5000 FROM dispatchbox_export
+
+-- name: dead_count_older_than
+-- Dead events that died more than older_than_days days ago (what purge would move).
+SELECT count(*)
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND e.dead_at < now() - make_interval(days => %(older_than_days)s::integer)

@@ -1,0 +1,169 @@
+"""DeadEventFilter validation, CSV neutralisation, and the shared filter block in the SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from dispatchbox import queries
+from dispatchbox.errors import ExportError, InvalidFilter
+from dispatchbox.export import CSV_COLUMNS, ExportFormat, Writer, neutralise
+from dispatchbox.filters import DeadEventFilter, parse_timestamp
+
+
+def test_empty_filter_and_params() -> None:
+    flt = DeadEventFilter()
+    assert flt.is_empty
+    assert flt.params() == {
+        "event_type": None,
+        "aggregate_type": None,
+        "since": None,
+        "until": None,
+        "error_like": None,
+        "error_fingerprint": None,
+    }
+    assert flt.to_json() == {}
+
+
+def test_error_contains_is_matched_literally() -> None:
+    flt = DeadEventFilter(error_contains=r"100% of a_b\c")
+    assert flt.params()["error_like"] == r"%100\% of a\_b\\c%"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"event_type": ""}, "event_type must not be empty"),
+        ({"aggregate_type": "   "}, "aggregate_type must not be empty"),
+        ({"error_contains": "a\x00b"}, "NUL"),
+        ({"since": datetime(2024, 1, 1)}, "since must be timezone-aware"),
+        ({"until": "2024-01-01"}, "until must be a datetime"),
+        (
+            {"since": datetime(2024, 2, 1, tzinfo=UTC), "until": datetime(2024, 1, 1, tzinfo=UTC)},
+            "since must be earlier than until",
+        ),
+        ({"error_fingerprint": "XYZ"}, "12 lowercase hex digits"),
+        ({"event_type": 5}, "event_type must be a string"),
+    ],
+)
+def test_invalid_filters_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidFilter, match=message):
+        DeadEventFilter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_invalid_filter_is_a_usage_error_and_a_value_error() -> None:
+    assert InvalidFilter.exit_code == 2
+    assert issubclass(InvalidFilter, ValueError)
+
+
+def test_from_strings_parses_dates_and_fingerprints() -> None:
+    flt = DeadEventFilter.from_strings(
+        since="2024-05-01T12:00:00Z", until="2024-05-02", error_fingerprint=" ABCDEF012345 "
+    )
+    assert flt.since == datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert flt.until is not None and flt.until.tzinfo is not None
+    assert flt.error_fingerprint == "abcdef012345"
+    assert flt.to_json()["since"] == "2024-05-01T12:00:00+00:00"
+
+
+def test_timestamps_without_offset_are_local_time() -> None:
+    parsed = parse_timestamp("since", "2024-05-01T12:00:00")
+    assert parsed.tzinfo is not None
+    assert parsed.replace(tzinfo=None) == datetime(2024, 5, 1, 12)
+    with_offset = parse_timestamp("since", "2024-05-01T12:00:00+02:00")
+    assert with_offset.utcoffset() == timedelta(hours=2)
+    assert with_offset.tzinfo == timezone(timedelta(hours=2))
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2024-13-01", "01/05/2024", ""])
+def test_bad_timestamps_say_what_was_expected(text: str) -> None:
+    with pytest.raises(InvalidFilter, match="ISO 8601"):
+        parse_timestamp("since", text)
+
+
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+2", "'+1+2"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("plain", "plain"),
+        ('{"a": "=1"}', '{"a": "=1"}'),
+        (None, ""),
+    ],
+)
+def test_csv_cells_are_neutralised(cell: str | None, expected: str) -> None:
+    assert neutralise(cell) == expected
+
+
+def test_csv_writer_output_parses_back() -> None:
+    out = io.StringIO()
+    writer = Writer(out, ExportFormat.CSV)
+    writer.begin()
+    row = dict.fromkeys(CSV_COLUMNS, "x")
+    row["last_error"] = '=cmd|"/c calc"!A0\nsecond line'
+    writer.write_chunk([row])
+    writer.end()
+    parsed = list(csv.reader(io.StringIO(out.getvalue())))
+    assert parsed[0] == list(CSV_COLUMNS)
+    assert parsed[1][CSV_COLUMNS.index("last_error")] == "'" + row["last_error"]
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_empty_json_exports_are_valid(fmt: str) -> None:
+    out = io.StringIO()
+    writer = Writer(out, ExportFormat(fmt))
+    writer.begin()
+    writer.write_docs([])
+    writer.end()
+    assert out.getvalue() == ("[]\n" if fmt == "json" else "")
+
+
+def test_json_writers_join_documents() -> None:
+    for fmt, expected in (
+        ("jsonl", '{"a":1}\n{"b":"ü"}\n'),
+        ("json", '[\n{"a":1},\n{"b":"ü"}\n]\n'),
+    ):
+        out = io.StringIO()
+        writer = Writer(out, ExportFormat(fmt))
+        writer.begin()
+        writer.write_chunk([{"doc": '{"a":1}'}])
+        writer.write_docs(['{"b":"ü"}'])
+        writer.end()
+        assert out.getvalue() == expected
+        assert writer.count == 2
+
+
+def test_unknown_export_format() -> None:
+    with pytest.raises(ExportError, match="unknown export format 'xml'"):
+        ExportFormat.parse("xml")
+
+
+def test_every_copy_of_the_filter_block_in_dead_letters_sql_is_identical() -> None:
+    text = (queries.sql_dir() / "queries" / "dead_letters.sql").read_text()
+    documented = [line[2:].strip() for line in text.splitlines() if line.startswith("--    ")]
+    assert len(documented) == 8
+    blocks = {}
+    for name, body in queries.parse(text).items():
+        lines = [line.strip() for line in body.splitlines()]
+        if documented[0] in lines:
+            start = lines.index(documented[0])
+            blocks[name] = lines[start : start + len(documented)]
+    assert set(blocks) == {
+        "dead_list",
+        "dead_count",
+        "dead_stats_totals",
+        "dead_stats_by_event_type",
+        "dead_stats_by_aggregate_type",
+        "dead_redrive_batch",
+        "dead_export_json",
+        "dead_export_csv",
+    }
+    for name, lines in blocks.items():
+        assert lines == documented, f"{name}: its filter block differs from the documented one"
