@@ -48,6 +48,9 @@ def _register_optional() -> None:
     app.add_typer(archive.app, name="archive")
     app.command("worker")(worker.worker_command)
     app.command("demo")(demo.demo_command)
+    from dispatchbox.cli import serve
+
+    app.command("serve")(serve.serve_command)
 
 
 _register_optional()

@@ -9,9 +9,19 @@ import typer
 from dispatchbox import migrations
 from dispatchbox.cli.common import state
 from dispatchbox.db import connect, describe
+from dispatchbox.errors import ConfigurationError
+from dispatchbox.maintenance import alerts
+from dispatchbox.observability.exporter import MetricsExporter
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.loader import load_dispatcher
 from dispatchbox.worker.supervisor import Supervisor, configure_logging
+
+
+def _on_off(flag: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("on", "off"):
+        raise ConfigurationError(f"{flag} must be on or off, got {value!r}")
+    return lowered == "on"
 
 
 def worker_command(
@@ -66,7 +76,28 @@ def worker_command(
         envvar="DISPATCHBOX_NO_PREPARED_STATEMENTS",
         help="No server-side prepared statements (PgBouncer before 1.21, transaction mode).",
     ),
+    synchronous_commit: str = typer.Option(
+        "on",
+        "--synchronous-commit",
+        envvar="DISPATCHBOX_SYNCHRONOUS_COMMIT",
+        help="on|off for the worker's own state changes; off is faster, and a server crash "
+        "can then only cause a redelivery.",
+    ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="DISPATCHBOX_LOG_LEVEL"),
+    metrics_port: int | None = typer.Option(
+        None,
+        "--metrics-port",
+        envvar="DISPATCHBOX_METRICS_PORT",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics of all worker processes on this port (/metrics).",
+    ),
+    metrics_host: str = typer.Option(
+        "0.0.0.0",  # noqa: S104 - Prometheus scrapes from another host
+        "--metrics-host",
+        envvar="DISPATCHBOX_METRICS_HOST",
+        help="Address the metrics endpoint listens on.",
+    ),
 ) -> None:
     """Deliver events: a supervisor and N worker processes, until SIGTERM or Ctrl-C."""
     config = WorkerConfig(
@@ -84,6 +115,7 @@ def worker_command(
         grace_period=grace_period,
         listen=not no_listen,
         prepared_statements=not no_prepare,
+        synchronous_commit=_on_off("--synchronous-commit", synchronous_commit),
         app_path=(os.getcwd(),),
         log_level=log_level.upper(),
     )
@@ -93,6 +125,7 @@ def worker_command(
     config.validate(dispatcher)
     with connect(config.dsn) as conn:
         migrations.check(conn)
+    alerting = alerts.check_env()  # a bad alert setting fails here, not in every worker
     configure_logging(config.log_level)
     import logging
 
@@ -102,4 +135,13 @@ def worker_command(
         describe(config.dsn),
         ",".join(dispatcher.event_types) or "-",
     )
-    raise typer.Exit(Supervisor(config).run())
+    if alerting:
+        logging.getLogger("dispatchbox.alerts").info("%s", alerting)
+    # Before the first worker process starts: the workers inherit the metrics directory.
+    exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
+    exporter.start()
+    try:
+        code = Supervisor(config, on_process_exit=exporter.process_exited).run()
+    finally:
+        exporter.close()
+    raise typer.Exit(code)

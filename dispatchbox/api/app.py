@@ -1,0 +1,460 @@
+"""The HTTP API (FastAPI): dead events over HTTP, health, readiness and metrics.
+
+Routes under /api need ``Authorization: Bearer <token>`` (see auth.py); /healthz, /readyz and
+/metrics are open, as probes and Prometheus expect. Every handler is a thin client of
+OutboxRepository and runs in the server's thread pool on connections from one psycopg pool.
+
+Errors are JSON ``{"message": ...}`` with the status that says whose move it is: 400 a bad
+filter or query parameter, 401 no or wrong token, 404 no such event, 409 the event is not dead,
+422 a malformed body, 503 the database is unreachable or its schema is not current. A message
+never carries a secret: database errors are redacted and a token is never echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import ConnectionPool, PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dispatchbox import __version__, db, migrations
+from dispatchbox.api.auth import ApiTokens
+from dispatchbox.api.models import (
+    FINGERPRINT_SCHEMA,
+    ISO_SCHEMA,
+    MAX_BIGINT,
+    TEXT_SCHEMA,
+    DeadEventOut,
+    DeadEventPage,
+    ErrorBody,
+    EventDetailOut,
+    FilterIn,
+    RetryBatchIn,
+    RetryBatchOut,
+    RetryOut,
+    StatsOut,
+)
+from dispatchbox.errors import (
+    DatabaseUnreachable,
+    EventNotDead,
+    InvalidEventIds,
+    InvalidFilter,
+    SchemaNotCurrent,
+)
+from dispatchbox.filters import DeadEventFilter
+from dispatchbox.maintenance.alerts import AlertEvaluator, evaluator_from_env
+from dispatchbox.observability.metrics import (
+    DatabaseCollector,
+    build_registry,
+    multiprocess_dir,
+)
+from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
+
+logger = logging.getLogger("dispatchbox.api")
+
+INSECURE_ACTOR = "api"
+
+Grouping = Literal["event_type", "aggregate_type", "error"]
+
+# The filters, as the CLI's flags. The forms below only document what DeadEventFilter checks:
+# its message is the one a client reads (400), so they are not enforced here. A function per
+# parameter: FastAPI binds a Query object to the parameter it is used for, never share one.
+
+
+def _text() -> Any:
+    return Query(None, json_schema_extra=TEXT_SCHEMA)
+
+
+def _contains() -> Any:
+    return Query(
+        None, description="last_error contains this, ignoring case.", json_schema_extra=TEXT_SCHEMA
+    )
+
+
+def _fingerprint() -> Any:
+    return Query(
+        None,
+        description="An error group, as stats?by=error names it.",
+        json_schema_extra=FINGERPRINT_SCHEMA,
+    )
+
+
+def _since() -> Any:
+    return Query(None, description="Died at or after (ISO 8601).", json_schema_extra=ISO_SCHEMA)
+
+
+def _until() -> Any:
+    return Query(None, description="Died before (ISO 8601).", json_schema_extra=ISO_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    dsn: str
+    # None only with --insecure-no-auth: every /api route is open.
+    tokens: ApiTokens | None
+    # Connections the API holds at most; requests beyond wait up to pool_timeout for one.
+    pool_size: int = 10
+    # Seconds a request waits for a connection before it is answered 503.
+    pool_timeout: float = 5.0
+    # Run the Slack alert evaluator in this process when Slack is configured.
+    alerts: bool = True
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def _error(
+    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = ErrorBody(message=message, **extra).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Bad filter or query parameter"},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
+    503: {"model": ErrorBody, "description": "Database unreachable or schema not current"},
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    extra: dict[int, dict[str, Any]] = {
+        404: {"model": ErrorBody, "description": "No event with this id"},
+        409: {"model": ErrorBody, "description": "The event (or an id of the batch) is not dead"},
+        422: {"model": ErrorBody, "description": "Malformed request body"},
+    }
+    out = dict(_ERRORS)
+    for code in codes:
+        out[code] = extra[code]
+    return out
+
+
+def _filter(**fields: str | None) -> DeadEventFilter:
+    try:
+        return DeadEventFilter.from_strings(**fields)
+    except (ValueError, OverflowError) as exc:
+        # InvalidFilter is a ValueError; a date at the edge of the calendar can overflow.
+        raise InvalidFilter(str(exc) or "invalid filter") from None
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The ASGI application. The pool opens (without waiting for the database) at startup."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        settings.dsn,
+        min_size=1,
+        max_size=settings.pool_size,
+        timeout=settings.pool_timeout,
+        open=False,
+        name="dispatchbox-api",
+        kwargs={"connect_timeout": 5, "application_name": "dispatchbox-api"},
+        check=ConnectionPool.check_connection,
+    )
+    repo = OutboxRepository(pool)
+    collector = DatabaseCollector(settings.dsn)
+    registry = build_registry(None, multiprocess_path=multiprocess_dir(), database=collector)
+    evaluator: list[AlertEvaluator] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        if settings.alerts:
+            found = evaluator_from_env(settings.dsn)
+            if found is not None:
+                found.start()
+                evaluator.append(found)
+        try:
+            yield
+        finally:
+            for item in evaluator:
+                item.stop()
+            collector.close()
+            pool.close()
+
+    app = FastAPI(
+        title="dispatchbox",
+        version=__version__,
+        summary="Dead events of a dispatchbox outbox: list, count, inspect and retry.",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app, settings.dsn)
+
+    bearer = HTTPBearer(auto_error=False, description="DISPATCHBOX_API_TOKEN's secret")
+
+    def actor(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> str:
+        if settings.tokens is None:
+            return INSECURE_ACTOR
+        name = settings.tokens.verify(credentials.credentials if credentials else None)
+        if name is None:
+            raise ApiError(401, "missing or invalid bearer token (Authorization: Bearer <token>)")
+        return name
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(actor)])
+
+    @api.get(
+        "/dead-events",
+        response_model=DeadEventPage,
+        responses=_responses(),
+        summary="List dead events (filters and pagination as the CLI's `dead-events list`)",
+    )
+    def list_dead_events(
+        limit: int = Query(100, ge=1, le=MAX_PAGE),
+        offset: int = Query(0, ge=0, le=MAX_BIGINT),
+        after_id: int | None = Query(
+            None, ge=0, le=MAX_BIGINT, description="Keyset page: ids greater than this."
+        ),
+        event_type: str | None = _text(),
+        aggregate_type: str | None = _text(),
+        since: str | None = _since(),
+        until: str | None = _until(),
+        error_contains: str | None = _contains(),
+        error_fingerprint: str | None = _fingerprint(),
+    ) -> DeadEventPage:
+        flt = _filter(
+            event_type=event_type,
+            aggregate_type=aggregate_type,
+            since=since,
+            until=until,
+            error_contains=error_contains,
+            error_fingerprint=error_fingerprint,
+        )
+        events = repo.fetch_dead_events(limit=limit, offset=offset, after_id=after_id, filter=flt)
+        total = repo.count_dead_events(filter=flt)
+        return DeadEventPage(
+            items=[DeadEventOut.model_validate(e) for e in events],
+            total=total,
+            limit=limit,
+            offset=offset,
+            next_after_id=events[-1].id if len(events) == limit else None,
+        )
+
+    @api.get(
+        "/dead-events/stats",
+        response_model=StatsOut,
+        responses=_responses(),
+        summary="Count dead events by event type, aggregate type and normalised error",
+    )
+    def dead_event_stats(
+        by: list[Grouping] | None = Query(
+            None, description="Groupings to compute (repeat the parameter); default all three."
+        ),
+        event_type: str | None = _text(),
+        aggregate_type: str | None = _text(),
+        since: str | None = _since(),
+        until: str | None = _until(),
+        error_contains: str | None = _contains(),
+        error_fingerprint: str | None = _fingerprint(),
+    ) -> StatsOut:
+        flt = _filter(
+            event_type=event_type,
+            aggregate_type=aggregate_type,
+            since=since,
+            until=until,
+            error_contains=error_contains,
+            error_fingerprint=error_fingerprint,
+        )
+        result = repo.dead_event_stats(filter=flt, by=list(by or GROUPINGS))
+        return StatsOut.model_validate(result)
+
+    @api.get(
+        "/dead-events/{event_id:int}",
+        response_model=EventDetailOut,
+        responses=_responses(404),
+        summary="One event (any status) with its whole error history",
+    )
+    def get_dead_event(event_id: int = Path(ge=1)) -> EventDetailOut:
+        event = repo.get_event(event_id)
+        if event is None:
+            raise ApiError(404, f"no event with id {event_id}")
+        return EventDetailOut.model_validate(event)
+
+    @api.post(
+        "/dead-events/{event_id:int}/retry",
+        response_model=RetryOut,
+        responses=_responses(404, 409),
+        summary="Send one dead event back to pending",
+    )
+    def retry_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> RetryOut:
+        if not repo.retry_dead_event(event_id, actor=who):
+            raise ApiError(404, f"no event with id {event_id}; nothing retried")
+        return RetryOut(id=event_id, status="pending")
+
+    @api.post(
+        "/dead-events/retry-batch",
+        response_model=RetryBatchOut,
+        responses=_responses(404, 409, 422),
+        summary='Redrive {"ids": [...]} (all or nothing) or {"filter": {...}} (in batches)',
+    )
+    def retry_batch(body: RetryBatchIn, who: str = Depends(actor)) -> RetryBatchOut:
+        if body.ids is not None:
+            return _retry_ids(repo, body, who)
+        assert body.filter is not None
+        flt = _filter(**_filter_fields(body.filter))
+        if body.dry_run:
+            count = repo.count_dead_events(filter=flt)
+            todo = count if body.limit is None else min(count, body.limit)
+            return RetryBatchOut(retried=0, dry_run=True, would_retry=todo)
+        done = repo.retry_dead_events(flt, body.limit, actor=who)
+        return RetryBatchOut(retried=done, dry_run=False)
+
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["probes"], summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["probes"],
+        summary="The database is reachable and its schema current",
+        responses={503: {"model": ErrorBody, "description": "Not ready"}},
+    )
+    def readyz() -> Any:
+        try:
+            with db.connect(settings.dsn, autocommit=True, connect_timeout=3) as conn:
+                migrations.check(conn)
+        except (DatabaseUnreachable, SchemaNotCurrent) as exc:
+            return _error(503, str(exc))
+        except psycopg.Error as exc:
+            return _error(503, "database error: " + _redacted(exc, settings.dsn))
+        return {"status": "ready"}
+
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Exposition format"}},
+    )
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.pool = pool
+    app.state.settings = settings
+    return app
+
+
+def _filter_fields(flt: FilterIn) -> dict[str, str | None]:
+    return {
+        "event_type": flt.event_type,
+        "aggregate_type": flt.aggregate_type,
+        "since": flt.since,
+        "until": flt.until,
+        "error_contains": flt.error_contains,
+        "error_fingerprint": flt.error_fingerprint,
+    }
+
+
+def _retry_ids(repo: OutboxRepository, body: RetryBatchIn, who: str) -> RetryBatchOut:
+    assert body.ids is not None
+    if body.dry_run:
+        dead, missing, not_dead = repo.classify_ids(body.ids)
+        if (missing or not_dead) and not body.skip_invalid:
+            _reject(missing, not_dead)
+        return RetryBatchOut(
+            retried=0, dry_run=True, would_retry=len(dead), missing=missing, not_dead=not_dead
+        )
+    if body.skip_invalid:
+        # What is skipped is named from a look just before: the retry itself names nothing.
+        _, missing, not_dead = repo.classify_ids(body.ids)
+        done = repo.retry_dead_events_batch(body.ids, actor=who, skip_invalid=True)
+        return RetryBatchOut(retried=done, dry_run=False, missing=missing, not_dead=not_dead)
+    try:
+        done = repo.retry_dead_events_batch(body.ids, actor=who)
+    except InvalidEventIds as exc:
+        _reject(exc.missing, exc.not_dead)
+    return RetryBatchOut(retried=done, dry_run=False)
+
+
+def _reject(missing: list[int], not_dead: list[int]) -> None:
+    error = InvalidEventIds(missing=missing, not_dead=not_dead)
+    # 409 when some event is in the wrong state; 404 when the only fault is ids that do not exist.
+    raise ApiError(409 if not_dead else 404, str(error), missing=missing, not_dead=not_dead)
+
+
+def _redacted(exc: BaseException, dsn: str) -> str:
+    return db.redact(" ".join(str(exc).split()), dsn)[:300]
+
+
+def _install_error_handlers(app: FastAPI, dsn: str) -> None:
+    def reply(status: int, message: Callable[[Any], str]) -> Callable[[Request, Any], Any]:
+        async def respond(request: Request, exc: Any) -> JSONResponse:
+            return _error(status, message(exc))
+
+        return respond
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers=headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "location": [str(p) for p in e.get("loc", ())],
+                "message": str(e.get("msg", "")).removeprefix("Value error, "),
+            }
+            for e in exc.errors()
+        ]
+        # A malformed body is 422; a bad query parameter or filter (in the query string or in
+        # the body's "filter") is a bad filter: 400.
+        in_body = any(
+            p["location"][:1] == ["body"] and p["location"][1:2] != ["filter"] for p in problems
+        )
+        summary = "; ".join(
+            f"{'.'.join(p['location'][1:]) or p['location'][0]}: {p['message']}"
+            for p in problems[:5]
+        )
+        return _error(422 if in_body else 400, summary or "invalid request", errors=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    app.add_exception_handler(InvalidFilter, reply(400, str))
+    app.add_exception_handler(EventNotDead, reply(409, str))
+    app.add_exception_handler(DatabaseUnreachable, reply(503, str))
+    app.add_exception_handler(
+        PoolTimeout, reply(503, lambda exc: "database unavailable: no connection in time")
+    )
+
+    @app.exception_handler(psycopg.Error)
+    async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
+        reason = _redacted(exc, dsn)
+        if isinstance(exc, psycopg.OperationalError):
+            return _error(503, f"database unavailable: {reason}")
+        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
+            return _error(
+                503,
+                f"the dispatchbox schema is missing or not current ({reason}); "
+                "run `dispatchbox db migrate`",
+            )
+        logger.error("api_database_error path=%s error=%s", request.url.path, reason)
+        return _error(500, "database error (logged on the server)")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error(
+            "api_unexpected_error path=%s error=%s",
+            request.url.path,
+            _redacted(exc, dsn),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return _error(500, "internal error (logged on the server)")

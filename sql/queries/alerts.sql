@@ -1,0 +1,76 @@
+-- Alert evaluation (dispatchbox/maintenance/alerts.py).
+--
+-- Every process on every host runs the evaluator; outbox_alert_state coordinates them. A round
+-- for one alert is one transaction: alert_claim takes the alert's row only when nobody holds it
+-- and nobody evaluated it within the interval (FOR UPDATE SKIP LOCKED: the others skip, they
+-- never queue), the holder measures, sends to Slack if the state says a message is due, and
+-- alert_save records what was announced before the lock is released. Times are the database's
+-- (now()), never a host's clock.
+
+-- name: alert_ensure
+-- Create an alert's state row if it is missing; deaths before now() - lookback are not reported.
+INSERT INTO outbox_alert_state (alert, cursor_at)
+VALUES (%(alert)s, now() - make_interval(secs => %(lookback)s))
+ON CONFLICT (alert) DO NOTHING
+
+-- name: alert_claim
+-- Lock an alert's row if it is free and due for evaluation; no row means someone else has it.
+SELECT alert, active, opened_at, resolved_at, last_sent_at, last_value, cursor_at,
+       now() AS now
+  FROM outbox_alert_state
+ WHERE alert = %(alert)s
+   AND (evaluated_at IS NULL
+        OR evaluated_at <= now() - make_interval(secs => %(interval)s))
+   FOR UPDATE SKIP LOCKED
+
+-- name: alert_save
+-- Record an evaluation: the new incident state and whether a message went out or failed.
+UPDATE outbox_alert_state
+   SET active = %(active)s,
+       opened_at = %(opened_at)s,
+       resolved_at = %(resolved_at)s,
+       last_sent_at = %(last_sent_at)s,
+       last_value = %(last_value)s,
+       cursor_at = %(cursor_at)s,
+       evaluated_at = now(),
+       evaluated_by = %(evaluated_by)s,
+       messages_sent = messages_sent + %(sent)s,
+       send_failures = send_failures + %(failed)s,
+       last_failure_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_failure_at END,
+       updated_at = now()
+ WHERE alert = %(alert)s
+
+-- name: alert_dead_count
+-- How many events are dead now.
+SELECT count(*) FROM outbox_event WHERE status = 'dead'
+
+-- name: alert_oldest_pending_age
+-- Seconds since the oldest due pending event became due (0 when none is due).
+SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::double precision
+  FROM outbox_event
+ WHERE status = 'pending' AND next_attempt_at <= now()
+
+-- name: alert_new_dead_by_type
+-- Events that died in (after, upto] and are still dead, per event type, most first.
+SELECT e.event_type, count(*) AS count, max(e.dead_at) AS last_dead_at
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND e.dead_at > %(after)s AND e.dead_at <= %(upto)s
+ GROUP BY e.event_type
+ ORDER BY count DESC, e.event_type
+
+-- name: alert_new_dead_errors
+-- The same deaths per error fingerprint: the most frequent groups, each with its masked error
+-- (never the raw text: values are masked) and the first ids to retry.
+SELECT g.fingerprint, g.count, g.ids, outbox_error_signature(x.last_error) AS signature
+  FROM (SELECT f.fingerprint, count(*) AS count,
+               (array_agg(e.id ORDER BY e.id))[1:%(max_ids)s] AS ids
+          FROM outbox_event e
+          JOIN outbox_dead_fingerprint f ON f.event_id = e.id
+         WHERE e.status = 'dead'
+           AND e.dead_at > %(after)s AND e.dead_at <= %(upto)s
+         GROUP BY f.fingerprint
+         ORDER BY count DESC, f.fingerprint
+         LIMIT %(top)s) g
+  JOIN outbox_event x ON x.id = g.ids[1]
+ ORDER BY g.count DESC, g.fingerprint

@@ -1,0 +1,47 @@
+-- Scrape-time metrics (dispatchbox/observability/metrics.py, DatabaseCollector).
+--
+-- Run together in one read-only transaction at most once per cache period (a few seconds),
+-- however many scrapers ask. Each reads a partial index or a narrow table, never the whole
+-- outbox.
+
+-- name: metrics_snapshot
+-- First statement of a scrape: one consistent snapshot, no writes.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- name: metrics_health
+-- Counts by state, oldest due pending event's age, oldest dead event's age, expired leases.
+SELECT pending, running, dead, oldest_pending_age_seconds,
+       COALESCE(EXTRACT(EPOCH FROM now() - oldest_dead_at), 0)::double precision
+           AS oldest_dead_age_seconds,
+       expired_leases
+  FROM outbox_health
+
+-- name: metrics_dead_by_type
+-- Dead events now, per event type and aggregate type (outbox_dead_fingerprint: one narrow row each).
+SELECT event_type, aggregate_type, count(*) AS count
+  FROM outbox_dead_fingerprint
+ GROUP BY event_type, aggregate_type
+ ORDER BY count DESC, event_type, aggregate_type
+
+-- name: metrics_dead_inflow
+-- Events that died in the last window seconds and are still dead, per error fingerprint.
+SELECT f.fingerprint, count(*) AS count
+  FROM outbox_event e
+  JOIN outbox_dead_fingerprint f ON f.event_id = e.id
+ WHERE e.status = 'dead'
+   AND e.dead_at >= now() - make_interval(secs => %(window)s)
+ GROUP BY f.fingerprint
+ ORDER BY count DESC, f.fingerprint
+
+-- name: metrics_redriven
+-- Events redriven at least once, by where they are now (outbox_event_redriven_idx).
+SELECT status, count(*) AS count
+  FROM outbox_event
+ WHERE redrive_count > 0
+ GROUP BY status
+
+-- name: metrics_alert_state
+-- Each alert's open incident flag and message counters (outbox_alert_state).
+SELECT alert, active, messages_sent, send_failures
+  FROM outbox_alert_state
+ ORDER BY alert
