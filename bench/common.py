@@ -164,6 +164,23 @@ def wait_for(
             time.sleep(step)
 
 
+def wait_drained(dsn: str, timeout: float = 600, step: float = 0.01) -> float:
+    """Seconds until nothing is pending or running. Two index probes per poll: the check itself
+    must not load the database it measures (a count(*) would scan the table every poll)."""
+    start = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM outbox_event WHERE status = 'pending') "
+                "OR EXISTS (SELECT 1 FROM outbox_event WHERE status = 'running')"
+            ).fetchone()
+            if row is not None and not row[0]:
+                return time.perf_counter() - start
+            if time.perf_counter() - start > timeout:
+                raise TimeoutError(f"not drained after {timeout}s")
+            time.sleep(step)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -22,7 +22,7 @@ from bench.common import (
     peak_rss_mb,
     print_table,
     seed,
-    wait_for,
+    wait_drained,
     worker,
 )
 
@@ -51,7 +51,7 @@ def run_dispatchbox(
         with worker(dsn, *args) as proc:
             start = time.perf_counter()
             seed(dsn, events, event_type)
-            seconds = wait_for(dsn, "status = 'done'", events)
+            wait_drained(dsn)
             seconds = time.perf_counter() - start
             rss = [peak_rss_mb(pid) for pid in children(proc.pid)]
         once = count_where(dsn, "status = 'done' AND attempts = 1")
