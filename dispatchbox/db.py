@@ -31,9 +31,11 @@ def dsn_parts(dsn: str) -> dict[str, str]:
     """The DSN as a dict, with libpq's defaults filled in for host, port and database."""
     try:
         parts = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
+    except psycopg.ProgrammingError:
+        # libpq's message quotes the text it could not parse, which may be the password
+        # (a raw % in a URL password, say), and redact() cannot find a password it cannot parse.
         raise ConfigurationError(
-            f"invalid DSN: {redact(' '.join(str(exc).split()), dsn)}"
+            "invalid DSN: it could not be parsed (check its quoting and %-encoding)"
         ) from None
     out = {k: str(v) for k, v in parts.items() if v is not None}
     out.setdefault("host", os.environ.get("PGHOST", "localhost"))

@@ -77,3 +77,9 @@ async def own_timeout(event: OutboxEvent) -> None:
 async def async_sleep(event: OutboxEvent) -> None:
     record("start", event)
     await asyncio.sleep(5)
+
+
+@dispatcher.handler("test.nul_error")
+def nul_error(event: OutboxEvent) -> None:
+    record("call", event)
+    raise ValueError("bad byte \x00 in upstream reply")

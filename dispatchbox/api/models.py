@@ -36,7 +36,7 @@ class DeadEventOut(BaseModel):
     aggregate_id: str
     event_type: str
     payload: Any
-    headers: dict[str, Any]
+    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
     status: str
     attempts: int
     max_attempts: int
@@ -82,7 +82,7 @@ class EventDetailOut(BaseModel):
     aggregate_id: str
     event_type: str
     payload: Any
-    headers: dict[str, Any]
+    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
     status: str
     attempts: int
     max_attempts: int

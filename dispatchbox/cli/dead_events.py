@@ -101,6 +101,10 @@ def _event_id(text: str) -> int:
     return value
 
 
+MAX_BIGINT = 2**63 - 1  # PostgreSQL's bigint: larger values are a usage error, not a database one
+MAX_DAYS = 1_000_000  # far beyond any retention, small enough for an interval
+
+
 def _int(flag: str, text: str | None, *, minimum: int, maximum: int | None = None) -> int | None:
     if text is None:
         return None
@@ -212,8 +216,8 @@ def list_command(
     """Dead events in id order, oldest first; the error is cut to fit the terminal."""
     fmt = _choice("--format", fmt, ("table", "json"))
     page = _int("--limit", limit, minimum=1, maximum=MAX_PAGE)
-    skip = _int("--offset", offset, minimum=0)
-    after = _int("--after-id", after_id, minimum=0)
+    skip = _int("--offset", offset, minimum=0, maximum=MAX_BIGINT)
+    after = _int("--after-id", after_id, minimum=0, maximum=MAX_BIGINT)
     flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
     repo = _repo(ctx)
     events = repo.fetch_dead_events(limit=page or 100, offset=skip or 0, after_id=after, filter=flt)
@@ -439,7 +443,7 @@ def retry_batch(
     if ids:
         _retry_ids(ctx, [_event_id(i) for i in ids], dry_run=dry_run, skip_invalid=skip_invalid)
         return
-    cap = _int("--limit", limit, minimum=1)
+    cap = _int("--limit", limit, minimum=1, maximum=MAX_BIGINT)
     per_second = _rate(rate)
     flt = _filter(*filters)
     repo = _repo(ctx)
@@ -596,7 +600,7 @@ def purge(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count only; change nothing."),
 ) -> None:
     """Move dead events older than N days, with their error history, to the archive."""
-    days = _int("--older-than-days", older_than_days, minimum=0)
+    days = _int("--older-than-days", older_than_days, minimum=0, maximum=MAX_DAYS)
     assert days is not None
     repo = _repo(ctx)
     if dry_run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -96,6 +97,14 @@ def run() -> None:
     except KeyboardInterrupt:
         print("dispatchbox: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): stop quietly, and keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:
+        print(f"dispatchbox: error: cannot write output: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
     except Exception as exc:
         if _click_error(exc):
             sys.exit(_report_click_error(exc))

@@ -440,8 +440,8 @@ class WorkerProcess:
             id=item.id,
             token=item.token,
             error_type=type(exc).__name__,
-            message=(str(exc) or type(exc).__name__)[:MAX_MESSAGE],
-            traceback=tb,
+            message=_text((str(exc) or type(exc).__name__)[:MAX_MESSAGE]),
+            traceback=None if tb is None else _text(tb),
             started_at=self._db_time(item, mono_start),
             finished_at=self._db_time(item, time.monotonic()),
             permanent=permanent,
@@ -474,7 +474,24 @@ class WorkerProcess:
 
         # Outcomes are retried through an outage until written; a lease that expires meanwhile
         # makes the write a no-op (the token no longer matches) and the event is redelivered.
-        await self._with_db(self.flush_conn, write, until_stopped=False)
+        try:
+            await self._with_db(self.flush_conn, write, until_stopped=False)
+        except psycopg.Error as exc:
+            # Not an outage: this batch cannot be written as it is. Drop it rather than stop
+            # the process; its leases expire and the reaper records the attempts.
+            logger.error(
+                "flush_failed worker=%s done=%d failed=%d error=%s: %s",
+                self.name,
+                len(done),
+                len(failed),
+                type(exc).__name__,
+                redact(" ".join(str(exc).split()))[:300],
+            )
+            for event_id, _ in done:
+                self.leased.pop(event_id, None)  # stop renewing: let the leases run out
+            for f, _ in failed:
+                self.leased.pop(f.id, None)
+            return
         for event_id, _ in done:
             self.leased.pop(event_id, None)
         error_types = {f.id: f.error_type for f, _ in failed}
@@ -595,6 +612,11 @@ class WorkerProcess:
                 "and the events will be delivered again",
                 self.name,
             )
+
+
+def _text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; an error message with one must not stop the flush.
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
 
 
 class HandlerTimeout(Exception):

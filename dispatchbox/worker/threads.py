@@ -71,7 +71,9 @@ class SyncPool(Generic[R]):
         return len(self._queue)
 
     def busy(self) -> int:
-        return len(self._running)
+        """Handlers running whose outcome still counts (abandoned ones were already settled)."""
+        with self._cond:
+            return len(self._running.keys() - self._abandoned)
 
     def take_unstarted(self) -> list[Claimed]:
         with self._cond:

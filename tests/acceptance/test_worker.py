@@ -119,6 +119,21 @@ def test_timeouts_ours_and_the_handlers_own(db_dsn: str, record_dir: Path, tmp_p
     )
 
 
+def test_an_error_message_with_a_nul_byte_is_recorded(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    (event_id,) = publish(db_dsn, "test.nul_error", 1, max_attempts=1)
+    run = start(db_dsn, record_dir, tmp_path, "--processes", "1", *FAST)
+    try:
+        wait_until(lambda: counts(db_dsn)["dead"] == 1, 30, "the event dead")
+    finally:
+        run.stop()
+    assert (
+        event_row(db_dsn, event_id)["last_error"] == "ValueError: bad byte \\x00 in upstream reply"
+    )
+    assert "worker_task_failed" not in run.log() and "flush_failed" not in run.log()
+
+
 def test_payloads_never_reach_the_log(db_dsn: str, record_dir: Path, tmp_path: Path) -> None:
     publish(db_dsn, "test.always_fail", 1, max_attempts=1, payload={"card": "4111-SECRET-CARD"})
     run = start(db_dsn, record_dir, tmp_path, "--processes", "1", *FAST)

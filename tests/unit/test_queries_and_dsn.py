@@ -46,3 +46,12 @@ def test_resolve_dsn_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISPATCHBOX_DSN", "dbname=from_env")
     assert db.resolve_dsn(None) == "dbname=from_env"
     assert db.resolve_dsn("dbname=flag") == "dbname=flag"
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://bob:s3cr%zzet@localhost/db", "host=x password=s3cr3t def"]
+)
+def test_an_unparsable_dsn_never_shows_its_password(dsn: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        db.dsn_parts(dsn)
+    assert "s3cr" not in str(caught.value) and "invalid DSN" in str(caught.value)
