@@ -121,9 +121,10 @@ async def afetch_all(
 
 
 async def afetch_tuples(
-    conn: psycopg.AsyncConnection[Any], name: str, params: Params = None
+    conn: psycopg.AsyncConnection[Any], name: str, params: Params = None, *, binary: bool = False
 ) -> list[tuple[Any, ...]]:
-    """Rows as plain tuples: the hot path avoids building a dict per row."""
-    async with conn.cursor() as cur:
+    """Rows as plain tuples: the hot path avoids building a dict per row. ``binary`` asks for
+    results in binary format, cheaper to produce and to parse for timestamps and numbers."""
+    async with conn.cursor(binary=binary) as cur:
         await cur.execute(query(name), params)
         return await cur.fetchall()
