@@ -149,21 +149,6 @@ def worker(
         log.close()
 
 
-def wait_for(
-    dsn: str, condition: str, target: int, timeout: float = 600, step: float = 0.02
-) -> float:
-    """Seconds until count(condition) reaches target."""
-    start = time.perf_counter()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while True:
-            row = conn.execute(f"SELECT count(*) FROM outbox_event WHERE {condition}").fetchone()
-            if row and row[0] >= target:
-                return time.perf_counter() - start
-            if time.perf_counter() - start > timeout:
-                raise TimeoutError(f"{condition}: {row} of {target} after {timeout}s")
-            time.sleep(step)
-
-
 def wait_drained(dsn: str, timeout: float = 600, step: float = 0.01) -> float:
     """Seconds until nothing is pending or running. Two index probes per poll: the check itself
     must not load the database it measures (a count(*) would scan the table every poll)."""

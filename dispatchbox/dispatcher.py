@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -107,6 +107,3 @@ class Dispatcher:
 
     def specs(self) -> list[HandlerSpec]:
         return list(self._handlers.values())
-
-
-AsyncHandler = Callable[[OutboxEvent], Awaitable[None]]

@@ -65,6 +65,11 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _record_json(record: Any) -> dict[str, Any]:
+    """A flat record dataclass as JSON-ready values (datetimes as ISO 8601)."""
+    return {k: _jsonable(v) for k, v in asdict(record).items()}
+
+
 @dataclass(frozen=True, slots=True)
 class DeadEvent:
     """One dead event as listed."""
@@ -74,7 +79,7 @@ class DeadEvent:
     aggregate_id: str
     event_type: str
     payload: Any
-    headers: dict[str, Any]
+    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
     status: str
     attempts: int
     max_attempts: int
@@ -89,7 +94,7 @@ class DeadEvent:
     error_fingerprint: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return _record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,7 @@ class ErrorRecord:
     traceback: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return _record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,7 @@ class EventDetail:
     aggregate_id: str
     event_type: str
     payload: Any
-    headers: dict[str, Any]
+    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
     status: str
     attempts: int
     max_attempts: int
@@ -155,7 +160,7 @@ class GroupStat:
     last_seen: datetime | None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return _record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +176,7 @@ class ErrorGroup:
     example_error: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return _record_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,7 @@ class AuditEntry:
     details: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {k: _jsonable(v) for k, v in asdict(self).items()}
+        return _record_json(self)
 
 
 def _valid_id(value: Any) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from dispatchbox import migrations
-from tests.pg import PgServer, start_server
+from tests.pg import PgServer, skip_outside_ci, start_server
 
 TEMPLATE = "dispatchbox_template"
 
@@ -94,9 +94,7 @@ def conn(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
 def pg_cron(pg_server: PgServer) -> PgServer:
     """The server, when it preloads pg_cron; a skip (or, in CI, a failure) when not."""
     if not pg_server.pg_cron:
-        if _require_pg_cron():
-            pytest.fail("pg_cron is required (DISPATCHBOX_REQUIRE_PG_CRON=1) but missing")
-        pytest.skip("pg_cron is not installed or not preloaded on the test server")
+        skip_outside_ci("pg_cron is not installed or not preloaded on the test server")
     return pg_server
 
 

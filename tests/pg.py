@@ -5,12 +5,25 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
+import pytest
 from psycopg import conninfo
 
 from dispatchbox.tempcluster import TempCluster, find_bindir
+
+
+def in_ci() -> bool:
+    """CI (and anyone who sets DISPATCHBOX_REQUIRE_PG_CRON=1) runs every test: no skips."""
+    return bool(os.environ.get("CI")) or os.environ.get("DISPATCHBOX_REQUIRE_PG_CRON") == "1"
+
+
+def skip_outside_ci(reason: str) -> NoReturn:
+    """Skip on a developer's machine that lacks something; in CI the same lack is a failure."""
+    if in_ci():
+        pytest.fail(f"{reason} (a skip counts as a failure in CI)", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass

@@ -64,8 +64,14 @@ class WorkerConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigurationError(f"--{name} must be positive, got {value}")
-        if self.grace_period < 0 or self.flush_interval < 0:
-            raise ConfigurationError("--grace-period must not be negative")
+        if self.grace_period < 0:
+            raise ConfigurationError(
+                f"--grace-period must not be negative, got {self.grace_period}"
+            )
+        if self.flush_interval < 0:
+            raise ConfigurationError(
+                f"flush_interval must not be negative, got {self.flush_interval}"
+            )
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigurationError(
                 "--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL, "

@@ -139,11 +139,7 @@ class Supervisor:
     def _stop_all(self) -> int:
         alive = [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
         for proc in alive:
-            if proc.pid is not None:
-                with _suppress_lookup():
-                    import os
-
-                    os.kill(proc.pid, signal.SIGTERM)
+            proc.terminate()  # SIGTERM; the worker finishes in-flight handlers, then exits
         deadline = time.monotonic() + self.config.grace_period + 20
         for proc in alive:
             proc.join(max(0.1, deadline - time.monotonic()))
@@ -162,11 +158,3 @@ class Supervisor:
                 self.on_process_exit(proc.pid)
             except Exception:
                 logger.exception("on_process_exit_failed pid=%s", proc.pid)
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, ProcessLookupError)

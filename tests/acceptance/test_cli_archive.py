@@ -14,7 +14,7 @@ from dispatchbox.maintenance import cron
 from dispatchbox.tempcluster import TempCluster, find_bindir
 from tests.conftest import CliResult, run_cli
 from tests.integration.test_archive import add, ids_in
-from tests.pg import PgServer
+from tests.pg import PgServer, skip_outside_ci
 
 
 def _dbname(dsn: str) -> str:
@@ -222,7 +222,7 @@ def test_schedule_status_unschedule(
 def cluster_without_pg_cron() -> Iterator[str]:
     """A throwaway server that does not preload pg_cron, with a migrated outbox database."""
     if find_bindir() is None:
-        pytest.skip("needs the local PostgreSQL server binaries")
+        skip_outside_ci("needs the local PostgreSQL server binaries")
     cluster = TempCluster()
     cluster.pg_cron = False  # installed on this machine, but left out of shared_preload_libraries
     cluster.start()
@@ -255,7 +255,7 @@ def test_missing_extension_is_reported_then_created_on_request(
     pg_cron: PgServer, db_dsn: str
 ) -> None:
     if pg_cron.cluster is None:
-        pytest.skip("drops the pg_cron extension: only on a throwaway cluster we own")
+        skip_outside_ci("drops the pg_cron extension: only on a throwaway cluster we own")
     with psycopg.connect(pg_cron.dsn("postgres"), autocommit=True) as admin:
         admin.execute("DROP EXTENSION IF EXISTS pg_cron")
     try:

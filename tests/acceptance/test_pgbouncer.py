@@ -15,7 +15,7 @@ import pytest
 from psycopg import conninfo
 
 from dispatchbox.tempcluster import free_port
-from tests.pg import PgServer
+from tests.pg import PgServer, skip_outside_ci
 from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
 
 
@@ -23,9 +23,7 @@ from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
 def pgbouncer_dsn(pg_server: PgServer, db_dsn: str) -> Iterator[str]:
     exe = shutil.which("pgbouncer")
     if exe is None:
-        if os.environ.get("CI"):
-            pytest.fail("pgbouncer is not installed (.ci/run installs the Debian package)")
-        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+        skip_outside_ci("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
     dbname = conninfo.conninfo_to_dict(db_dsn)["dbname"]
     target = conninfo.conninfo_to_dict(pg_server.tcp_dsn(str(dbname)))
     port = free_port()

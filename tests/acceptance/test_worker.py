@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import run_cli
-from tests.pg import PgServer
+from tests.pg import PgServer, skip_outside_ci
 from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
 
 FAST = ["--backoff-base", "0.05", "--backoff-max", "0.2", "--poll-interval", "0.2"]
@@ -271,7 +271,7 @@ def test_postgresql_restart_during_a_run_ends_with_all_events_done(
     pg_server: PgServer, db_dsn: str, record_dir: Path, tmp_path: Path
 ) -> None:
     if pg_server.cluster is None:
-        pytest.skip("needs the test session's own cluster to restart it")
+        skip_outside_ci("needs the test session's own cluster to restart it")
     ids = publish(db_dsn, "test.slow", 3000, payload={"seconds": 0.002})
     run = start(db_dsn, record_dir, tmp_path, "--processes", "2", *FAST)
     try:

@@ -14,7 +14,7 @@ from dispatchbox.errors import PgCronUnavailable
 from dispatchbox.maintenance import cron
 from dispatchbox.maintenance.archiver import ArchiverConfig
 from tests.integration.test_archive import add, ids_in
-from tests.pg import PgServer
+from tests.pg import PgServer, skip_outside_ci
 
 pytestmark = pytest.mark.pg_cron
 
@@ -168,7 +168,7 @@ def test_messages_say_what_is_missing_and_how_to_enable_it() -> None:
 
 def test_missing_extension_is_reported_and_can_be_created(pg_cron: PgServer, db_dsn: str) -> None:
     if pg_cron.cluster is None:
-        pytest.skip("drops the pg_cron extension: only on a throwaway cluster we own")
+        skip_outside_ci("drops the pg_cron extension: only on a throwaway cluster we own")
     with psycopg.connect(pg_cron.dsn("postgres"), autocommit=True) as conn:
         conn.execute("DROP EXTENSION IF EXISTS pg_cron")
         with pytest.raises(PgCronUnavailable) as e:

@@ -188,3 +188,26 @@ def test_claim_respects_the_limit(db_dsn: str, limit: int) -> None:
         return len(claimed)
 
     assert run(scenario()) == limit
+
+
+def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str) -> None:
+    from dispatchbox.worker.process import Connection
+
+    async def setting(conn: Connection) -> tuple[str, str]:
+        c = await conn.get()
+        row = await (
+            await c.execute(
+                "SELECT current_setting('synchronous_commit'), application_name "
+                "FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            )
+        ).fetchone()
+        await conn.close()
+        assert row is not None
+        return row[0], row[1]
+
+    off = run(setting(Connection(db_dsn, prepare=True, role="claim", synchronous_commit=False)))
+    on = run(setting(Connection(db_dsn, prepare=True, role="flush")))
+    assert off == ("off", "dispatchbox-worker-claim")
+    assert on == ("on", "dispatchbox-worker-flush")
+    with psycopg.connect(db_dsn) as conn:  # anyone else's session keeps the server's default
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
