@@ -49,8 +49,7 @@ def run_dispatchbox(
             *extra,
         )
         with worker(dsn, *args) as proc:
-            start = time.perf_counter()
-            seed(dsn, events, event_type)
+            start = seed(dsn, events, event_type)
             wait_drained(dsn)
             seconds = time.perf_counter() - start
             rss = [peak_rss_mb(pid) for pid in children(proc.pid)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -42,8 +41,7 @@ from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import PermanentError
-from dispatchbox.events import OutboxEvent
-from dispatchbox.worker import store
+from dispatchbox.worker import decode, store
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
@@ -311,25 +309,13 @@ class WorkerProcess:
         spec = self.dispatcher.get(item.event_type)
         return (spec.timeout if spec else None) or self.config.handler_timeout
 
-    def _event(self, item: store.Claimed) -> OutboxEvent:
-        return OutboxEvent(
-            id=item.id,
-            aggregate_type=item.aggregate_type,
-            aggregate_id=item.aggregate_id,
-            event_type=item.event_type,
-            payload=json.loads(item.payload),
-            headers=json.loads(item.headers),
-            attempts=item.attempts,
-            created_at=item.created_at,
-        )
-
     def _run_sync(self, item: store.Claimed) -> Outcome:
         """In a pool thread: one sync handler call, every exception caught."""
         start = time.monotonic()
         spec = self.dispatcher.get(item.event_type)
         assert spec is not None
         try:
-            spec.func(self._event(item))
+            spec.func(decode.event(item))
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             return Outcome(item, "permanent", time.monotonic() - start, failure)
@@ -345,7 +331,7 @@ class WorkerProcess:
         deadline = asyncio.timeout(self._timeout_of(item))
         try:
             async with deadline:
-                await spec.func(self._event(item))
+                await spec.func(decode.event(item))
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             self._settle(Outcome(item, "permanent", time.monotonic() - start, failure))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,10 +80,20 @@ async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: floa
     ]
 
 
-def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, list[Any]]:
+def array_literal(values: Iterable[object]) -> str:
+    """A PostgreSQL array literal of ints or UUIDs (whose text needs no quoting), for a
+    parameter cast to bigint[] or uuid[]: psycopg adapts a list element by element in Python
+    (0.8 ms per 1,000 ids); one join is 0.1 ms. Only for values whose str() is their literal."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, str]:
     # The statements match tokens as a set (see worker_complete): send each token once, not
     # once per event (adapting 1,000 copies of one UUID cost more than the rest of the flush).
-    return {"ids": [i for i, _ in items], "tokens": list({t for _, t in items})}
+    return {
+        "ids": array_literal([i for i, _ in items]),
+        "tokens": array_literal({t for _, t in items}),
+    }
 
 
 async def complete(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> int:
