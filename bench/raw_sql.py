@@ -4,7 +4,7 @@ in N client processes, on the same table and indexes dispatchbox uses. No Python
 from __future__ import annotations
 
 import multiprocessing
-import time
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -40,8 +40,8 @@ def _client(dsn: str, batch: int, ready: Any, go: Any) -> None:
             conn.execute(DONE, [ids])
 
 
-def drain(dsn: str, *, clients: int, batch: int) -> float:
-    """Seconds to drain every pending row."""
+def drain(dsn: str, *, clients: int, batch: int) -> datetime:
+    """Drain every pending row; returns the database clock at the start (end: max(done_at))."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Semaphore(0)
     go = ctx.Event()
@@ -50,8 +50,10 @@ def drain(dsn: str, *, clients: int, batch: int) -> float:
         p.start()
     for _ in procs:
         ready.acquire()  # every client connected: measure the loop, not process start-up
-    start = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
     go.set()
     for p in procs:
         p.join()
-    return time.perf_counter() - start
+    return row[0]  # type: ignore[no-any-return]

@@ -89,10 +89,11 @@ def array_literal(values: Iterable[object]) -> str:
 
 def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, str]:
     # The statements match tokens as a set (see worker_complete): send each token once, not
-    # once per event (adapting 1,000 copies of one UUID cost more than the rest of the flush).
+    # once per event. The events of one claim share one UUID object, so deduplicating by
+    # identity is enough, and cheaper than UUID.__hash__ (Python code) per event.
     return {
         "ids": array_literal([i for i, _ in items]),
-        "tokens": array_literal({t for _, t in items}),
+        "tokens": array_literal({id(t): t for _, t in items}.values()),
     }
 
 

@@ -152,6 +152,10 @@ history AS (
 )
 SELECT id, status, attempts, event_type, aggregate_type, locked_by FROM upd
 
+-- name: worker_session_utc
+-- Timestamps in UTC on the worker's connections (why: dispatchbox/worker/process.py, Connection).
+SET TimeZone TO 'UTC'
+
 -- name: worker_db_now
 -- The database clock.
 SELECT now()
