@@ -113,6 +113,11 @@ class Outcome:
     failure: store.Failure | None = None
 
 
+# A sync handler that returned: (event, seconds). A tuple rather than an Outcome: one is made
+# per delivered event, and a tuple costs a sixth of a dataclass instance.
+Delivered = tuple[store.Claimed, float]
+
+
 class WorkerProcess:
     def __init__(
         self,
@@ -150,7 +155,7 @@ class WorkerProcess:
 
         # Claimed events for async handlers; those for sync handlers wait in the pool's queue.
         self.async_queue: deque[store.Claimed] = deque()
-        self.pool: SyncPool[Outcome] | None = None
+        self.pool: SyncPool[Outcome | Delivered] | None = None
         # Set when the dispatch loop may have something to do: events queued, a handler
         # finished, or stopping.
         self.progress = asyncio.Event()
@@ -160,7 +165,7 @@ class WorkerProcess:
         self.inflight: set[asyncio.Task[None]] = set()
         # Everything this process holds a lease on: id -> token.
         self.leased: dict[int, uuid.UUID] = {}
-        self.completed: list[tuple[int, uuid.UUID]] = []
+        self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.results_ready = asyncio.Event()
         self.low_water = max(1, config.batch_size // 2)
@@ -325,7 +330,7 @@ class WorkerProcess:
     def _timeout_of(self, item: store.Claimed) -> float:
         return self.timeouts.get(item.event_type, self.config.handler_timeout)
 
-    def _run_sync(self, item: store.Claimed) -> Outcome:
+    def _run_sync(self, item: store.Claimed) -> Outcome | Delivered:
         """In a pool thread: one sync handler call, every exception caught."""
         start = time.monotonic()
         spec = self.specs[item.event_type]
@@ -337,7 +342,7 @@ class WorkerProcess:
         except Exception as exc:
             failure = self._failure(item, spec, exc, start)
             return Outcome(item, "failed", time.monotonic() - start, failure)
-        return Outcome(item, "done", time.monotonic() - start)
+        return (item, time.monotonic() - start)
 
     async def _run_async(self, item: store.Claimed) -> None:
         start = time.monotonic()
@@ -392,21 +397,22 @@ class WorkerProcess:
         assert self.pool is not None
         completed = self.completed
         handled = self._handled
-        for outcome in self.pool.take_results():
-            if outcome.failure is None:  # the common case, inline
-                item = outcome.item
-                completed.append((item.id, item.token))
+        for result in self.pool.take_results():
+            if type(result) is tuple:  # delivered: the common case, inline
+                item, seconds = result
+                completed.append(item)
                 if handled is not None:
-                    handled(item.event_type, outcome.label, outcome.seconds)
+                    handled(item.event_type, "done", seconds)
             else:
-                self._settle(outcome)
+                assert isinstance(result, Outcome)
+                self._settle(result)
         self.results_ready.set()
         if self._queued() < self.low_water:
             self.want_more.set()
 
     def _settle(self, outcome: Outcome) -> None:
         if outcome.failure is None:
-            self.completed.append((outcome.item.id, outcome.item.token))
+            self.completed.append(outcome.item)
         else:
             self.failed.append((outcome.failure, outcome.item.event_type))
         if self._handled is not None:
@@ -496,13 +502,14 @@ class WorkerProcess:
                 type(exc).__name__,
                 redact(" ".join(str(exc).split()))[:300],
             )
-            for event_id, _ in done:
-                self.leased.pop(event_id, None)  # stop renewing: let the leases run out
+            for item in done:
+                self.leased.pop(item.id, None)  # stop renewing: let the leases run out
             for f, _ in failed:
                 self.leased.pop(f.id, None)
             return
-        for event_id, _ in done:
-            self.leased.pop(event_id, None)
+        leased = self.leased
+        for item in done:
+            leased.pop(item.id, None)
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:
             self.leased.pop(f.id, None)

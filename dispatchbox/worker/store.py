@@ -33,8 +33,8 @@ class Claimed:
     attempts: int
     max_attempts: int
     created_at: datetime
-    token: uuid.UUID
     claimed_at: datetime  # the database clock at claim time
+    token: uuid.UUID
     claimed_mono: float = 0.0  # this process's monotonic clock at the same moment
 
 
@@ -72,12 +72,9 @@ async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: floa
         {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
         binary=True,  # two timestamps per row: binary is cheaper for the server and for us
     )
-    # Positional arguments, in the order of Claimed's fields: keyword arguments cost more, and
-    # this runs once per claimed event.
-    return [
-        Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], token, r[9], mono)
-        for r in rows
-    ]
+    # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
+    # way to build one, and this runs once per claimed event.
+    return [Claimed(*r, token, mono) for r in rows]  # type: ignore[call-arg]  # ten columns
 
 
 def array_literal(values: Iterable[object]) -> str:
@@ -97,11 +94,16 @@ def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, str]:
     }
 
 
-async def complete(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> int:
+async def complete(conn: AsyncConn, items: Sequence[Claimed]) -> int:
     """Mark done; returns how many rows were still ours."""
     if not items:
         return 0
-    return await queries.aexecute(conn, "worker_complete", _pairs(items))
+    # Tokens as a set, deduplicated by identity: see _pairs.
+    params = {
+        "ids": array_literal([item.id for item in items]),
+        "tokens": array_literal({id(item.token): item.token for item in items}.values()),
+    }
+    return await queries.aexecute(conn, "worker_complete", params)
 
 
 async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> list[Transition]:

@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dispatchbox.worker.store import Claimed
@@ -35,18 +34,13 @@ from dispatchbox.worker.store import Claimed
 R = TypeVar("R")
 
 
-@dataclass(slots=True, eq=False)
-class _Running:
-    item: Claimed | None
-    deadline: float  # monotonic
-    # One element until the run is settled, by its thread (result) or by the watchdog (timeout,
-    # shutdown): whoever pops it first.
-    ticket: list[None]
-    retire: bool = False  # set by the watchdog before it pops: the thread exits afterwards
-
+# A run: (event, monotonic deadline, ticket). The ticket holds one element until the run is
+# settled, by its thread (a result) or by the watchdog (timeout, shutdown): whoever pops it
+# first. A plain tuple: one is made per event, and a class instance costs several times more.
+_Running = tuple[Claimed | None, float, list[None]]
 
 # A thread between taking an event from its share and starting it: busy, nothing to abandon.
-_STARTING = _Running(None, float("inf"), [])
+_STARTING: _Running = (None, float("inf"), [])
 
 
 CHUNK = 16  # most events a thread takes at once
@@ -75,8 +69,9 @@ class SyncPool(Generic[R]):
         # right, each without the lock: deque pops are atomic, so every event goes to one taker.
         self._held: dict[int, deque[Claimed]] = {}
         self._running: dict[int, _Running] = {}  # thread id -> what it runs
-        self._abandoned: set[int] = set()  # thread ids whose current result is to be dropped
-        self._retired: set[int] = set()  # thread ids that exit after their current item
+        # Thread ids that exit once their current run returns (the watchdog gave up on it and
+        # started a replacement).
+        self._retired: set[int] = set()
         self._results: deque[R] = deque()
         self._wake_pending = False
         self._stopping = False
@@ -97,7 +92,7 @@ class SyncPool(Generic[R]):
 
     def busy(self) -> int:
         """Handlers running whose outcome still counts (abandoned ones were already settled)."""
-        return sum(1 for r in list(self._running.values()) if r is _STARTING or r.ticket)
+        return sum(1 for r in list(self._running.values()) if r is _STARTING or r[2])
 
     def take_unstarted(self) -> list[Claimed]:
         with self._cond:
@@ -118,13 +113,13 @@ class SyncPool(Generic[R]):
         """Events whose handler is past its deadline: abandoned, each thread replaced."""
         expired: list[Claimed] = []
         with self._cond:
-            for tid, running in list(self._running.items()):
-                if running.item is None or now < running.deadline:
+            for tid, (item, deadline, ticket) in list(self._running.items()):
+                if item is None or now < deadline:
                     continue
-                running.retire = True
-                if not _settle(running):
+                if not _settle(ticket):
                     continue  # it finished just now
-                expired.append(running.item)
+                self._retired.add(tid)
+                expired.append(item)
                 held = self._held.pop(tid, None)
                 if held:  # what it took but never started goes to the other threads
                     self._queue.extendleft(reversed(_drain(held)))
@@ -134,7 +129,11 @@ class SyncPool(Generic[R]):
 
     def abandon_all(self) -> list[Claimed]:
         """At the end of the grace period: give up on everything still running."""
-        return [r.item for r in list(self._running.values()) if r.item is not None and _settle(r)]
+        return [
+            item
+            for item, _, ticket in list(self._running.values())
+            if item is not None and _settle(ticket)
+        ]
 
     def stop(self) -> None:
         with self._cond:
@@ -189,12 +188,15 @@ class SyncPool(Generic[R]):
                         continue
                     self._held.pop(me, None)
                     return
-            run = _Running(item, time.monotonic() + self._timeout_of(item), [None])
-            running[me] = run
+            ticket: list[None] = [None]
+            running[me] = (item, time.monotonic() + self._timeout_of(item), ticket)
             result = self._run_item(item)
             del running[me]
-            if not _settle(run):  # the watchdog settled it: timed out, or shutdown gave up
-                if run.retire:
+            if not _settle(ticket):  # the watchdog settled it: timed out, or shutdown gave up
+                with cond:  # the watchdog decides under the lock whether this thread retires
+                    retired = me in self._retired
+                    self._retired.discard(me)
+                if retired:
                     return
                 continue
             results.append(result)
@@ -207,10 +209,10 @@ class SyncPool(Generic[R]):
                 return
 
 
-def _settle(run: _Running) -> bool:
-    """True for the one caller that settles this run (list.pop is atomic)."""
+def _settle(ticket: list[None]) -> bool:
+    """True for the one caller that settles a run (list.pop is atomic)."""
     try:
-        run.ticket.pop()
+        ticket.pop()
     except IndexError:
         return False
     return True

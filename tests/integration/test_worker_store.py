@@ -44,7 +44,7 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
         assert theirs.attempts == 2 and theirs.token != mine.token
 
         stale = [(mine.id, mine.token)]
-        assert await store.complete(a, stale) == 0
+        assert await store.complete(a, [mine]) == 0
         assert await store.heartbeat(a, stale, lease_seconds=60) == 0
         assert await store.release(a, stale) == 0
         failure = store.Failure(
@@ -64,7 +64,7 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
         ).fetchone()
         assert row == ("running", "B")
 
-        assert await store.complete(b, [(theirs.id, theirs.token)]) == 1
+        assert await store.complete(b, [theirs]) == 1
         await a.close()
         await b.close()
 
