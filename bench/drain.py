@@ -11,14 +11,17 @@ every event done with exactly one attempt (a duplicate delivery would make two).
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from typing import Any
 
 from bench import raw_sql
 from bench.common import (
     BenchDatabase,
+    checkpoint,
     children,
     count_where,
     emit_json,
+    median_run,
     peak_rss_mb,
     print_table,
     seconds_until_last_done,
@@ -50,6 +53,7 @@ def run_dispatchbox(
             *extra,
         )
         with worker(dsn, *args) as proc:
+            checkpoint(dsn)
             start = seed(dsn, events, event_type)
             wait_drained(dsn)
             seconds = seconds_until_last_done(dsn, start)
@@ -76,6 +80,7 @@ def run_dispatchbox(
 def run_raw(db: BenchDatabase, *, events: int, clients: int, batch: int) -> dict[str, Any]:
     dsn = db.fresh()
     try:
+        checkpoint(dsn)
         seed(dsn, events)
         start = raw_sql.drain(dsn, clients=clients, batch=batch)
         seconds = seconds_until_last_done(dsn, start)
@@ -103,21 +108,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-sizes", default="100,1000")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--extra", default="", help="extra worker flags, space separated")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of each row; the median run is reported"
+    )
     args = parser.parse_args(argv)
     db = BenchDatabase()
     rows: list[dict[str, Any]] = []
     try:
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            raw = run_raw(db, events=args.events, clients=2, batch=batch)
+            raw = median_run(
+                args.repeat, partial(run_raw, db, events=args.events, clients=2, batch=batch)
+            )
             rows.append(raw)
             for processes in [int(p) for p in args.processes.split(",")]:
-                row = run_dispatchbox(
-                    db,
-                    events=args.events,
-                    processes=processes,
-                    batch=batch,
-                    concurrency=args.concurrency,
-                    extra=tuple(args.extra.split()),
+                row = median_run(
+                    args.repeat,
+                    partial(
+                        run_dispatchbox,
+                        db,
+                        events=args.events,
+                        processes=processes,
+                        batch=batch,
+                        concurrency=args.concurrency,
+                        extra=tuple(args.extra.split()),
+                    ),
                 )
                 row["ratio_to_raw"] = row["events_per_s"] / raw["events_per_s"]
                 rows.append(row)

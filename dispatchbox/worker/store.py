@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -31,9 +32,9 @@ class Claimed:
     payload: str
     headers: str
     attempts: int
-    max_attempts: int
     created_at: datetime
     claimed_at: datetime  # the database clock at claim time
+    position: int  # 1-based place in its claim, most urgent first
     token: uuid.UUID
     claimed_mono: float = 0.0  # this process's monotonic clock at the same moment
 
@@ -72,9 +73,13 @@ async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: floa
         {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
         binary=True,  # two timestamps per row: binary is cheaper for the server and for us
     )
+    rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
     # way to build one, and this runs once per claimed event.
     return [Claimed(*r, token, mono) for r in rows]  # type: ignore[call-arg]  # ten columns
+
+
+_POSITION = itemgetter(9)
 
 
 def array_literal(values: Iterable[object]) -> str:

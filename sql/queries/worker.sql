@@ -1,32 +1,29 @@
 -- name: worker_claim
 -- Claim up to %(limit)s due pending events in priority order: running, one attempt counted,
 -- leased to %(worker)s under %(token)s until now() + lease. Time is the database's.
--- The locked ids go through an array so that the update is a primary-key lookup per id; a join
--- with the row-locking subquery lets the planner hash the whole table instead.
-WITH claimed AS (
-    UPDATE outbox_event e
-       SET status = 'running',
-           attempts = e.attempts + 1,
-           locked_by = %(worker)s,
-           locked_until = now() + make_interval(secs => %(lease_seconds)s),
-           lease_token = %(token)s,
-           updated_at = now()
-     WHERE e.id = ANY (ARRAY(
-               SELECT id
-                 FROM outbox_event
-                WHERE status = 'pending' AND next_attempt_at <= now()
-                ORDER BY priority, next_attempt_at, id
-                LIMIT %(limit)s
-                  FOR UPDATE SKIP LOCKED))
-    RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
-              e.headers::text AS headers, e.attempts, e.max_attempts, e.created_at,
-              e.priority, e.next_attempt_at
-)
--- Handlers start in claim order: most urgent first.
-SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, attempts, max_attempts,
-       created_at, now()
-  FROM claimed
- ORDER BY priority, next_attempt_at, id
+-- The locked ids go through an array so that the update is a primary-key lookup per id (a join
+-- with the row-locking subquery itself lets the planner hash the whole table), walked in the
+-- array's order with its position: rows come back in claim order (most urgent first) without
+-- a sort of the returned rows, which cost the server a tenth of the claim. The worker orders by
+-- position all the same (a no-op on ordered input), so a different plan cannot reorder them.
+-- Columns: the first ten fields of dispatchbox.worker.store.Claimed, in order.
+UPDATE outbox_event e
+   SET status = 'running',
+       attempts = e.attempts + 1,
+       locked_by = %(worker)s,
+       locked_until = now() + make_interval(secs => %(lease_seconds)s),
+       lease_token = %(token)s,
+       updated_at = now()
+  FROM unnest(ARRAY(
+           SELECT id
+             FROM outbox_event
+            WHERE status = 'pending' AND next_attempt_at <= now()
+            ORDER BY priority, next_attempt_at, id
+            LIMIT %(limit)s
+              FOR UPDATE SKIP LOCKED)) WITH ORDINALITY AS claimed (id, position)
+ WHERE e.id = claimed.id
+RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
+          e.headers::text AS headers, e.attempts, e.created_at, now(), claimed.position
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -101,6 +101,40 @@ def test_claim_order_priority_then_due_time_and_skip_locked(db_dsn: str) -> None
         await b.close()
 
     run(scenario())
+
+
+def test_a_claim_comes_back_in_claim_order_not_id_order(db_dsn: str) -> None:
+    # Ids ascend while urgency descends, and due times cut across priorities: the rows must
+    # come back most urgent first, numbered by position, whatever order the update met them.
+    with psycopg.connect(db_dsn) as conn:
+        ids = [
+            publish(
+                conn,
+                **EVENT,
+                priority=10 - (i % 10),
+                available_at=datetime(2020, 1, 1, tzinfo=UTC) - timedelta(minutes=i % 7),
+            )
+            for i in range(200)
+        ]
+        expected = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM outbox_event WHERE id = ANY(%s) "
+                "ORDER BY priority, next_attempt_at, id",
+                [ids],
+            )
+        ]
+
+    async def scenario() -> list[store.Claimed]:
+        a = await aconn(db_dsn)
+        claimed = await store.claim(a, worker="A", limit=150, lease_seconds=60)
+        claimed += await store.claim(a, worker="A", limit=150, lease_seconds=60)
+        await a.close()
+        return claimed
+
+    claimed = run(scenario())
+    assert [c.id for c in claimed] == expected
+    assert [c.position for c in claimed] == list(range(1, 151)) + list(range(1, 51))
 
 
 def test_release_gives_back_without_counting_the_attempt(db_dsn: str) -> None:
