@@ -108,12 +108,22 @@ def test_publish_many_round_trips_do_not_grow_with_events(db_dsn: str) -> None:
     assert len(ids) == 10_000 and count(db_dsn) == 20_000
 
 
+def _cycle() -> dict[str, Any]:
+    cycle: dict[str, Any] = {}
+    cycle["self"] = cycle
+    return cycle
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"event_type": ""}, "event_type must not be empty"),
         ({"payload": {"x": object()}}, "not JSON-serialisable"),
         ({"payload": math.nan}, "not JSON-serialisable"),
+        ({"payload": _cycle()}, "not JSON-serialisable: nested too deeply, or a reference cycle"),
+        ({"aggregate_id": "   "}, "aggregate_id must not be empty"),
+        ({"aggregate_type": 7}, "aggregate_type must be a string"),
+        ({"priority": True}, "priority must be an integer"),
         ({"priority": 0}, "priority must be an integer between 1 and 10"),
         ({"max_attempts": 0}, "max_attempts"),
         ({"headers": ["x"]}, "headers must be a mapping"),
@@ -159,3 +169,29 @@ def test_one_notification_per_publishing_transaction(db_dsn: str) -> None:
         got = list(listener.notifies(timeout=1.0))
     assert len(got) == 1
     assert got[0].channel == "dispatchbox_outbox"
+
+
+def test_publish_many_stores_what_publish_stores(conn: psycopg.Connection[Any]) -> None:
+    # The COPY path prepares the jsonb fields itself; the stored documents must equal those of
+    # the INSERT path, for any JSON the json module accepts.
+    payloads: list[Any] = [
+        {"pl": "zażółć gęślą jaźń", "emoji": "😀", "quote": 'a"b\\c\n'},
+        [1, 2.5, -0.0, None, True, {"nested": {"deep": [[]]}}],
+        {"big": 123456789012345678901234567890, "tiny": 1e-300, "int_key": {1: "one"}},
+        "just a string",
+        42,
+    ]
+    events = [
+        {**EVENT, "payload": p, "headers": {"trace": "t-ą"} if i % 2 else None}
+        for i, p in enumerate(payloads)
+    ]
+    copied = publish_many(conn, events)
+    inserted = [publish(conn, **e) for e in events]  # type: ignore[arg-type]
+    rows = dict(
+        conn.execute(
+            "SELECT id, (payload::text, headers::text) FROM outbox_event WHERE id = ANY(%s)",
+            [copied + inserted],
+        ).fetchall()
+    )
+    assert [rows[i] for i in copied] == [rows[i] for i in inserted]
+    assert rows[copied[2]][0].startswith('{"big": 123456789012345678901234567890')
