@@ -161,9 +161,13 @@ class SyncPool(Generic[R]):
                     self._cond.notify(self.size)  # idle threads may steal some of it
                 return True
             victim = max(self._held.values(), key=len, default=None)
-            if victim is not None and victim is not held and victim:
-                stolen = [victim.pop() for _ in range((len(victim) + 1) // 2) if victim]
-                held.extend(reversed(stolen))
+            if victim is not None and victim is not held:
+                # Its owner pops from the other end without the lock: either may empty it.
+                for _ in range((len(victim) + 1) // 2):
+                    try:
+                        held.appendleft(victim.pop())
+                    except IndexError:
+                        break
                 if held:
                     return True
             self._cond.wait()
@@ -177,7 +181,7 @@ class SyncPool(Generic[R]):
         held: deque[Claimed] = deque()
         with cond:
             self._held[me] = held
-        while True:
+        while not self._stopping:
             running[me] = _STARTING
             try:
                 item = held.popleft()
@@ -191,8 +195,11 @@ class SyncPool(Generic[R]):
             ticket: list[None] = [None]
             running[me] = (item, time.monotonic() + self._timeout_of(item), ticket)
             result = self._run_item(item)
-            del running[me]
+            # Still busy until the result is in the deque: shutdown must not see this thread
+            # idle, collect, and flush in the moment between the handler's return and here.
+            running[me] = _STARTING
             if not _settle(ticket):  # the watchdog settled it: timed out, or shutdown gave up
+                del running[me]
                 with cond:  # the watchdog decides under the lock whether this thread retires
                     retired = me in self._retired
                     self._retired.discard(me)
@@ -206,7 +213,9 @@ class SyncPool(Generic[R]):
             try:
                 self._loop.call_soon_threadsafe(self._on_results)
             except RuntimeError:  # the loop is closed: the process is exiting
+                running.pop(me, None)
                 return
+        running.pop(me, None)
 
 
 def _settle(ticket: list[None]) -> bool:

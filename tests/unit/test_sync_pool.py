@@ -10,6 +10,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from dispatchbox.worker import threads
 from dispatchbox.worker.store import Claimed
 from dispatchbox.worker.threads import SyncPool
 
@@ -169,5 +172,54 @@ def test_take_unstarted_includes_what_threads_hold() -> None:
         ran = set(collected)
         assert ran.isdisjoint(i.id for i in unstarted)
         assert ran | {i.id for i in unstarted} == set(range(100))
+
+    _run_pool(2, run, scenario)
+
+
+def test_a_finished_handler_counts_as_busy_until_its_result_is_collectable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Shutdown waits while busy() > 0, then collects once: a thread between its handler's
+    # return and handing the result over must still count, or that result misses the last
+    # flush. A slow settle step stands in for losing the GIL at that moment.
+    returned = threading.Event()
+    settle = threads._settle
+
+    def slow_settle(ticket: list[None]) -> bool:
+        time.sleep(0.2)
+        return settle(ticket)
+
+    monkeypatch.setattr(threads, "_settle", slow_settle)
+
+    def run(item: Claimed) -> int:
+        returned.set()
+        return item.id
+
+    async def scenario(pool: SyncPool[int], collected: list[int]) -> None:
+        pool.submit([_item(1)])
+        await _until(returned.is_set)
+        while pool.busy():
+            await asyncio.sleep(0.005)
+        assert collected + pool.take_results() == [1]
+
+    _run_pool(1, run, scenario)
+
+
+def test_no_handler_starts_after_stop() -> None:
+    gate = threading.Event()
+    started: list[int] = []
+
+    def run(item: Claimed) -> int:
+        started.append(item.id)
+        gate.wait(10)
+        return item.id
+
+    async def scenario(pool: SyncPool[int], collected: list[int]) -> None:
+        pool.submit([_item(i) for i in range(100)])  # each thread takes a share of 16
+        await _until(lambda: len(started) == 2)
+        pool.stop()
+        gate.set()
+        await asyncio.sleep(0.2)
+        assert len(started) == 2, "the held shares stay unstarted once the pool stops"
 
     _run_pool(2, run, scenario)
