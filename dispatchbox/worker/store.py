@@ -89,25 +89,25 @@ def array_literal(values: Iterable[object]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
-def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, str]:
+def _guard_params(ids: list[int], tokens: Iterable[uuid.UUID]) -> dict[str, str]:
     # The statements match tokens as a set (see worker_complete): send each token once, not
     # once per event. The events of one claim share one UUID object, so deduplicating by
     # identity is enough, and cheaper than UUID.__hash__ (Python code) per event.
     return {
-        "ids": array_literal([i for i, _ in items]),
-        "tokens": array_literal({id(t): t for _, t in items}.values()),
+        "ids": array_literal(ids),
+        "tokens": array_literal({id(t): t for t in tokens}.values()),
     }
+
+
+def _pairs(items: Sequence[tuple[int, uuid.UUID]]) -> dict[str, str]:
+    return _guard_params([i for i, _ in items], (t for _, t in items))
 
 
 async def complete(conn: AsyncConn, items: Sequence[Claimed]) -> int:
     """Mark done; returns how many rows were still ours."""
     if not items:
         return 0
-    # Tokens as a set, deduplicated by identity: see _pairs.
-    params = {
-        "ids": array_literal([item.id for item in items]),
-        "tokens": array_literal({id(item.token): item.token for item in items}.values()),
-    }
+    params = _guard_params([item.id for item in items], (item.token for item in items))
     return await queries.aexecute(conn, "worker_complete", params)
 
 
