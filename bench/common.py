@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -90,11 +90,6 @@ def checkpoint(dsn: str) -> None:
     one that did not (the raw loop's figure swung 57k-77k events/s between runs without this)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
-
-
-def median_run(repeat: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a scenario `repeat` times and report the median run (see median_of)."""
-    return median_of([run() for _ in range(max(1, repeat))])
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -227,7 +222,7 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
     if not rows:
         return
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns, in order
     widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
     print("  ".join(k.ljust(widths[k]) for k in keys))
     for r in rows:

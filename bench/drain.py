@@ -11,7 +11,6 @@ every event done with exactly one attempt (a duplicate delivery would make two).
 from __future__ import annotations
 
 import argparse
-from functools import partial
 from typing import Any
 
 from bench import raw_sql
@@ -21,7 +20,7 @@ from bench.common import (
     children,
     count_where,
     emit_json,
-    median_run,
+    median_of,
     peak_rss_mb,
     print_table,
     seconds_until_last_done,
@@ -109,31 +108,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--extra", default="", help="extra worker flags, space separated")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of each row; the median run is reported"
+        "--repeat", type=int, default=3, help="rounds; each row reports its median run"
     )
     args = parser.parse_args(argv)
     db = BenchDatabase()
     rows: list[dict[str, Any]] = []
     try:
         for batch in [int(b) for b in args.batch_sizes.split(",")]:
-            raw = median_run(
-                args.repeat, partial(run_raw, db, events=args.events, clients=2, batch=batch)
-            )
-            rows.append(raw)
-            for processes in [int(p) for p in args.processes.split(",")]:
-                row = median_run(
-                    args.repeat,
-                    partial(
-                        run_dispatchbox,
+            # Rounds rather than one row at a time: each round runs the raw loop and then every
+            # dispatchbox row back to back, and a row's ratio is the median of its rounds'
+            # ratios, so that a host whose speed drifts during the run (a shared machine's does,
+            # by 30% and more) moves both sides of a ratio alike.
+            raw_runs: list[dict[str, Any]] = []
+            runs: dict[int, list[dict[str, Any]]] = {}
+            for _ in range(max(1, args.repeat)):
+                raw_run = run_raw(db, events=args.events, clients=2, batch=batch)
+                raw_runs.append(raw_run)
+                for processes in [int(p) for p in args.processes.split(",")]:
+                    run = run_dispatchbox(
                         db,
                         events=args.events,
                         processes=processes,
                         batch=batch,
                         concurrency=args.concurrency,
                         extra=tuple(args.extra.split()),
-                    ),
-                )
-                row["ratio_to_raw"] = row["events_per_s"] / raw["events_per_s"]
+                    )
+                    run["ratio_to_raw"] = run["events_per_s"] / raw_run["events_per_s"]
+                    runs.setdefault(processes, []).append(run)
+            rows.append(median_of(raw_runs))
+            for processes_runs in runs.values():
+                row = median_of(processes_runs)
+                ratios = sorted(r["ratio_to_raw"] for r in processes_runs)
+                row["ratio_to_raw"] = ratios[len(ratios) // 2]
+                row["runs_ratio_to_raw"] = [round(r, 2) for r in ratios]
                 rows.append(row)
     finally:
         db.close()
