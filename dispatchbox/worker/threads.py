@@ -34,7 +34,7 @@ from dispatchbox.worker.store import Claimed
 R = TypeVar("R")
 
 
-# A run: (event, monotonic deadline, ticket). The ticket holds one element until the run is
+# A run: (event, monotonic start, ticket). The ticket holds one element until the run is
 # settled, by its thread (a result) or by the watchdog (timeout, shutdown): whoever pops it
 # first. A plain tuple: one is made per event, and a class instance costs several times more.
 _Running = tuple[Claimed | None, float, list[None]]
@@ -113,8 +113,10 @@ class SyncPool(Generic[R]):
         """Events whose handler is past its deadline: abandoned, each thread replaced."""
         expired: list[Claimed] = []
         with self._cond:
-            for tid, (item, deadline, ticket) in list(self._running.items()):
-                if item is None or now < deadline:
+            for tid, (item, started, ticket) in list(self._running.items()):
+                # The deadline is worked out here, ten times a second for at most `size` runs,
+                # rather than by the thread for every event it starts.
+                if item is None or now < started + self._timeout_of(item):
                     continue
                 if not _settle(ticket):
                     continue  # it finished just now
@@ -193,7 +195,7 @@ class SyncPool(Generic[R]):
                     self._held.pop(me, None)
                     return
             ticket: list[None] = [None]
-            running[me] = (item, time.monotonic() + self._timeout_of(item), ticket)
+            running[me] = (item, time.monotonic(), ticket)
             result = self._run_item(item)
             # Still busy until the result is in the deque: shutdown must not see this thread
             # idle, collect, and flush in the moment between the handler's return and here.

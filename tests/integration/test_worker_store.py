@@ -245,3 +245,42 @@ def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str
     assert on == ("on", "dispatchbox-worker-flush")
     with psycopg.connect(db_dsn) as conn:  # anyone else's session keeps the server's default
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+
+
+def test_claimed_timestamps_are_utc_whatever_the_servers_time_zone(db_dsn: str) -> None:
+    # The worker's sessions set TimeZone to UTC (fast timestamp decoding); handlers get
+    # created_at in UTC, the same instant the database stored, on a server set to another zone.
+    from dispatchbox.worker import decode
+    from dispatchbox.worker.process import Connection
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        dbname = conn.info.dbname
+        conn.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET TimeZone = 'Asia/Kolkata'").format(
+                psycopg.sql.Identifier(dbname)
+            )
+        )
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute("SHOW TimeZone").fetchone() == ("Asia/Kolkata",)
+        event_id = publish(conn, **EVENT)
+        row = conn.execute(
+            "SELECT created_at FROM outbox_event WHERE id = %s", [event_id]
+        ).fetchone()
+        assert row is not None
+        stored = row[0]
+        conn.commit()
+
+    async def scenario() -> store.Claimed:
+        conn = Connection(db_dsn, prepare=True, role="claim")
+        (item,) = await store.claim(await conn.get(), worker="A", limit=10, lease_seconds=60)
+        await conn.close()
+        return item
+
+    item = run(scenario())
+    event = decode.event(item)
+    assert event.created_at is not None
+    assert event.created_at.utcoffset() == timedelta(
+        0
+    ) and item.claimed_at.utcoffset() == timedelta(0)
+    assert event.created_at == stored  # the same instant, shown in UTC
+    assert stored.utcoffset() == timedelta(hours=5, minutes=30)
