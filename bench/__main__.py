@@ -2,7 +2,8 @@
 summary (also written to bench/results/latest.json).
 
 Scenarios: drain, publish, latency, failure (default: all four), archive, dead_letters (the
-1,000,000-row benchmarks of archival and the dead-letter tools; run them by name or with `all`).
+1,000,000-row benchmarks of archival and the dead-letter tools), instructions (the worker's own
+instructions per event, under valgrind); run those three by name or with `all`.
 Each scenario also runs alone: `python -m bench.drain --help`.
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters"]
+EXTRA = ["archive", "dead_letters", "instructions"]
 
 
 def _machine() -> dict[str, Any]:

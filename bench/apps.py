@@ -1,4 +1,5 @@
-"""Handlers the benchmarks run: a no-op, fail-once, and a latency probe."""
+"""Handlers the benchmarks run: no-ops (one event or a batch per call), fail-once, and a latency
+probe."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ dispatcher = Dispatcher()
 @dispatcher.handler("bench.noop")
 def noop(event: OutboxEvent) -> None:
     """Does nothing: the benchmark measures dispatchbox, not a handler."""
+
+
+@dispatcher.batch_handler("bench.noop_batch", max_batch=100)
+def noop_batch(events: list[OutboxEvent]) -> None:
+    """Does nothing with up to 100 events per call: the opt-in batch handler path."""
 
 
 @dispatcher.handler("bench.fail_once")

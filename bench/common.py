@@ -210,6 +210,25 @@ def wait_drained(dsn: str, timeout: float = 600, step: float = 0.1) -> None:
             time.sleep(step)
 
 
+def cpu_busy_seconds() -> float | None:
+    """CPU time the whole machine has spent busy (all cores, user + system + interrupts), from
+    /proc/stat; None where there is none. Taken around a drain it gives the CPU the drain cost,
+    client and server together: on a saturated machine throughput is cores / CPU per event, and
+    this figure moves less than a wall-clock rate when the host under a virtual machine is busy."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_us_per_event(before: float | None, after: float | None, events: int) -> float | None:
+    if before is None or after is None:
+        return None
+    return (after - before) / events * 1e6
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import db_clock
+from bench.common import cpu_busy_seconds, db_clock
 
 CLAIM = """
 UPDATE outbox_event e
@@ -32,30 +32,40 @@ UPDATE outbox_event
 """
 
 
-def _client(dsn: str, batch: int, ready: Any, go: Any) -> None:
+def _client(dsn: str, batch: int, ready: Any, go: Any, finished: Any) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         ready.release()
         go.wait()
         while True:
             ids = [r[0] for r in conn.execute(CLAIM, [batch]).fetchall()]
             if not ids:
+                finished.release()  # before the interpreter's exit, which is not the loop's cost
                 return
             conn.execute(DONE, [ids])
 
 
-def drain(dsn: str, *, clients: int, batch: int) -> datetime:
-    """Drain every pending row; returns the database clock at the start (end: max(done_at))."""
+def drain(dsn: str, *, clients: int, batch: int) -> tuple[datetime, float | None, float | None]:
+    """Drain every pending row. Returns the database clock at the start (the end is
+    max(done_at)), and the machine's busy CPU seconds at the start and once every client found
+    nothing left (see cpu_busy_seconds)."""
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Semaphore(0)
+    finished = ctx.Semaphore(0)
     go = ctx.Event()
-    procs = [ctx.Process(target=_client, args=(dsn, batch, ready, go)) for _ in range(clients)]
+    procs = [
+        ctx.Process(target=_client, args=(dsn, batch, ready, go, finished)) for _ in range(clients)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
         ready.acquire()  # every client connected: measure the loop, not process start-up
     with psycopg.connect(dsn) as conn:
         start = db_clock(conn)
+    busy = cpu_busy_seconds()
     go.set()
+    for _ in procs:
+        finished.acquire()
+    busy_end = cpu_busy_seconds()
     for p in procs:
         p.join()
-    return start
+    return start, busy, busy_end
