@@ -1,13 +1,14 @@
 """dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
 
 from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
-from dispatchbox.errors import PermanentError
+from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.events import EventStatus, OutboxEvent
 from dispatchbox.publish import publish, publish_many
 from dispatchbox.repository import OutboxRepository
 
 __all__ = [
     "BackoffPolicy",
+    "BatchFailure",
     "Dispatcher",
     "EventStatus",
     "OutboxEvent",

@@ -12,7 +12,9 @@ from dispatchbox.errors import ConfigurationError
 from dispatchbox.events import OutboxEvent
 
 Handler = Callable[[OutboxEvent], Any]
+BatchHandler = Callable[[list[OutboxEvent]], Any]
 H = TypeVar("H", bound=Handler)
+B = TypeVar("B", bound=BatchHandler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +44,11 @@ class BackoffPolicy:
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
     event_type: str
-    func: Handler
+    func: Handler | BatchHandler
     is_async: bool
     timeout: float | None  # None: the worker's --handler-timeout
     backoff: BackoffPolicy | None  # None: the worker's policy
+    max_batch: int | None = None  # a batch handler: most events per call; None: one per call
 
 
 class Dispatcher:
@@ -54,6 +57,8 @@ class Dispatcher:
     >>> dispatcher = Dispatcher()
     >>> @dispatcher.handler("order.created")
     ... def send_confirmation(event: OutboxEvent) -> None: ...
+    >>> @dispatcher.batch_handler("order.paid", max_batch=500)
+    ... def forward_to_broker(events: list[OutboxEvent]) -> None: ...
     """
 
     def __init__(self) -> None:
@@ -74,13 +79,33 @@ class Dispatcher:
 
         return register
 
+    def batch_handler(
+        self,
+        event_type: str,
+        *,
+        max_batch: int = 100,
+        timeout: float | None = None,
+        backoff: BackoffPolicy | None = None,
+    ) -> Callable[[B], B]:
+        """Decorator: run the function once for a list of events of ``event_type`` (at most
+        ``max_batch``, from one claim, most urgent first). Returning means every event of the
+        list is done; raising BatchFailure fails the events it names; any other exception fails
+        them all. ``timeout`` is for the whole call."""
+
+        def register(func: B) -> B:
+            self.register(event_type, func, timeout=timeout, backoff=backoff, max_batch=max_batch)
+            return func
+
+        return register
+
     def register(
         self,
         event_type: str,
-        func: Handler,
+        func: Handler | BatchHandler,
         *,
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
+        max_batch: int | None = None,
     ) -> None:
         if not isinstance(event_type, str) or not event_type:
             raise ConfigurationError("event_type must be a non-empty string")
@@ -90,12 +115,18 @@ class Dispatcher:
             raise ConfigurationError(f"handler for {event_type!r} is not callable")
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(f"handler timeout for {event_type!r} must be positive")
+        if max_batch is not None and (type(max_batch) is not int or max_batch < 1):
+            raise ConfigurationError(
+                f"max_batch for {event_type!r} must be a whole number of at least 1, "
+                f"got {max_batch!r}"
+            )
         self._handlers[event_type] = HandlerSpec(
             event_type=event_type,
             func=func,
             is_async=inspect.iscoroutinefunction(func),
             timeout=timeout,
             backoff=backoff,
+            max_batch=max_batch,
         )
 
     def get(self, event_type: str) -> HandlerSpec | None:

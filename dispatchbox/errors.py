@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class DispatchboxError(Exception):
     """Base class of dispatchbox's own errors."""
@@ -43,6 +45,22 @@ class EventNotDead(DispatchboxError, ValueError):
 
 class PermanentError(Exception):
     """Raised by a handler: this event can never succeed, dead-letter it without more retries."""
+
+
+class BatchFailure(Exception):
+    """Raised by a batch handler: these events of the batch failed, each with its own error
+    (a PermanentError dead-letters its event at once); every other event of the batch is done.
+
+    >>> raise BatchFailure({event.id: ConnectionError("broker refused it")})
+    """
+
+    def __init__(self, failures: Mapping[int, BaseException]) -> None:
+        checked = dict(failures)
+        for event_id, error in checked.items():
+            if type(event_id) is not int or not isinstance(error, BaseException):
+                raise TypeError("BatchFailure takes a mapping of event id (int) to an exception")
+        super().__init__(f"{len(checked)} event(s) of the batch failed")
+        self.failures = checked
 
 
 class InvalidArchiveSettings(DispatchboxError, ValueError):

@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -88,6 +89,14 @@ def empty_db_dsn(pg_server: PgServer) -> Iterator[str]:
 def conn(db_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(db_dsn) as connection:
         yield connection
+
+
+@pytest.fixture
+def record_dir(tmp_path: Path) -> Path:
+    """Where the worker test app's handlers write what they saw (tests/worker_app.py)."""
+    d = tmp_path / "records"
+    d.mkdir()
+    return d
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 
-from dispatchbox import Dispatcher, OutboxEvent, PermanentError
+from dispatchbox import BatchFailure, Dispatcher, OutboxEvent, PermanentError
 
 dispatcher = Dispatcher()
 
@@ -83,3 +83,81 @@ async def async_sleep(event: OutboxEvent) -> None:
 def nul_error(event: OutboxEvent) -> None:
     record("call", event)
     raise ValueError("bad byte \x00 in upstream reply")
+
+
+# -- batch handlers: a "batch" line per call (its id field is the batch's size) ------------------
+
+
+def record_batch(events: list[OutboxEvent]) -> None:
+    record("batch", OutboxEvent(len(events), "", "", "", {}, attempts=0))
+
+
+@dispatcher.batch_handler("test.batch_ok", max_batch=50)
+def batch_ok(events: list[OutboxEvent]) -> None:
+    record_batch(events)
+    for event in events:
+        record("call", event)
+
+
+@dispatcher.batch_handler("test.async_batch_ok", max_batch=50)
+async def async_batch_ok(events: list[OutboxEvent]) -> None:
+    await asyncio.sleep(0)
+    record_batch(events)
+    for event in events:
+        record("call", event)
+
+
+@dispatcher.batch_handler("test.batch_mixed")
+def batch_mixed(events: list[OutboxEvent]) -> None:
+    """payload {"fail": true}: a retryable error; {"permanent": true}: dead at once; else done."""
+    failures: dict[int, BaseException] = {}
+    for event in events:
+        record("call", event)
+        if event.payload.get("fail"):
+            failures[event.id] = RuntimeError(f"broker refused order {event.aggregate_id}")
+        elif event.payload.get("permanent"):
+            failures[event.id] = PermanentError("no route for this order")
+    if failures:
+        raise BatchFailure(failures)
+
+
+@dispatcher.batch_handler("test.batch_fail_first")
+async def batch_fail_first(events: list[OutboxEvent]) -> None:
+    for event in events:
+        record("call", event)
+    if any(event.attempts == 1 for event in events):
+        raise ConnectionError("broker is down")
+
+
+@dispatcher.batch_handler("test.batch_slow", max_batch=10, timeout=0.5)
+def batch_slow(events: list[OutboxEvent]) -> None:
+    for event in events:
+        record("start", event)
+    time.sleep(3)
+
+
+@dispatcher.batch_handler("test.async_batch_slow", max_batch=10, timeout=0.5)
+async def async_batch_slow(events: list[OutboxEvent]) -> None:
+    for event in events:
+        record("start", event)
+    await asyncio.sleep(3)
+
+
+@dispatcher.batch_handler("test.batch_sleep", max_batch=5)
+def batch_sleep(events: list[OutboxEvent]) -> None:
+    for event in events:
+        record("start", event)
+    time.sleep(float(events[0].payload["seconds"]))
+    for event in events:
+        record("end", event)
+
+
+@dispatcher.batch_handler("test.batch_permanent")
+def batch_permanent(events: list[OutboxEvent]) -> None:
+    """payload {"unknown": true}: names an id outside the batch (ignored, all done); else every
+    event of the batch is dead-lettered by one PermanentError."""
+    for event in events:
+        record("call", event)
+    if events[0].payload.get("unknown"):
+        raise BatchFailure({-1: RuntimeError("not one of ours")})
+    raise PermanentError("the broker rejects this schema")

@@ -18,6 +18,8 @@ from dispatchbox import publish_many
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "tests.worker_app:dispatcher"
+# Short backoff and poll so that retries and idle claims happen within a test's patience.
+FAST = ["--backoff-base", "0.05", "--backoff-max", "0.2", "--poll-interval", "0.2"]
 
 
 class WorkerRun:
@@ -85,3 +87,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: f
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start(db_dsn: str, record_dir: Path, tmp_path: Path, *args: str) -> WorkerRun:
+    """`dispatchbox worker` running the test app, its log in tmp_path."""
+    return WorkerRun(db_dsn, record_dir, *args, log=tmp_path / f"worker-{time.time_ns()}.log")

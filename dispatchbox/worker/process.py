@@ -4,8 +4,8 @@ reap expired leases, wake on NOTIFY, shut down cleanly.
 Tasks of one asyncio loop, each with its own connection so that a slow statement in one never
 stalls another:
 
-- claimer:   claims up to --batch-size due events whenever the local queue runs low; when there
-             is nothing due it sleeps until a NOTIFY or the poll interval.
+- claimer:   claims up to --batch-size due events whenever fewer than half a batch wait in the
+             local queue; when there is nothing due it sleeps until a NOTIFY or the poll interval.
 - handlers:  sync handlers run in a pool of --concurrency threads that pull claimed events
              from a shared queue and hand results back in bursts (worker/threads.py); async
              handlers run as tasks on this loop, at most --concurrency at a time.
@@ -31,7 +31,6 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import partial
 from traceback import format_exception
 from typing import Any, TypeVar
@@ -41,7 +40,7 @@ import psycopg
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
-from dispatchbox.errors import PermanentError
+from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
@@ -118,6 +117,19 @@ class Outcome:
 Delivered = tuple[store.Claimed, float]
 
 
+@dataclass(slots=True)
+class Batch:
+    """Events of one type from one claim, for one call of their batch handler."""
+
+    event_type: str
+    items: list[store.Claimed]
+
+
+# What a handler thread or task runs, and what a thread hands back (a batch: one per event).
+Run = store.Claimed | Batch
+Result = Outcome | Delivered | list[Outcome | Delivered]
+
+
 class WorkerProcess:
     def __init__(
         self,
@@ -154,8 +166,11 @@ class WorkerProcess:
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
 
         # Claimed events for async handlers; those for sync handlers wait in the pool's queue.
-        self.async_queue: deque[store.Claimed] = deque()
-        self.pool: SyncPool[Outcome | Delivered] | None = None
+        self.async_queue: deque[Run] = deque()
+        self.pool: SyncPool[Run, Result] | None = None
+        # Events of the batches not yet settled, beyond one per batch: the queues count a batch
+        # as one entry. Changed on the loop only.
+        self.batch_extra = 0
         # Set when the dispatch loop may have something to do: events queued, a handler
         # finished, or stopping.
         self.progress = asyncio.Event()
@@ -273,7 +288,7 @@ class WorkerProcess:
 
     def _queued(self) -> int:
         assert self.pool is not None
-        return len(self.async_queue) + self.pool.queued()
+        return len(self.async_queue) + self.pool.queued() + self.batch_extra
 
     async def _claim_loop(self) -> None:
         cfg = self.config
@@ -281,16 +296,20 @@ class WorkerProcess:
             await self.want_more.wait()
             if self.stopping.is_set():
                 break
-            room = cfg.batch_size - self._queued()
-            if room <= 0:
+            if self._queued() >= self.low_water:
                 self.want_more.clear()
                 continue
+            # A full batch whenever fewer than half a batch wait, rather than a top-up to one
+            # batch: the handlers still have work while the claim runs, and claims are half as
+            # many (measured: 0.75 -> 0.82 of the raw SQL loop, 2 processes, batch 1,000). So a
+            # process holds at most one and a half batches of unstarted events.
+            limit = cfg.batch_size
             # Cleared before the claim, so a notification that arrives during it is not lost.
             self.wakeup.clear()
-            batch = await self._with_db(self.claim_conn, partial(self._claim, room))
+            batch = await self._with_db(self.claim_conn, partial(self._claim, limit))
             if batch:
                 self._route(batch)
-            if batch is not None and len(batch) < room:
+            if batch is not None and len(batch) < limit:
                 # Nothing more is due: sleep until a notification or the poll interval.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wakeup.wait(), cfg.poll_interval)
@@ -304,7 +323,8 @@ class WorkerProcess:
 
     def _route(self, batch: list[store.Claimed]) -> None:
         assert self.pool is not None
-        sync: list[store.Claimed] = []
+        sync: list[Run] = []
+        grouped: dict[str, list[store.Claimed]] = {}  # events for batch handlers, by type
         leased = self.leased
         specs = self.specs
         for item in batch:
@@ -314,10 +334,22 @@ class WorkerProcess:
                 exc = LookupError(f"no handler registered for event type {item.event_type!r}")
                 failure = self._failure(item, None, exc, time.monotonic(), traceback=False)
                 self._settle(Outcome(item, "failed", 0.0, failure))
+            elif spec.max_batch is not None:
+                grouped.setdefault(item.event_type, []).append(item)
             elif spec.is_async:
                 self.async_queue.append(item)
             else:
                 sync.append(item)
+        for event_type, items in grouped.items():
+            spec = specs[event_type]
+            size = spec.max_batch or 1
+            for start in range(0, len(items), size):
+                run = Batch(event_type, items[start : start + size])
+                self.batch_extra += len(run.items) - 1
+                if spec.is_async:
+                    self.async_queue.append(run)
+                else:
+                    sync.append(run)
         if sync:
             self.pool.submit(sync)
         if self.async_queue:
@@ -327,15 +359,17 @@ class WorkerProcess:
 
     # -- running handlers -----------------------------------------------------------------------
 
-    def _timeout_of(self, item: store.Claimed) -> float:
+    def _timeout_of(self, item: Run) -> float:
         return self.timeouts.get(item.event_type, self.config.handler_timeout)
 
-    def _run_sync(self, item: store.Claimed) -> Outcome | Delivered:
+    def _run_sync(self, item: Run) -> Result:
         """In a pool thread: one sync handler call, every exception caught."""
+        if isinstance(item, Batch):
+            return self._run_batch(item)
         start = time.monotonic()
         spec = self.specs[item.event_type]
         try:
-            spec.func(decode.event(item))
+            spec.func(decode.event(item))  # type: ignore[arg-type]  # a one-event handler
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             return Outcome(item, "permanent", time.monotonic() - start, failure)
@@ -344,13 +378,64 @@ class WorkerProcess:
             return Outcome(item, "failed", time.monotonic() - start, failure)
         return (item, time.monotonic() - start)
 
-    async def _run_async(self, item: store.Claimed) -> None:
+    def _run_batch(self, batch: Batch) -> list[Outcome | Delivered]:
+        """In a pool thread: one call of a sync batch handler, every exception caught."""
+        start = time.monotonic()
+        spec = self.specs[batch.event_type]
+        try:
+            spec.func([decode.event(item) for item in batch.items])  # type: ignore[arg-type]
+        except Exception as exc:
+            return self._batch_outcomes(batch, spec, exc, start)
+        seconds = time.monotonic() - start
+        return [(item, seconds) for item in batch.items]
+
+    def _batch_outcomes(
+        self, batch: Batch, spec: HandlerSpec, exc: Exception, start: float, *, label: str = ""
+    ) -> list[Outcome | Delivered]:
+        """Each event's outcome when a batch handler raised: a BatchFailure fails the events it
+        names, any other exception all of them. A traceback is formatted once per exception."""
+        seconds = time.monotonic() - start
+        if isinstance(exc, BatchFailure):
+            errors: dict[int, BaseException] = exc.failures
+            unknown = errors.keys() - {item.id for item in batch.items}
+            if unknown:
+                logger.warning(
+                    "batch_failure_unknown_ids worker=%s event_type=%s ids=%s: not in the batch, "
+                    "ignored",
+                    self.name,
+                    batch.event_type,
+                    sorted(unknown)[:20],
+                )
+        else:
+            errors = {item.id: exc for item in batch.items}
+        tracebacks: dict[int, str] = {}  # id(exception) -> its formatted traceback
+        out: list[Outcome | Delivered] = []
+        for item in batch.items:
+            error = errors.get(item.id)
+            if error is None:
+                out.append((item, seconds))
+                continue
+            permanent = isinstance(error, PermanentError)
+            tb: str | bool = False  # the worker gave up on the call (label): no traceback
+            if not label:
+                tb = tracebacks.get(id(error)) or ""
+                if not tb:
+                    tb = tracebacks[id(error)] = "".join(format_exception(error))
+            failure = self._failure(item, spec, error, start, permanent=permanent, traceback=tb)
+            outcome_label = label or ("permanent" if permanent else "failed")
+            out.append(Outcome(item, outcome_label, seconds, failure))
+        return out
+
+    async def _run_async(self, item: Run) -> None:
+        if isinstance(item, Batch):
+            await self._run_async_batch(item)
+            return
         start = time.monotonic()
         spec = self.specs[item.event_type]
         deadline = asyncio.timeout(self._timeout_of(item))
         try:
             async with deadline:
-                await spec.func(decode.event(item))
+                await spec.func(decode.event(item))  # type: ignore[arg-type]  # one event
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             self._settle(Outcome(item, "permanent", time.monotonic() - start, failure))
@@ -373,6 +458,50 @@ class WorkerProcess:
             self._settle(Outcome(item, "done", time.monotonic() - start))
         finally:
             self.results_ready.set()
+
+    async def _run_async_batch(self, batch: Batch) -> None:
+        start = time.monotonic()
+        spec = self.specs[batch.event_type]
+        deadline = asyncio.timeout(self._timeout_of(batch))
+        outcomes: list[Outcome | Delivered]
+        try:
+            async with deadline:
+                await spec.func([decode.event(item) for item in batch.items])  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            if deadline.expired():  # ours, not a TimeoutError the handler raised itself
+                timeout = self._timeout_of(batch)
+                late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
+                outcomes = self._batch_outcomes(batch, spec, late, start, label="timeout")
+            else:
+                outcomes = self._batch_outcomes(batch, spec, exc, start)
+        except asyncio.CancelledError:
+            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
+            outcomes = self._batch_outcomes(batch, spec, cut, start, label="failed")
+        except Exception as exc:
+            outcomes = self._batch_outcomes(batch, spec, exc, start)
+        else:
+            seconds = time.monotonic() - start
+            outcomes = [(item, seconds) for item in batch.items]
+        self._settle_batch(outcomes)
+        self.results_ready.set()
+
+    def _settle_batch(self, outcomes: list[Outcome | Delivered]) -> None:
+        """On the loop: a batch's outcomes, one per event of the batch."""
+        self.batch_extra -= len(outcomes) - 1
+        completed = self.completed
+        handled = self._handled
+        for result in outcomes:
+            if type(result) is tuple:
+                item, seconds = result
+                completed.append(item)
+                if handled is not None:
+                    handled(item.event_type, "done", seconds)
+            else:
+                assert isinstance(result, Outcome)
+                self._settle(result)
+        # The queues counted this batch's events until now: the claimer may be waiting on them.
+        if self._queued() < self.low_water:
+            self.want_more.set()
 
     async def _dispatch_loop(self) -> None:
         limit = self.config.concurrency
@@ -403,6 +532,8 @@ class WorkerProcess:
                 completed.append(item)
                 if handled is not None:
                     handled(item.event_type, "done", seconds)
+            elif type(result) is list:
+                self._settle_batch(result)
             else:
                 assert isinstance(result, Outcome)
                 self._settle(result)
@@ -427,15 +558,19 @@ class WorkerProcess:
             for item in self.pool.expire(now):
                 timeout = self._timeout_of(item)
                 late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
-                spec = self.specs.get(item.event_type)
-                failure = self._failure(item, spec, late, now - timeout, traceback=False)
-                self._settle(Outcome(item, "timeout", timeout, failure))
+                self._give_up(item, late, now - timeout, "timeout")
                 self.results_ready.set()
 
-    @staticmethod
-    def _db_time(item: store.Claimed, mono: float) -> datetime:
-        # Timestamps follow the database clock: claim time plus locally measured elapsed time.
-        return item.claimed_at + timedelta(seconds=mono - item.claimed_mono)
+    def _give_up(self, item: Run, exc: Exception, start: float, label: str) -> None:
+        """A run the worker stopped waiting for (timeout, shutdown): each event a failed
+        attempt, without a traceback."""
+        spec = self.specs.get(item.event_type)
+        if isinstance(item, Batch):
+            assert spec is not None
+            self._settle_batch(self._batch_outcomes(item, spec, exc, start, label=label))
+            return
+        failure = self._failure(item, spec, exc, start, traceback=False)
+        self._settle(Outcome(item, label, time.monotonic() - start, failure))
 
     def _failure(
         self,
@@ -445,11 +580,13 @@ class WorkerProcess:
         mono_start: float,
         *,
         permanent: bool = False,
-        traceback: bool = True,
+        traceback: bool | str = True,  # or one already formatted
     ) -> store.Failure:
         policy = (spec.backoff if spec else None) or self.backoff
         tb = None
-        if traceback:
+        if isinstance(traceback, str):
+            tb = traceback[-MAX_TRACEBACK:]
+        elif traceback:
             tb = "".join(format_exception(exc))[-MAX_TRACEBACK:]
         return store.Failure(
             id=item.id,
@@ -457,8 +594,9 @@ class WorkerProcess:
             error_type=type(exc).__name__,
             message=_text((str(exc) or type(exc).__name__)[:MAX_MESSAGE]),
             traceback=None if tb is None else _text(tb),
-            started_at=self._db_time(item, mono_start),
-            finished_at=self._db_time(item, time.monotonic()),
+            # Monotonic readings; the fail statement turns them into the database's clock.
+            started=mono_start,
+            finished=time.monotonic(),
             permanent=permanent,
             delay=policy.delay(item.attempts),
         )
@@ -588,8 +726,11 @@ class WorkerProcess:
 
     async def _shutdown(self) -> None:
         assert self.pool is not None
-        unstarted = [(item.id, item.token) for item in self.pool.take_unstarted()]
-        unstarted += [(item.id, item.token) for item in self.async_queue]
+        unstarted = [
+            (item.id, item.token)
+            for run in [*self.pool.take_unstarted(), *self.async_queue]
+            for item in _events(run)
+        ]
         self.async_queue.clear()
         if unstarted:
             released = await self._with_db(
@@ -611,10 +752,8 @@ class WorkerProcess:
                 await asyncio.sleep(0.02)
             cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
             now = time.monotonic()
-            for item in self.pool.abandon_all():
-                spec = self.specs.get(item.event_type)
-                failure = self._failure(item, spec, cut, now, traceback=False)
-                self._settle(Outcome(item, "failed", 0.0, failure))
+            for run in self.pool.abandon_all():
+                self._give_up(run, cut, now, "failed")
             for task in list(self.inflight):
                 task.cancel()
             if self.inflight:
@@ -628,6 +767,10 @@ class WorkerProcess:
                 "and the events will be delivered again",
                 self.name,
             )
+
+
+def _events(run: Run) -> list[store.Claimed]:
+    return run.items if isinstance(run, Batch) else [run]
 
 
 def _text(value: str) -> str:

@@ -33,10 +33,8 @@ class Claimed:
     headers: str
     attempts: int
     created_at: datetime
-    claimed_at: datetime  # the database clock at claim time
     position: int  # 1-based place in its claim, most urgent first
     token: uuid.UUID
-    claimed_mono: float = 0.0  # this process's monotonic clock at the same moment
 
 
 @dataclass(slots=True)
@@ -46,8 +44,8 @@ class Failure:
     error_type: str
     message: str
     traceback: str | None
-    started_at: datetime
-    finished_at: datetime
+    started: float  # time.monotonic() when the handler started
+    finished: float  # and when it ended (or was given up on)
     permanent: bool
     delay: float  # seconds until the next attempt, if one is left
 
@@ -66,20 +64,19 @@ class Transition:
 
 async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
     token = uuid.uuid4()
-    mono = time.monotonic()
     rows = await queries.afetch_tuples(
         conn,
         "worker_claim",
         {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
-        binary=True,  # two timestamps per row: binary is cheaper for the server and for us
+        binary=True,  # a timestamp per row: binary is cheaper for the server and for us
     )
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
     # way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token, mono) for r in rows]  # type: ignore[call-arg]  # ten columns
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
 
 
-_POSITION = itemgetter(9)
+_POSITION = itemgetter(8)
 
 
 def array_literal(values: Iterable[object]) -> str:
@@ -115,6 +112,7 @@ async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> 
     """Record failed attempts; returns the events that went dead."""
     if not failures:
         return []
+    now = time.monotonic()  # just before the statement's now(): the times' anchor
     params = {
         "worker": worker,
         "ids": [f.id for f in failures],
@@ -122,8 +120,8 @@ async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> 
         "error_types": [f.error_type for f in failures],
         "messages": [f.message for f in failures],
         "tracebacks": [f.traceback for f in failures],
-        "started": [f.started_at for f in failures],
-        "finished": [f.finished_at for f in failures],
+        "started_ago": [max(0.0, now - f.started) for f in failures],
+        "finished_ago": [max(0.0, now - f.finished) for f in failures],
         "permanent": [f.permanent for f in failures],
         "delays": [f.delay for f in failures],
     }

@@ -27,17 +27,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from dispatchbox.worker.store import Claimed
-
+T = TypeVar("T")  # what a thread runs: an event, or a batch of events
 R = TypeVar("R")
 
 
 # A run: (event, monotonic start, ticket). The ticket holds one element until the run is
 # settled, by its thread (a result) or by the watchdog (timeout, shutdown): whoever pops it
 # first. A plain tuple: one is made per event, and a class instance costs several times more.
-_Running = tuple[Claimed | None, float, list[None]]
+_Running = tuple[Any, float, list[None]]  # (T | None, start, ticket)
 
 # A thread between taking an event from its share and starting it: busy, nothing to abandon.
 _STARTING: _Running = (None, float("inf"), [])
@@ -46,13 +45,13 @@ _STARTING: _Running = (None, float("inf"), [])
 CHUNK = 16  # most events a thread takes at once
 
 
-class SyncPool(Generic[R]):
+class SyncPool(Generic[T, R]):
     def __init__(
         self,
         size: int,
         *,
-        run_item: Callable[[Claimed], R],
-        timeout_of: Callable[[Claimed], float],
+        run_item: Callable[[T], R],
+        timeout_of: Callable[[T], float],
         on_results: Callable[[], None],
         loop: asyncio.AbstractEventLoop,
         name: str = "dispatchbox-handler",
@@ -64,10 +63,10 @@ class SyncPool(Generic[R]):
         self._loop = loop
         self._name = name
         self._cond = threading.Condition(threading.Lock())
-        self._queue: deque[Claimed] = deque()
+        self._queue: deque[T] = deque()
         # Taken by a thread, not started yet. The owner pops from the left and thieves from the
         # right, each without the lock: deque pops are atomic, so every event goes to one taker.
-        self._held: dict[int, deque[Claimed]] = {}
+        self._held: dict[int, deque[T]] = {}
         self._running: dict[int, _Running] = {}  # thread id -> what it runs
         # Thread ids that exit once their current run returns (the watchdog gave up on it and
         # started a replacement).
@@ -81,7 +80,7 @@ class SyncPool(Generic[R]):
 
     # -- called from the event loop --------------------------------------------------------
 
-    def submit(self, items: list[Claimed]) -> None:
+    def submit(self, items: list[T]) -> None:
         with self._cond:
             self._queue.extend(items)
             self._cond.notify(min(len(items), self.size))
@@ -94,7 +93,7 @@ class SyncPool(Generic[R]):
         """Handlers running whose outcome still counts (abandoned ones were already settled)."""
         return sum(1 for r in list(self._running.values()) if r is _STARTING or r[2])
 
-    def take_unstarted(self) -> list[Claimed]:
+    def take_unstarted(self) -> list[T]:
         with self._cond:
             items = list(self._queue)
             self._queue.clear()
@@ -109,9 +108,9 @@ class SyncPool(Generic[R]):
         results = self._results
         return [results.popleft() for _ in range(len(results))]
 
-    def expire(self, now: float) -> list[Claimed]:
+    def expire(self, now: float) -> list[T]:
         """Events whose handler is past its deadline: abandoned, each thread replaced."""
-        expired: list[Claimed] = []
+        expired: list[T] = []
         with self._cond:
             for tid, (item, started, ticket) in list(self._running.items()):
                 # The deadline is worked out here, ten times a second for at most `size` runs,
@@ -129,7 +128,7 @@ class SyncPool(Generic[R]):
                 self._spawn()
         return expired
 
-    def abandon_all(self) -> list[Claimed]:
+    def abandon_all(self) -> list[T]:
         """At the end of the grace period: give up on everything still running."""
         return [
             item
@@ -151,7 +150,7 @@ class SyncPool(Generic[R]):
         )
         thread.start()
 
-    def _take(self, me: int, held: deque[Claimed]) -> bool:
+    def _take(self, me: int, held: deque[T]) -> bool:
         """Under the lock: fill `held` from the queue or from the longest other share; False
         when stopping."""
         while not self._stopping:
@@ -180,7 +179,7 @@ class SyncPool(Generic[R]):
         cond = self._cond
         running = self._running
         results = self._results
-        held: deque[Claimed] = deque()
+        held: deque[T] = deque()
         with cond:
             self._held[me] = held
         while not self._stopping:
@@ -229,10 +228,10 @@ def _settle(ticket: list[None]) -> bool:
     return True
 
 
-def _drain(held: deque[Claimed]) -> list[Claimed]:
+def _drain(held: deque[T]) -> list[T]:
     """Everything left in a held share, racing its owner's popleft without losing or
     duplicating an event."""
-    out: list[Claimed] = []
+    out: list[T] = []
     while True:
         try:
             out.append(held.popleft())

@@ -6,7 +6,7 @@
 -- array's order with its position: rows come back in claim order (most urgent first) without
 -- a sort of the returned rows, which cost the server a tenth of the claim. The worker orders by
 -- position all the same (a no-op on ordered input), so a different plan cannot reorder them.
--- Columns: the first ten fields of dispatchbox.worker.store.Claimed, in order.
+-- Columns: the first nine fields of dispatchbox.worker.store.Claimed, in order.
 UPDATE outbox_event e
    SET status = 'running',
        attempts = e.attempts + 1,
@@ -23,7 +23,7 @@ UPDATE outbox_event e
               FOR UPDATE SKIP LOCKED)) WITH ORDINALITY AS claimed (id, position)
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
-          e.headers::text AS headers, e.attempts, e.created_at, now(), claimed.position
+          e.headers::text AS headers, e.attempts, e.created_at, claimed.position
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.
@@ -48,18 +48,20 @@ UPDATE outbox_event e
 
 -- name: worker_fail
 -- Record failed attempts: error history, last_error, then back to pending after the backoff
--- (%(delays)s seconds from now) or dead at max_attempts or when permanent. Rows whose lease was
--- taken over are skipped (pairwise id and token: each row carries its own error). The token
--- implies running (see worker_complete); the join is by key, so the planner hashes the input
--- or looks each id up, never loops over the partial lease index. Returns every event it moved,
--- with its new status.
+-- (%(delays)s seconds from now) or dead at max_attempts or when permanent. A handler's start and
+-- end arrive as seconds before this statement (the worker measures them on its monotonic
+-- clock), so the history's times are the database's clock without a clock read per claim.
+-- Rows whose lease was taken over are skipped (pairwise id and token: each row carries its own
+-- error). The token implies running (see worker_complete); the join is by key, so the planner
+-- hashes the input or looks each id up, never loops over the partial lease index. Returns every
+-- event it moved, with its new status.
 WITH f AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(error_types)s::text[],
-                  %(messages)s::text[], %(tracebacks)s::text[], %(started)s::timestamptz[],
-                  %(finished)s::timestamptz[], %(permanent)s::boolean[],
-                  %(delays)s::double precision[])
-           AS f(id, token, error_type, message, traceback, started_at, finished_at, permanent,
+                  %(messages)s::text[], %(tracebacks)s::text[],
+                  %(started_ago)s::double precision[], %(finished_ago)s::double precision[],
+                  %(permanent)s::boolean[], %(delays)s::double precision[])
+           AS f(id, token, error_type, message, traceback, started_ago, finished_ago, permanent,
                 delay)
 ),
 upd AS (
@@ -84,8 +86,8 @@ upd AS (
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
                                     error_type, message, traceback)
-    SELECT upd.id, upd.attempts, %(worker)s, f.started_at, f.finished_at, f.error_type,
-           f.message, f.traceback
+    SELECT upd.id, upd.attempts, %(worker)s, now() - make_interval(secs => f.started_ago),
+           now() - make_interval(secs => f.finished_ago), f.error_type, f.message, f.traceback
       FROM upd JOIN f ON f.id = upd.id
 )
 SELECT id, status, attempts, event_type, aggregate_type FROM upd

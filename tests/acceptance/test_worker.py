@@ -12,20 +12,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.pg import PgServer, skip_outside_ci
-from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
-
-FAST = ["--backoff-base", "0.05", "--backoff-max", "0.2", "--poll-interval", "0.2"]
-
-
-@pytest.fixture
-def record_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "records"
-    d.mkdir()
-    return d
-
-
-def start(db_dsn: str, record_dir: Path, tmp_path: Path, *args: str) -> WorkerRun:
-    return WorkerRun(db_dsn, record_dir, *args, log=tmp_path / f"worker-{time.time_ns()}.log")
+from tests.worker_helpers import FAST, counts, publish, records, start, wait_until
 
 
 def error_rows(dsn: str, event_id: int) -> list[tuple[int, str, str]]:
@@ -219,6 +206,42 @@ def test_heartbeat_keeps_leases_of_queued_and_running_events(
     with psycopg.connect(db_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM outbox_event_error").fetchone() == (0,)
         assert conn.execute("SELECT max(attempts) FROM outbox_event").fetchone() == (1,)
+
+
+def test_a_process_holds_at_most_one_and_a_half_batches(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    # Batch 10, two threads: a full batch is claimed whenever fewer than 5 wait, so at most
+    # 4 + 10 wait and 2 run. More leased rows than that would be a process hoarding work.
+    publish(db_dsn, "test.slow", 40, payload={"seconds": 0.1})
+    run = start(
+        db_dsn,
+        record_dir,
+        tmp_path,
+        "--processes",
+        "1",
+        "--concurrency",
+        "2",
+        "--batch-size",
+        "10",
+        *FAST,
+    )
+    held: list[int] = []
+    try:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 30
+            while counts(db_dsn).get("done") != 40 and time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT count(*) FROM outbox_event WHERE status = 'running'"
+                ).fetchone()
+                assert row is not None
+                held.append(row[0])
+                time.sleep(0.02)
+    finally:
+        run.stop()
+    assert counts(db_dsn) == {"done": 40}
+    assert max(held) <= 16, held
+    assert max(held) > 2, held  # sampled while work was held, not only at the end
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,8 +54,8 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
             error_type="X",
             message="late",
             traceback=None,
-            started_at=datetime.now(UTC),
-            finished_at=datetime.now(UTC),
+            started=time.monotonic(),
+            finished=time.monotonic(),
             permanent=True,
             delay=0,
         )
@@ -78,6 +79,46 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
             [event_id],
         ).fetchall()
     assert errors == [(1, "A", "LeaseExpired")]
+
+
+def test_failure_history_times_are_the_database_clock_at_the_monotonic_readings(
+    db_dsn: str,
+) -> None:
+    # The worker sends how long ago (monotonic clock) a handler started and ended; the history
+    # row must hold those instants on the database's clock, whatever the client's wall clock.
+    with psycopg.connect(db_dsn) as conn:
+        event_id = publish(conn, **EVENT)
+        conn.commit()
+
+    async def scenario() -> None:
+        conn = await aconn(db_dsn)
+        (item,) = await store.claim(conn, worker="A", limit=10, lease_seconds=60)
+        now = time.monotonic()
+        failure = store.Failure(
+            id=item.id,
+            token=item.token,
+            error_type="X",
+            message="boom",
+            traceback=None,
+            started=now - 30.0,
+            finished=now - 10.0,
+            permanent=False,
+            delay=0,
+        )
+        await store.fail(conn, worker="A", failures=[failure])
+        await conn.close()
+
+    run(scenario())
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - started_at), extract(epoch FROM now() - finished_at)"
+            " FROM outbox_event_error WHERE event_id = %s",
+            [event_id],
+        ).fetchone()
+    assert row is not None
+    started_ago, finished_ago = float(row[0]), float(row[1])
+    assert 30.0 <= started_ago < 35.0
+    assert 10.0 <= finished_ago < 15.0
 
 
 def test_claim_order_priority_then_due_time_and_skip_locked(db_dsn: str) -> None:
@@ -279,8 +320,6 @@ def test_claimed_timestamps_are_utc_whatever_the_servers_time_zone(db_dsn: str) 
     item = run(scenario())
     event = decode.event(item)
     assert event.created_at is not None
-    assert event.created_at.utcoffset() == timedelta(
-        0
-    ) and item.claimed_at.utcoffset() == timedelta(0)
+    assert event.created_at.utcoffset() == timedelta(0)
     assert event.created_at == stored  # the same instant, shown in UTC
     assert stored.utcoffset() == timedelta(hours=5, minutes=30)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatchbox import BackoffPolicy, Dispatcher, OutboxEvent
+from dispatchbox import BackoffPolicy, BatchFailure, Dispatcher, OutboxEvent, PermanentError
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.worker.config import WorkerConfig
 
@@ -51,3 +51,30 @@ def test_handler_timeout_must_be_shorter_than_the_lease() -> None:
         WorkerConfig(dsn="", app="m:d", lease_seconds=60).validate(d)
     with pytest.raises(ConfigurationError, match="--concurrency must be positive"):
         WorkerConfig(dsn="", app="m:d", concurrency=0).validate()
+
+
+def test_batch_handlers_register_with_their_size_and_refuse_bad_ones() -> None:
+    d = Dispatcher()
+
+    @d.batch_handler("a", max_batch=500)
+    def a(events: list[OutboxEvent]) -> None: ...
+
+    @d.batch_handler("b")
+    async def b(events: list[OutboxEvent]) -> None: ...
+
+    spec_a, spec_b = d.get("a"), d.get("b")
+    assert spec_a is not None and spec_a.max_batch == 500 and not spec_a.is_async
+    assert spec_b is not None and spec_b.max_batch == 100 and spec_b.is_async
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigurationError, match="max_batch"):
+            d.batch_handler(f"c{bad}", max_batch=bad)(a)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="already registered"):
+        d.handler("a")(lambda event: None)
+
+
+def test_batch_failure_takes_event_ids_and_exceptions_only() -> None:
+    failure = BatchFailure({7: RuntimeError("x"), 9: PermanentError("y")})
+    assert set(failure.failures) == {7, 9} and "2 event(s)" in str(failure)
+    for bad in ({"7": RuntimeError("x")}, {7: "not an exception"}):
+        with pytest.raises(TypeError, match="event id"):
+            BatchFailure(bad)  # type: ignore[arg-type]
