@@ -45,6 +45,9 @@ from dispatchbox.errors import DatabaseUnreachable
 
 logger = logging.getLogger("dispatchbox.metrics")
 
+# The used-bytes word and its padding that start every multiprocess file.
+_MMAP_HEADER = 8
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 OTHER = "other"
 
@@ -507,9 +510,30 @@ class _WorkerCounters:
     def collect(self) -> Iterable[Metric]:
         if not os.path.isdir(self.path):
             return []
-        collector = MultiProcessCollector(None, path=self.path)  # type: ignore[no-untyped-call]
-        families: Iterable[Metric] = collector.collect()  # type: ignore[no-untyped-call]
+        families: Iterable[Metric] = MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+            _files_with_values(self.path), accumulate=True
+        )
         return families
+
+
+def _files_with_values(path: str) -> list[str]:
+    """The directory's metric files, without those still empty.
+
+    prometheus-client creates a file empty and sizes it a moment later; a scrape in between (or
+    a process killed in between) would fail to parse it and answer 500. An empty file holds no
+    value, so leaving it out loses nothing.
+    """
+    files = []
+    for entry in os.scandir(path):
+        if not entry.name.endswith(".db"):
+            continue
+        try:
+            size = entry.stat().st_size
+        except FileNotFoundError:  # a live gauge's file, removed as its process died
+            continue
+        if size >= _MMAP_HEADER:
+            files.append(entry.path)
+    return files
 
 
 def build_registry(

@@ -454,3 +454,52 @@ def test_batched_outcomes_equal_one_by_one_observations() -> None:
         ("_total", (("event_type", "t.two"), ("outcome", "done"))): 18,
         ("_total", (("event_type", "t.one"), ("outcome", "failed"))): 1,
     }
+
+
+COUNTER_KEY = '["dbx_test_files", "dbx_test_files_total", {}, "Files written."]'
+
+
+def _write_counter_files(path: str, count: int) -> None:
+    """What worker processes do when they first count: one new file each, then a value."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    for i in range(count):
+        values = MmapedDict(os.path.join(path, f"counter_{100000 + i}.db"))
+        values.write_value(COUNTER_KEY, 1.0, 0.0)
+        values.close()
+
+
+def test_a_file_not_yet_sized_is_left_out_of_the_scrape(tmp_path: Path) -> None:
+    """prometheus-client creates a file empty and sizes it a moment later (or never, when its
+    process is killed in between): a scrape then must still answer, with every count."""
+    from prometheus_client import generate_latest
+
+    _write_counter_files(str(tmp_path), 3)
+    (tmp_path / "counter_99.db").touch()
+    (tmp_path / "histogram_99.db").touch()
+    text = generate_latest(build_registry(None, multiprocess_path=str(tmp_path))).decode()
+    assert value(parse(text), "dbx_test_files_total") == 3
+
+
+def test_scrapes_while_processes_create_their_files_never_fail(tmp_path: Path) -> None:
+    """Scrape in a loop while another process creates 3,000 files: no scrape fails (before the
+    fix, dozens answered 500 with struct.error) and the total never goes backwards."""
+    import multiprocessing
+
+    from prometheus_client import generate_latest
+
+    registry = build_registry(None, multiprocess_path=str(tmp_path))
+    writer = multiprocessing.get_context("spawn").Process(
+        target=_write_counter_files, args=(str(tmp_path), 3000)
+    )
+    writer.start()
+    totals = []
+    try:
+        while writer.is_alive():
+            totals.append(value(parse(generate_latest(registry).decode()), "dbx_test_files_total"))
+    finally:
+        writer.join(60)
+    assert writer.exitcode == 0
+    assert len(totals) > 10, "the scrapes must overlap the writing"
+    assert totals == sorted(totals)
+    assert value(parse(generate_latest(registry).decode()), "dbx_test_files_total") == 3000
