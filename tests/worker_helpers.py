@@ -92,3 +92,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, step: f
 def start(db_dsn: str, record_dir: Path, tmp_path: Path, *args: str) -> WorkerRun:
     """`dispatchbox worker` running the test app, its log in tmp_path."""
     return WorkerRun(db_dsn, record_dir, *args, log=tmp_path / f"worker-{time.time_ns()}.log")
+
+
+def wait_for_workers(run: WorkerRun, processes: int) -> None:
+    """Until every worker process is about to claim: publish after this in a test that needs
+    each process to take work, or the first one up may drain everything alone."""
+    wait_until(
+        lambda: run.proc.poll() is None and run.log().count("worker_started") >= processes,
+        60,
+        f"{processes} worker processes started",
+    )

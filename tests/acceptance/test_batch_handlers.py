@@ -8,7 +8,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.worker_helpers import FAST, counts, publish, records, start, wait_until
+from tests.worker_helpers import (
+    FAST,
+    counts,
+    publish,
+    records,
+    start,
+    wait_for_workers,
+    wait_until,
+)
 
 
 def rows(dsn: str, ids: list[int]) -> dict[int, tuple[str, int, str | None]]:
@@ -37,9 +45,10 @@ def error_types(dsn: str, event_id: int) -> list[tuple[int, str]]:
 def test_two_processes_deliver_every_event_of_sync_and_async_batches_once(
     db_dsn: str, record_dir: Path, tmp_path: Path
 ) -> None:
-    ids = publish(db_dsn, "test.batch_ok", 3000) + publish(db_dsn, "test.async_batch_ok", 3000)
     run = start(db_dsn, record_dir, tmp_path, "--processes", "2", "--batch-size", "500", *FAST)
     try:
+        wait_for_workers(run, 2)
+        ids = publish(db_dsn, "test.batch_ok", 3000) + publish(db_dsn, "test.async_batch_ok", 3000)
         wait_until(lambda: counts(db_dsn)["done"] == 6000, 120, "6,000 events done")
     finally:
         assert run.stop() == 0, run.log()

@@ -12,7 +12,15 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.pg import PgServer, skip_outside_ci
-from tests.worker_helpers import FAST, counts, publish, records, start, wait_until
+from tests.worker_helpers import (
+    FAST,
+    counts,
+    publish,
+    records,
+    start,
+    wait_for_workers,
+    wait_until,
+)
 
 
 def error_rows(dsn: str, event_id: int) -> list[tuple[int, str, str]]:
@@ -48,9 +56,10 @@ def event_row(dsn: str, event_id: int) -> dict[str, object]:
 def test_four_processes_drain_20000_events_each_exactly_once(
     db_dsn: str, record_dir: Path, tmp_path: Path, settings: tuple[str, ...]
 ) -> None:
-    ids = publish(db_dsn, "test.ok", 10_000) + publish(db_dsn, "test.async_ok", 10_000)
     run = start(db_dsn, record_dir, tmp_path, "--processes", "4", *settings, *FAST)
     try:
+        wait_for_workers(run, 4)
+        ids = publish(db_dsn, "test.ok", 10_000) + publish(db_dsn, "test.async_ok", 10_000)
         wait_until(lambda: counts(db_dsn)["done"] == 20_000, 180, "20,000 events done")
     finally:
         assert run.stop() == 0, run.log()
