@@ -524,15 +524,16 @@ def _files_with_values(path: str) -> list[str]:
     value, so leaving it out loses nothing.
     """
     files = []
-    for entry in os.scandir(path):
-        if not entry.name.endswith(".db"):
-            continue
-        try:
-            size = entry.stat().st_size
-        except FileNotFoundError:  # a live gauge's file, removed as its process died
-            continue
-        if size >= _MMAP_HEADER:
-            files.append(entry.path)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".db"):
+                continue
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:  # a live gauge's file, removed as its process died
+                continue
+            if size >= _MMAP_HEADER:
+                files.append(entry.path)
     return files
 
 
