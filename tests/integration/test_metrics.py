@@ -18,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatchbox import publish_many
 from dispatchbox.observability.metrics import DatabaseCollector, build_registry
 from dispatchbox.tempcluster import free_port
-from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
+from tests.worker_helpers import (
+    WorkerRun,
+    counts,
+    publish,
+    records,
+    wait_for_workers,
+    wait_until,
+)
 
 FAST = ["--backoff-base", "0.05", "--backoff-max", "0.1", "--poll-interval", "0.2"]
 
@@ -83,12 +90,6 @@ def test_counters_of_two_worker_processes_add_up_and_match_the_database(
     (metrics_dir / "counter_999999.db").write_bytes(b"left by an earlier run")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     port = free_port()
-    publish(db_dsn, "test.ok", 600)
-    publish(db_dsn, "test.async_ok", 400)
-    publish(db_dsn, "test.fail_twice", 20, max_attempts=5)
-    publish(db_dsn, "test.always_fail", 15, max_attempts=3)
-    publish(db_dsn, "test.permanent", 5, max_attempts=5)
-    publish(db_dsn, "test.always_fail", 4, max_attempts=2, aggregate_type="invoice")
     run = WorkerRun(
         db_dsn,
         record_dir,
@@ -97,6 +98,13 @@ def test_counters_of_two_worker_processes_add_up_and_match_the_database(
     )  # fmt: skip
     try:
         wait_for_endpoint(port, run)
+        wait_for_workers(run, 2)
+        publish(db_dsn, "test.ok", 600)
+        publish(db_dsn, "test.async_ok", 400)
+        publish(db_dsn, "test.fail_twice", 20, max_attempts=5)
+        publish(db_dsn, "test.always_fail", 15, max_attempts=3)
+        publish(db_dsn, "test.permanent", 5, max_attempts=5)
+        publish(db_dsn, "test.always_fail", 4, max_attempts=2, aggregate_type="invoice")
         wait_until(lambda: counts(db_dsn) == {"done": 1020, "dead": 24}, 90, "every event final")
         # Database gauges are cached for a few seconds, outcomes written every second: wait for
         # a scrape that has caught up with both.
