@@ -29,7 +29,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from traceback import format_exception
@@ -488,17 +488,7 @@ class WorkerProcess:
     def _settle_batch(self, outcomes: list[Outcome | Delivered]) -> None:
         """On the loop: a batch's outcomes, one per event of the batch."""
         self.batch_extra -= len(outcomes) - 1
-        completed = self.completed
-        handled = self._handled
-        for result in outcomes:
-            if type(result) is tuple:
-                item, seconds = result
-                completed.append(item)
-                if handled is not None:
-                    handled(item.event_type, "done", seconds)
-            else:
-                assert isinstance(result, Outcome)
-                self._settle(result)
+        self._settle_results(outcomes)
         # The queues counted this batch's events until now: the claimer may be waiting on them.
         if self._queued() < self.low_water:
             self.want_more.set()
@@ -524,9 +514,16 @@ class WorkerProcess:
     def _collect(self) -> None:
         """On the loop: results from the pool threads, a burst at a time."""
         assert self.pool is not None
+        self._settle_results(self.pool.take_results())
+        self.results_ready.set()
+        if self._queued() < self.low_water:
+            self.want_more.set()
+
+    def _settle_results(self, results: Sequence[Result]) -> None:
+        """On the loop: what handler threads or a batch handed back."""
         completed = self.completed
         handled = self._handled
-        for result in self.pool.take_results():
+        for result in results:
             if type(result) is tuple:  # delivered: the common case, inline
                 item, seconds = result
                 completed.append(item)
@@ -537,9 +534,6 @@ class WorkerProcess:
             else:
                 assert isinstance(result, Outcome)
                 self._settle(result)
-        self.results_ready.set()
-        if self._queued() < self.low_water:
-            self.want_more.set()
 
     def _settle(self, outcome: Outcome) -> None:
         if outcome.failure is None:
