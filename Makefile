@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test demo lint typecheck unit bench clean
+.PHONY: help test demo lint typecheck unit bench clean system
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+system: ## install the system packages the suite needs (pg_cron, pgbouncer), or say how
+	@scripts/system-packages.sh
+
 install: $(STAMP) ## create the virtualenv and install dispatchbox with dev extras
 
 lint: $(STAMP) ## ruff (lint and format check)
@@ -25,8 +28,9 @@ lint: $(STAMP) ## ruff (lint and format check)
 typecheck: $(STAMP) ## mypy --strict on dispatchbox/
 	$(VENV)/bin/mypy
 
-test: $(STAMP) lint typecheck ## lint, typecheck, then the whole test suite on a real PostgreSQL
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+# On our own throwaway cluster every test runs: a skip (no pg_cron, no pgbouncer) is a failure.
+test: system $(STAMP) lint typecheck ## lint, typecheck, then the whole test suite on a real PostgreSQL
+	$(if $(DISPATCHBOX_TEST_DSN),,DISPATCHBOX_REQUIRE_PG_CRON=1) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 demo: $(STAMP) ## the end-to-end demo on a throwaway database
 	$(VENV)/bin/dispatchbox demo

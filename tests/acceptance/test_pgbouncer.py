@@ -23,7 +23,7 @@ from tests.worker_helpers import WorkerRun, counts, publish, records, wait_until
 def pgbouncer_dsn(pg_server: PgServer, db_dsn: str) -> Iterator[str]:
     exe = shutil.which("pgbouncer")
     if exe is None:
-        skip_outside_ci("pgbouncer is not installed (apt-get install pgbouncer; .ci/run does)")
+        skip_outside_ci("pgbouncer is not installed (`make system` installs it)")
     dbname = conninfo.conninfo_to_dict(db_dsn)["dbname"]
     target = conninfo.conninfo_to_dict(pg_server.tcp_dsn(str(dbname)))
     port = free_port()
