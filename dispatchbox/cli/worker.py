@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import typer
@@ -156,17 +157,27 @@ def worker_command(
         app_path=(os.getcwd(),),
         log_level=log_level.upper(),
     )
-    # Fail fast, in the supervisor, on what would make every worker process fail.
     config.validate()
-    dispatcher = load_dispatcher(config.app, config.app_path)
-    config.validate(dispatcher)
-    with connect(config.dsn) as conn:
-        migrations.check(conn)
-    alerting = alerts.check_env()  # a bad alert setting fails here, not in every worker
     configure_logging(config.log_level)
-    import logging
-
-    logging.getLogger("dispatchbox.supervisor").info(
+    exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
+    exporter.prepare()  # the metrics directory: the worker processes inherit its variable
+    supervisor = Supervisor(config, on_process_exit=exporter.process_exited)
+    supervisor.fork_initial()
+    # Fail fast, in the supervisor, on what would make every worker process fail, while the
+    # forked processes wait at their gates.
+    try:
+        dispatcher = load_dispatcher(config.app, config.app_path)
+        config.validate(dispatcher)
+        with connect(config.dsn) as conn:
+            migrations.check(conn)
+        alerting = alerts.check_env()  # a bad alert setting fails here, not in every worker
+        exporter.start()
+    except BaseException:
+        supervisor.abort()
+        exporter.close()
+        raise
+    logger = logging.getLogger("dispatchbox.supervisor")
+    logger.info(
         "supervisor_started processes=%d database=%s handlers=%s",
         config.processes,
         describe(config.dsn),
@@ -174,11 +185,8 @@ def worker_command(
     )
     if alerting:
         logging.getLogger("dispatchbox.alerts").info("%s", alerting)
-    # Before the first worker process starts: the workers inherit the metrics directory.
-    exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
-    exporter.start()
     try:
-        code = Supervisor(config, on_process_exit=exporter.process_exited).run()
+        code = supervisor.run()
     finally:
         exporter.close()
     raise typer.Exit(code)

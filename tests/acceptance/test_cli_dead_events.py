@@ -419,6 +419,10 @@ def test_retry_batch_interrupted_with_ctrl_c_then_resumed(conn: Conn, db_dsn: st
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches the command even when the suite itself was started in the background
+        # of a non-interactive shell, which starts it with SIGINT ignored (its children inherit
+        # that, and Python then installs no KeyboardInterrupt handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while status_counts(conn).get("pending", 0) < 100:
