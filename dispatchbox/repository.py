@@ -44,6 +44,8 @@ logger = logging.getLogger("dispatchbox.repository")
 # Rows per statement for set-based work: big enough to amortise a round trip, small enough that
 # one batch's locks and WAL stay short.
 BATCH_SIZE = 5000
+# cleanup_old_dead_events archives dead events older than this by default (seed 004).
+DEFAULT_CLEANUP_DAYS = 30
 GROUPINGS = ("event_type", "aggregate_type", "error")
 MAX_PAGE = 10_000
 # Export chunks fetched ahead of the writer (each is one FETCH, 5,000 rows).
@@ -282,15 +284,26 @@ class OutboxRepository:
     """Dead-letter operations over a DSN (a connection per call) or a psycopg_pool pool."""
 
     def __init__(
-        self, dsn_or_pool: str | ConnectionPool[Any], *, batch_size: int = BATCH_SIZE
+        self,
+        dsn_or_pool: str | ConnectionPool[Any] | None = None,
+        *,
+        dsn: str | None = None,
+        pool: ConnectionPool[Any] | None = None,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
+        """``OutboxRepository(dsn="postgresql://...")``, ``OutboxRepository(pool=pool)``, or
+        either one positionally (``OutboxRepository(dsn_or_pool)``, as DESIGN.md names it)."""
         _check_positive("batch_size", batch_size)
+        given = [x for x in (dsn_or_pool, dsn, pool) if x is not None]
+        if len(given) != 1:
+            raise TypeError("OutboxRepository takes exactly one of a DSN (dsn=) or a pool (pool=)")
+        target = given[0]
         self._pool: ConnectionPool[Any] | None = None
         self._dsn: str | None = None
-        if isinstance(dsn_or_pool, ConnectionPool):
-            self._pool = dsn_or_pool
-        elif isinstance(dsn_or_pool, str):
-            self._dsn = dsn_or_pool
+        if isinstance(target, ConnectionPool) and dsn is None:
+            self._pool = target
+        elif isinstance(target, str) and pool is None:
+            self._dsn = target
         else:
             raise TypeError("OutboxRepository takes a DSN string or a psycopg_pool.ConnectionPool")
         self.batch_size = batch_size
@@ -534,14 +547,22 @@ class OutboxRepository:
         return dead, missing, not_dead
 
     def retry_dead_events_batch(
-        self, ids: Iterable[int], *, actor: str | None = None, skip_invalid: bool = False
+        self,
+        event_ids: Iterable[int] | None = None,
+        *,
+        ids: Iterable[int] | None = None,
+        actor: str | None = None,
+        skip_invalid: bool = False,
     ) -> int:
         """Redrive these dead events in one transaction; return how many were redriven.
 
-        Any id that is missing or not dead fails the whole batch with InvalidEventIds naming
-        them, and nothing is retried; with ``skip_invalid`` the others are retried.
+        ``event_ids`` (or positionally; ``ids=`` is the older keyword and still accepted). Any id
+        that is missing or not dead fails the whole batch with InvalidEventIds naming them, and
+        nothing is retried; with ``skip_invalid`` the others are retried.
         """
-        wanted = list(dict.fromkeys(ids))
+        if (event_ids is None) == (ids is None):
+            raise TypeError("retry_dead_events_batch takes event_ids (or ids=), exactly once")
+        wanted = list(dict.fromkeys(event_ids if event_ids is not None else ids or ()))
         bad_type = [i for i in wanted if not isinstance(i, int) or isinstance(i, bool)]
         if bad_type:
             raise InvalidFilter(f"event ids must be integers, got {bad_type[0]!r}")
@@ -714,12 +735,15 @@ class OutboxRepository:
 
     def cleanup_old_dead_events(
         self,
-        older_than_days: int,
+        older_than_days: int = DEFAULT_CLEANUP_DAYS,
         *,
         actor: str | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Move dead events that died more than ``older_than_days`` ago to the archive.
+        """Archive (not delete) dead events whose ``dead_at`` is before now() minus
+        ``older_than_days`` days (default 30), as the database's clock reads it when the call
+        starts; return how many moved. They stay readable in outbox_event_archive until the
+        archive's own purge removes them.
 
         Goes through archival, never a bare DELETE: each batch is migration 0002's
         ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their
