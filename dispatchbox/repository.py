@@ -206,6 +206,18 @@ class DeadEventStats:
 
 
 @dataclass(frozen=True, slots=True)
+class RedriveCounts:
+    """What a redrive by filter did (the SQL function redrive_dead_events returns the same)."""
+
+    processed: int  # redriven: pending again
+    skipped: int  # held by another transaction, or no longer dead when reached
+    failed: int  # in batches whose update raised (rolled back; a WARNING names the error)
+
+    def to_json(self) -> dict[str, Any]:
+        return _record_json(self)
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One operator action on dead events."""
 
@@ -611,13 +623,31 @@ class OutboxRepository:
         rate: float | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Redrive every dead event that matches (at most ``limit``), in batches; return how many.
+        """Redrive every dead event that matches (at most ``limit``); return how many.
 
-        Each batch is one statement and its own transaction, taking the next dead events in id
-        order. ``rate`` caps events made pending per second (batches shrink to at most ``rate``
-        and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C, an
-        error), it keeps the batches already committed, records the action as interrupted with
-        their count, and re-raises; run it again to continue.
+        ``redrive_dead_events`` with the same arguments, returning only ``processed``.
+        """
+        return self.redrive_dead_events(
+            filter, limit, actor=actor, rate=rate, progress=progress
+        ).processed
+
+    def redrive_dead_events(
+        self,
+        filter: DeadEventFilter | None = None,
+        limit: int | None = None,
+        *,
+        actor: str | None = None,
+        rate: float | None = None,
+        progress: Progress | None = None,
+    ) -> RedriveCounts:
+        """Redrive every dead event that matches (at most ``limit``), in batches.
+
+        Each batch is one call of the SQL function ``redrive_dead_events`` (migration 0005, the
+        one a DBA runs from psql or pg_cron) and its own transaction, taking the next dead events
+        in id order. ``rate`` caps events made pending per second (batches shrink to at most
+        ``rate`` and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
+        an error), it keeps the batches already committed, records the action as interrupted
+        with their count, and re-raises; run it again to continue.
         """
         flt = self._filter(filter)
         _check_positive("limit", limit)
@@ -627,7 +657,7 @@ class OutboxRepository:
         size = self.batch_size if rate is None else max(1, min(self.batch_size, int(rate)))
         details = {"limit": limit, "rate": rate, "batch_size": size}
         params: dict[str, Any] = {**flt.params(), "actor": who}
-        total = 0
+        total = skipped = failed = 0
         after_id = 0
         audit_id: int | None = None
         started = time.monotonic()
@@ -650,16 +680,18 @@ class OutboxRepository:
                             )
                         row = queries.fetch_one(conn, "dead_redrive_batch", params)
                         assert row is not None
-                        n = int(row["redriven"])
+                        n = int(row["processed"])
                         if n:
                             queries.execute(conn, "audit_progress", {"id": current, "affected": n})
-                            queries.execute(conn, "outbox_notify")
                     audit_id = current  # committed: from here on the audit row exists
                     total += n
+                    skipped += int(row["skipped"])
+                    failed += int(row["failed"])
                     if progress is not None and n:
                         progress(total)
-                    if row["picked"] < params["batch_size"]:
-                        break  # the keyset scan reached the end
+                    # The function stops short of batch_size only when nothing matching is left.
+                    if n < params["batch_size"]:
+                        break
                     after_id = int(row["last_id"])
                     if rate is not None:
                         lag = started + total / rate - time.monotonic()
@@ -672,7 +704,11 @@ class OutboxRepository:
                 raise
             if audit_id is not None:
                 self._finish(conn, audit_id, "completed")
-        return total
+        if skipped or failed:
+            logger.warning(
+                "redrive by filter: %d skipped (held or changed), %d failed", skipped, failed
+            )
+        return RedriveCounts(processed=total, skipped=skipped, failed=failed)
 
     @staticmethod
     def _finish(conn: psycopg.Connection[Any], audit_id: int, outcome: str) -> None:

@@ -463,7 +463,7 @@ def retry_batch(
         fail("not confirmed; nothing retried")
     progress = _Progress("redriven", todo)
     try:
-        done = repo.retry_dead_events(
+        counts = repo.redrive_dead_events(
             flt, cap, actor=default_actor(), rate=per_second, progress=progress
         )
     except KeyboardInterrupt:
@@ -474,7 +474,14 @@ def retry_batch(
         )
         raise typer.Exit(130) from None
     progress.close()
-    print(f"retried {done:,} dead events")
+    print(f"retried {counts.processed:,} dead events")
+    if counts.skipped or counts.failed:
+        # Held by another redrive, or a batch that raised: running the command again picks
+        # up whatever is still dead.
+        info(
+            f"skipped {counts.skipped:,} (held by another transaction or no longer dead), "
+            f"failed {counts.failed:,}: run the same command again to retry what is still dead"
+        )
 
 
 def _rate(text: str | None) -> float | None:
