@@ -12,7 +12,7 @@ import typer
 from dispatchbox.api.auth import TOKEN_ENV, ApiTokens
 from dispatchbox.cli.common import state, usage_error
 from dispatchbox.db import describe
-from dispatchbox.maintenance import alerts
+from dispatchbox.observability import alerting as alerts
 from dispatchbox.worker.supervisor import configure_logging
 
 logger = logging.getLogger("dispatchbox.api")

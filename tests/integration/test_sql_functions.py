@@ -155,7 +155,7 @@ def test_the_cli_calls_the_same_functions(db_dsn: str) -> None:
         # The CLI's backends flush their statistics when they exit: poll, with a deadline.
         while True:
             seen = (_calls(conn, "dead_event_stats"), _calls(conn, "redrive_dead_events"))
-            if seen[0] >= 1 and seen[1] >= 1 or time.monotonic() > deadline:
+            if (seen[0] >= 1 and seen[1] >= 1) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     assert seen[0] >= 1 and seen[1] >= 1, seen
