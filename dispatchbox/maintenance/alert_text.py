@@ -37,9 +37,7 @@ class Notice:
     @property
     def plain(self) -> str:
         """``text`` without Slack markup: for e-mail bodies and webhooks."""
-        out = _EMOJI.sub("", self.text)
-        out = out.replace("*", "").replace("&lt;", "<").replace("&gt;", ">")
-        return out.replace("&amp;", "&")
+        return plain_text(self.text)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +68,13 @@ class Channel(Protocol):
 
 
 _EMOJI = re.compile(r"^:[a-z_]+: ", re.MULTILINE)
+
+
+def plain_text(text: str) -> str:
+    """Slack mrkdwn as plain text: no leading emoji code, no bold, entities decoded."""
+    out = _EMOJI.sub("", text)
+    out = out.replace("*", "").replace("&lt;", "<").replace("&gt;", ">")
+    return out.replace("&amp;", "&")
 
 
 def escape(text: str) -> str:
@@ -192,5 +197,5 @@ def resolved_message(
 
 def summary_line(text: str) -> str:
     """The first line of a message, plain and bounded: an e-mail subject."""
-    first = Notice("", "notify", text, "", "", "", "", datetime.now(UTC)).plain.split("\n")[0]
+    first = plain_text(text).split("\n")[0]
     return first if len(first) <= 200 else first[:199] + "…"
