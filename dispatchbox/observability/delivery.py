@@ -23,6 +23,23 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return " ".join(text.split())[:300]
 
 
+class _HideSecrets(logging.Filter):
+    """Drops a library's log records that quote a secret (httpx logs every request's URL)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(secret in text for secret in self.secrets)
+
+
+def hide_secrets_from(logger_name: str, secrets: Iterable[str]) -> None:
+    """Keep records that quote any of these secrets out of that library logger's output."""
+    logging.getLogger(logger_name).addFilter(_HideSecrets(list(secrets)))
+
+
 class DeliveryLog:
     """Reports a channel's successes and failures; thread-safe."""
 

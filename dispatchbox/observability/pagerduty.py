@@ -21,7 +21,7 @@ import httpx
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog, positive_seconds
+from dispatchbox.observability.delivery import DeliveryLog, hide_secrets_from, positive_seconds
 
 logger = logging.getLogger("dispatchbox.pagerduty")
 
@@ -76,6 +76,8 @@ class PagerDutySender:
         self._log = DeliveryLog(logger, "pagerduty", config.destination)
         # No retries and no redirects: one bounded attempt per round; the next round retries.
         self._client = httpx.Client(timeout=config.timeout, follow_redirects=False)
+        # httpx logs each request's URL at INFO: the webhook URL may hold a token.
+        hide_secrets_from("httpx", [config.routing_key])
 
     def event(self, notice: Notice) -> dict[str, Any]:
         """The Events API v2 body for a notice."""

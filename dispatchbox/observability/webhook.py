@@ -28,7 +28,7 @@ import httpx
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog, positive_seconds
+from dispatchbox.observability.delivery import DeliveryLog, hide_secrets_from, positive_seconds
 
 logger = logging.getLogger("dispatchbox.webhook")
 
@@ -94,6 +94,8 @@ class WebhookSender:
         self._lock = threading.Lock()
         self._log = DeliveryLog(logger, "webhook", config.destination)
         self._client = httpx.Client(timeout=config.timeout, follow_redirects=False)
+        # httpx logs each request's URL at INFO: the webhook URL may hold a token.
+        hide_secrets_from("httpx", [config.url, config.secret])
 
     def send(self, notice: Notice) -> bool:
         body = json.dumps(notice.to_json(), separators=(",", ":")).encode()

@@ -370,11 +370,17 @@ def test_pagerduty_trigger_and_resolve_share_a_dedup_key_per_incident(
 # -- webhook -------------------------------------------------------------------------------------
 
 
-def test_webhook_body_is_signed_with_hmac_sha256(db_dsn: str, hook: Endpoint) -> None:
+def test_webhook_body_is_signed_with_hmac_sha256(
+    db_dsn: str, hook: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
     make_dead(db_dsn, "order.paid", "RuntimeError: card 4242 declined", 2)
     ev = evaluator(db_dsn, hook_sender(hook))
-    rounds_until([ev], lambda: len(hook.requests) >= 1)
+    with caplog.at_level(logging.DEBUG):
+        rounds_until([ev], lambda: len(hook.requests) >= 1)
     ev.stop()
+    # httpx logs every request with its URL; the webhook URL (it may hold a token) never shows.
+    assert "alert_sent alert=dead_events channel=webhook" in caplog.text
+    assert HOOK_PATH not in caplog.text and HOOK_SECRET not in caplog.text
     [req] = hook.requests
     stamp = req.headers["X-Dispatchbox-Timestamp"]
     assert abs(int(stamp) - time.time()) < 600
@@ -509,3 +515,86 @@ def test_worker_refuses_a_bad_channel_setting_in_one_line(db_dsn: str) -> None:
         "dispatchbox: error: DISPATCHBOX_SMTP_USERNAME and DISPATCHBOX_SMTP_PASSWORD go together"
     ]
     assert SMTP_PASSWORD not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_two_worker_hosts_send_one_message_per_channel_while_pagerduty_hangs(
+    db_dsn: str, smtp: Smtp, hook: Endpoint, pagerduty: Endpoint, tmp_path: Path
+) -> None:
+    """Two supervisors (as if on two hosts), two processes each, channels from the environment:
+    one e-mail and one webhook call per message, however many processes evaluate, and events
+    keep flowing while PagerDuty accepts connections and never answers."""
+    from tests.integration.test_alerts import _log_has, _worker
+    from tests.worker_helpers import counts, publish
+
+    pagerduty.open.clear()
+    env = {
+        "DISPATCHBOX_SMTP_HOST": "127.0.0.1",
+        "DISPATCHBOX_SMTP_PORT": str(smtp.port),
+        "DISPATCHBOX_SMTP_CA_FILE": smtp.ca_file,
+        "DISPATCHBOX_SMTP_USERNAME": "alerts",
+        "DISPATCHBOX_SMTP_PASSWORD": SMTP_PASSWORD,
+        "DISPATCHBOX_ALERT_EMAIL_TO": "oncall@example.com",
+        "DISPATCHBOX_ALERT_EMAIL_FROM": "alerts@example.com",
+        "DISPATCHBOX_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
+        "DISPATCHBOX_PAGERDUTY_URL": pagerduty.url("/v2/enqueue"),
+        "DISPATCHBOX_PAGERDUTY_TIMEOUT": "120",
+        "DISPATCHBOX_ALERT_WEBHOOK_URL": hook.url(HOOK_PATH),
+        "DISPATCHBOX_ALERT_WEBHOOK_SECRET": HOOK_SECRET,
+        "DISPATCHBOX_ALERT_INTERVAL_SECONDS": "0.3",
+        "DISPATCHBOX_ALERT_DEAD_WINDOW_SECONDS": "600",
+        "DISPATCHBOX_ALERT_DEAD_THRESHOLD": "5",
+        "DISPATCHBOX_ALERT_PENDING_AGE_SECONDS": "-1",
+    }
+    records = tmp_path / "records"
+    records.mkdir()
+    fast = ["--processes", "2", "--backoff-base", "0.05", "--backoff-max", "0.1"]
+    runs = [_worker(db_dsn, records, tmp_path / f"w{i}.log", env, *fast) for i in range(2)]
+    try:
+        # 2 hosts x 2 processes x 3 channels
+        wait_until(lambda: _log_has(runs, "alerts_started", 12), 60, "12 evaluators started")
+        publish(db_dsn, "test.always_fail", 20, max_attempts=1)
+        assert pagerduty.arrived.wait(60), "PagerDuty was never called"
+        publish(db_dsn, "test.ok", 500)
+        wait_until(lambda: counts(db_dsn) == {"dead": 20, "done": 500}, 60, "events finished")
+        wait_until(
+            lambda: len(smtp.mails) >= 2 and len(hook.requests) >= 2, 30, "e-mail and webhook"
+        )
+        # The incident stays open: two more evaluation rounds of the e-mail and webhook rows,
+        # by whichever process, send nothing new.
+        for _ in range(2):
+            mark = _db_now(db_dsn)
+            wait_until(
+                lambda mark=mark: _evaluated_after(db_dsn, mark), 30, "another evaluation round"
+            )
+    finally:
+        pagerduty.open.set()
+        for run in runs:
+            assert run.stop() == 0, run.log()
+    subjects = sorted(m.message["Subject"].split(":")[1].strip() for m in smtp.mails)
+    assert len(smtp.mails) == 2, subjects
+    assert sorted(r.json["alert"] for r in hook.requests) == ["dead_count", "dead_events"]
+    assert len(pagerduty.requests) == 1  # hung: no second host sent it again meanwhile
+    for run in runs:
+        log = run.log()
+        assert "alerts to Slack" not in log
+        for secret in SECRETS:
+            assert secret not in log
+
+
+def _db_now(dsn: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _evaluated_after(dsn: str, mark: Any) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE evaluated_at > %s), count(*) FROM outbox_alert_state "
+            "WHERE channel IN ('email', 'webhook')",
+            [mark],
+        ).fetchone()
+    assert row is not None
+    return bool(row[1]) and row[0] == row[1]
