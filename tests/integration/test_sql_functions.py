@@ -159,3 +159,54 @@ def test_the_cli_calls_the_same_functions(db_dsn: str) -> None:
                 break
             time.sleep(0.2)
     assert seen[0] >= 1 and seen[1] >= 1, seen
+
+
+@pytest.mark.slow
+@pytest.mark.pg_cron
+def test_pg_cron_runs_the_redrive_function(pg_cron: Any, db_dsn: str) -> None:
+    """The DBA's use: a pg_cron job whose command is the function call, run by pg_cron itself."""
+    from psycopg import conninfo
+
+    from dispatchbox.maintenance import cron
+
+    database = str(conninfo.conninfo_to_dict(db_dsn)["dbname"])
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        paid = make_dead(conn, 3, event_type="order.paid")
+        other = make_dead(conn, 2, event_type="user.created")
+        where = cron.locate(conn, db_dsn)
+    name = f"dispatchbox-test-redrive-{database}"
+    command = (
+        "SELECT * FROM redrive_dead_events(event_type => 'order.paid', max_events => 1000, "
+        "actor => 'pg_cron')"
+    )
+    with psycopg.connect(where.dsn, autocommit=True) as cron_conn:
+        cron.ensure_extension(cron_conn, create=True)
+        cron_conn.execute(
+            "SELECT cron.schedule_in_database(%s, '* * * * *', %s, %s)", [name, command, database]
+        )
+        try:
+            # pg_cron starts jobs on the minute: at most 60 s, plus a margin for the run.
+            deadline = time.monotonic() + 75
+            runs: list[tuple[str, str]] = []
+            while time.monotonic() < deadline and not runs:
+                runs = [
+                    (str(r[0]), str(r[1]))
+                    for r in cron_conn.execute(
+                        "SELECT d.status, d.return_message FROM cron.job_run_details d "
+                        "JOIN cron.job j USING (jobid) WHERE j.jobname = %s "
+                        "AND d.status IN ('succeeded', 'failed')",
+                        [name],
+                    ).fetchall()
+                ]
+                if not runs:
+                    time.sleep(0.5)
+        finally:
+            cron_conn.execute("SELECT cron.unschedule(%s)", [name])
+    assert runs, "pg_cron did not run the job within 75 s"
+    assert runs[0] == ("succeeded", "SELECT 1"), runs[0]
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute(
+            "SELECT id, status, last_redriven_by FROM outbox_event ORDER BY id"
+        ).fetchall()
+    assert [(i, s, b) for i, s, b in rows if i in paid] == [(i, "pending", "pg_cron") for i in paid]
+    assert [s for i, s, _ in rows if i in other] == ["dead", "dead"]
