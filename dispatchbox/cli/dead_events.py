@@ -26,15 +26,8 @@ from dispatchbox.cli.common import fail, info, state, usage_error
 from dispatchbox.errors import EventNotFound
 from dispatchbox.export import ExportFormat
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.repository import (
-    GROUPINGS,
-    MAX_PAGE,
-    AuditEntry,
-    DeadEvent,
-    EventDetail,
-    OutboxRepository,
-    default_actor,
-)
+from dispatchbox.records import AuditEntry, DeadEvent, EventDetail, default_actor
+from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
 
 app = typer.Typer(
     help="Dead events: list, stats, show, retry, export, purge.", no_args_is_help=True
