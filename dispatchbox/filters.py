@@ -112,6 +112,8 @@ class DeadEventFilter:
             if self.error_contains is not None
             else None,
             "error_fingerprint": self.error_fingerprint,
+            # the SQL functions of migration 0005 take the text and build the pattern themselves
+            "error_contains": self.error_contains,
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -16,16 +16,13 @@ and sql/queries/audit.sql. Rules it keeps:
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -38,12 +35,25 @@ from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
 from dispatchbox.export import ExportFormat, Writer
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance import archiver
+from dispatchbox.records import (
+    AuditEntry,
+    DeadEvent,
+    DeadEventStats,
+    ErrorGroup,
+    ErrorRecord,
+    EventDetail,
+    GroupStat,
+    RedriveCounts,
+    default_actor,
+)
 
 logger = logging.getLogger("dispatchbox.repository")
 
 # Rows per statement for set-based work: big enough to amortise a round trip, small enough that
 # one batch's locks and WAL stay short.
 BATCH_SIZE = 5000
+# cleanup_old_dead_events archives dead events older than this by default (seed 004).
+DEFAULT_CLEANUP_DAYS = 30
 GROUPINGS = ("event_type", "aggregate_type", "error")
 MAX_PAGE = 10_000
 # Export chunks fetched ahead of the writer (each is one FETCH, 5,000 rows).
@@ -51,177 +61,6 @@ _PREFETCH = 2
 _MAX_BIGINT = 2**63 - 1
 
 Progress = Callable[[int], None]
-
-
-def default_actor() -> str:
-    """The OS user running this process (what the CLI records as the actor)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"
-
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _record_json(record: Any) -> dict[str, Any]:
-    """A flat record dataclass as JSON-ready values (datetimes as ISO 8601)."""
-    return {k: _jsonable(v) for k, v in asdict(record).items()}
-
-
-@dataclass(frozen=True, slots=True)
-class DeadEvent:
-    """One dead event as listed."""
-
-    id: int
-    aggregate_type: str
-    aggregate_id: str
-    event_type: str
-    payload: Any
-    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
-    status: str
-    attempts: int
-    max_attempts: int
-    priority: int
-    last_error: str | None
-    last_error_at: datetime | None
-    created_at: datetime
-    dead_at: datetime | None
-    redrive_count: int
-    last_redriven_at: datetime | None
-    last_redriven_by: str | None
-    error_fingerprint: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return _record_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRecord:
-    """One failed attempt from the error history (outbox_event_error)."""
-
-    id: int
-    attempt: int
-    worker: str | None
-    started_at: datetime | None
-    finished_at: datetime
-    error_type: str
-    message: str
-    traceback: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return _record_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class EventDetail:
-    """One event in any state, with its whole error history (oldest first)."""
-
-    id: int
-    aggregate_type: str
-    aggregate_id: str
-    event_type: str
-    payload: Any
-    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
-    status: str
-    attempts: int
-    max_attempts: int
-    priority: int
-    idempotency_key: str | None
-    next_attempt_at: datetime
-    locked_by: str | None
-    locked_until: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    done_at: datetime | None
-    dead_at: datetime | None
-    redrive_count: int
-    last_redriven_at: datetime | None
-    last_redriven_by: str | None
-    error_fingerprint: str | None
-    errors: list[ErrorRecord] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        out = {k: _jsonable(getattr(self, k)) for k in self.__dataclass_fields__ if k != "errors"}
-        out["errors"] = [e.to_json() for e in self.errors]
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class GroupStat:
-    """Dead events sharing an event type or aggregate type."""
-
-    key: str
-    count: int
-    first_seen: datetime | None
-    last_seen: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        return _record_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorGroup:
-    """Dead events sharing a normalised error (see dispatchbox.fingerprint)."""
-
-    fingerprint: str
-    signature: str | None
-    count: int
-    first_seen: datetime | None
-    last_seen: datetime | None
-    example_id: int
-    example_error: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return _record_json(self)
-
-
-@dataclass(frozen=True, slots=True)
-class DeadEventStats:
-    """Totals, and the groupings asked for (None when not asked), most numerous first."""
-
-    total: int
-    oldest_dead_at: datetime | None
-    newest_dead_at: datetime | None
-    by_event_type: list[GroupStat] | None = None
-    by_aggregate_type: list[GroupStat] | None = None
-    by_error: list[ErrorGroup] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "total": self.total,
-            "oldest_dead_at": _jsonable(self.oldest_dead_at),
-            "newest_dead_at": _jsonable(self.newest_dead_at),
-        }
-        for name in ("by_event_type", "by_aggregate_type", "by_error"):
-            groups = getattr(self, name)
-            if groups is not None:
-                out[name] = [g.to_json() for g in groups]
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One operator action on dead events."""
-
-    id: int
-    started_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    db_role: str
-    actor: str
-    action: str
-    event_ids: list[int] | None
-    filter: dict[str, Any] | None
-    affected: int
-    outcome: str
-    details: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return _record_json(self)
 
 
 def _valid_id(value: Any) -> bool:
@@ -282,15 +121,26 @@ class OutboxRepository:
     """Dead-letter operations over a DSN (a connection per call) or a psycopg_pool pool."""
 
     def __init__(
-        self, dsn_or_pool: str | ConnectionPool[Any], *, batch_size: int = BATCH_SIZE
+        self,
+        dsn_or_pool: str | ConnectionPool[Any] | None = None,
+        *,
+        dsn: str | None = None,
+        pool: ConnectionPool[Any] | None = None,
+        batch_size: int = BATCH_SIZE,
     ) -> None:
+        """``OutboxRepository(dsn="postgresql://...")``, ``OutboxRepository(pool=pool)``, or
+        either one positionally (``OutboxRepository(dsn_or_pool)``, as DESIGN.md names it)."""
         _check_positive("batch_size", batch_size)
+        given = [x for x in (dsn_or_pool, dsn, pool) if x is not None]
+        if len(given) != 1:
+            raise TypeError("OutboxRepository takes exactly one of a DSN (dsn=) or a pool (pool=)")
+        target = given[0]
         self._pool: ConnectionPool[Any] | None = None
         self._dsn: str | None = None
-        if isinstance(dsn_or_pool, ConnectionPool):
-            self._pool = dsn_or_pool
-        elif isinstance(dsn_or_pool, str):
-            self._dsn = dsn_or_pool
+        if isinstance(target, ConnectionPool) and dsn is None:
+            self._pool = target
+        elif isinstance(target, str) and pool is None:
+            self._dsn = target
         else:
             raise TypeError("OutboxRepository takes a DSN string or a psycopg_pool.ConnectionPool")
         self.batch_size = batch_size
@@ -534,14 +384,22 @@ class OutboxRepository:
         return dead, missing, not_dead
 
     def retry_dead_events_batch(
-        self, ids: Iterable[int], *, actor: str | None = None, skip_invalid: bool = False
+        self,
+        event_ids: Iterable[int] | None = None,
+        *,
+        ids: Iterable[int] | None = None,
+        actor: str | None = None,
+        skip_invalid: bool = False,
     ) -> int:
         """Redrive these dead events in one transaction; return how many were redriven.
 
-        Any id that is missing or not dead fails the whole batch with InvalidEventIds naming
-        them, and nothing is retried; with ``skip_invalid`` the others are retried.
+        ``event_ids`` (or positionally; ``ids=`` is the older keyword and still accepted). Any id
+        that is missing or not dead fails the whole batch with InvalidEventIds naming them, and
+        nothing is retried; with ``skip_invalid`` the others are retried.
         """
-        wanted = list(dict.fromkeys(ids))
+        if (event_ids is None) == (ids is None):
+            raise TypeError("retry_dead_events_batch takes event_ids (or ids=), exactly once")
+        wanted = list(dict.fromkeys(event_ids if event_ids is not None else ids or ()))
         bad_type = [i for i in wanted if not isinstance(i, int) or isinstance(i, bool)]
         if bad_type:
             raise InvalidFilter(f"event ids must be integers, got {bad_type[0]!r}")
@@ -590,13 +448,31 @@ class OutboxRepository:
         rate: float | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Redrive every dead event that matches (at most ``limit``), in batches; return how many.
+        """Redrive every dead event that matches (at most ``limit``); return how many.
 
-        Each batch is one statement and its own transaction, taking the next dead events in id
-        order. ``rate`` caps events made pending per second (batches shrink to at most ``rate``
-        and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C, an
-        error), it keeps the batches already committed, records the action as interrupted with
-        their count, and re-raises; run it again to continue.
+        ``redrive_dead_events`` with the same arguments, returning only ``processed``.
+        """
+        return self.redrive_dead_events(
+            filter, limit, actor=actor, rate=rate, progress=progress
+        ).processed
+
+    def redrive_dead_events(
+        self,
+        filter: DeadEventFilter | None = None,
+        limit: int | None = None,
+        *,
+        actor: str | None = None,
+        rate: float | None = None,
+        progress: Progress | None = None,
+    ) -> RedriveCounts:
+        """Redrive every dead event that matches (at most ``limit``), in batches.
+
+        Each batch is one call of the SQL function ``redrive_dead_events`` (migration 0005, the
+        one a DBA runs from psql or pg_cron) and its own transaction, taking the next dead events
+        in id order. ``rate`` caps events made pending per second (batches shrink to at most
+        ``rate`` and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
+        an error), it keeps the batches already committed, records the action as interrupted
+        with their count, and re-raises; run it again to continue.
         """
         flt = self._filter(filter)
         _check_positive("limit", limit)
@@ -606,7 +482,7 @@ class OutboxRepository:
         size = self.batch_size if rate is None else max(1, min(self.batch_size, int(rate)))
         details = {"limit": limit, "rate": rate, "batch_size": size}
         params: dict[str, Any] = {**flt.params(), "actor": who}
-        total = 0
+        total = skipped = failed = 0
         after_id = 0
         audit_id: int | None = None
         started = time.monotonic()
@@ -629,16 +505,18 @@ class OutboxRepository:
                             )
                         row = queries.fetch_one(conn, "dead_redrive_batch", params)
                         assert row is not None
-                        n = int(row["redriven"])
+                        n = int(row["processed"])
                         if n:
                             queries.execute(conn, "audit_progress", {"id": current, "affected": n})
-                            queries.execute(conn, "outbox_notify")
                     audit_id = current  # committed: from here on the audit row exists
                     total += n
+                    skipped += int(row["skipped"])
+                    failed += int(row["failed"])
                     if progress is not None and n:
                         progress(total)
-                    if row["picked"] < params["batch_size"]:
-                        break  # the keyset scan reached the end
+                    # The function stops short of batch_size only when nothing matching is left.
+                    if n < params["batch_size"]:
+                        break
                     after_id = int(row["last_id"])
                     if rate is not None:
                         lag = started + total / rate - time.monotonic()
@@ -651,7 +529,11 @@ class OutboxRepository:
                 raise
             if audit_id is not None:
                 self._finish(conn, audit_id, "completed")
-        return total
+        if skipped or failed:
+            logger.warning(
+                "redrive by filter: %d skipped (held or changed), %d failed", skipped, failed
+            )
+        return RedriveCounts(processed=total, skipped=skipped, failed=failed)
 
     @staticmethod
     def _finish(conn: psycopg.Connection[Any], audit_id: int, outcome: str) -> None:
@@ -714,12 +596,15 @@ class OutboxRepository:
 
     def cleanup_old_dead_events(
         self,
-        older_than_days: int,
+        older_than_days: int = DEFAULT_CLEANUP_DAYS,
         *,
         actor: str | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Move dead events that died more than ``older_than_days`` ago to the archive.
+        """Archive (not delete) dead events whose ``dead_at`` is before now() minus
+        ``older_than_days`` days (default 30), as the database's clock reads it when the call
+        starts; return how many moved. They stay readable in outbox_event_archive until the
+        archive's own purge removes them.
 
         Goes through archival, never a bare DELETE: each batch is migration 0002's
         ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their

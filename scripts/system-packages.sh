@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The system packages the test suite needs beside Python: the pg_cron build that matches the
-# PostgreSQL server binaries found here (the archive schedule tests) and pgbouncer (the
-# transaction-pooling test). Installs them with apt where it may (root, or passwordless sudo);
-# otherwise stops with one line naming the command to run. Quiet when nothing is missing.
+# PostgreSQL server binaries found here (the archive schedule tests), pgbouncer (the
+# transaction-pooling test) and promtool, from Debian's prometheus package (the alert-rule
+# tests). Installs them with apt where it may (root, or passwordless sudo); otherwise stops with
+# one line naming the command to run. Quiet when nothing is missing.
 set -euo pipefail
 
 # The server binaries tempcluster.py will use: initdb on PATH, else the newest Debian install.
@@ -30,6 +31,12 @@ else
 fi
 if ! command -v pgbouncer >/dev/null 2>&1; then
     missing+=(pgbouncer)
+fi
+# promtool checks and unit-tests docs/prometheus-rules.yml. Debian ships it in the server
+# package only; installing that does not start a server where no init system runs (containers),
+# and elsewhere `systemctl disable --now prometheus` stops it if you do not want one.
+if ! command -v promtool >/dev/null 2>&1; then
+    missing+=(prometheus)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

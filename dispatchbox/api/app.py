@@ -52,7 +52,8 @@ from dispatchbox.errors import (
     SchemaNotCurrent,
 )
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.maintenance.alerts import AlertEvaluator, evaluator_from_env
+from dispatchbox.maintenance.alerts import AlertGroup
+from dispatchbox.observability.alerting import evaluators_from_env
 from dispatchbox.observability.metrics import (
     DatabaseCollector,
     build_registry,
@@ -167,13 +168,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     repo = OutboxRepository(pool)
     collector = DatabaseCollector(settings.dsn)
     registry = build_registry(None, multiprocess_path=multiprocess_dir(), database=collector)
-    evaluator: list[AlertEvaluator] = []
+    evaluator: list[AlertGroup] = []
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
         if settings.alerts:
-            found = evaluator_from_env(settings.dsn)
+            found = evaluators_from_env(settings.dsn)
             if found is not None:
                 found.start()
                 evaluator.append(found)

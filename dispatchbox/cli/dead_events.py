@@ -26,15 +26,8 @@ from dispatchbox.cli.common import fail, info, state, usage_error
 from dispatchbox.errors import EventNotFound
 from dispatchbox.export import ExportFormat
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.repository import (
-    GROUPINGS,
-    MAX_PAGE,
-    AuditEntry,
-    DeadEvent,
-    EventDetail,
-    OutboxRepository,
-    default_actor,
-)
+from dispatchbox.records import AuditEntry, DeadEvent, EventDetail, default_actor
+from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
 
 app = typer.Typer(
     help="Dead events: list, stats, show, retry, export, purge.", no_args_is_help=True
@@ -463,7 +456,7 @@ def retry_batch(
         fail("not confirmed; nothing retried")
     progress = _Progress("redriven", todo)
     try:
-        done = repo.retry_dead_events(
+        counts = repo.redrive_dead_events(
             flt, cap, actor=default_actor(), rate=per_second, progress=progress
         )
     except KeyboardInterrupt:
@@ -474,7 +467,14 @@ def retry_batch(
         )
         raise typer.Exit(130) from None
     progress.close()
-    print(f"retried {done:,} dead events")
+    print(f"retried {counts.processed:,} dead events")
+    if counts.skipped or counts.failed:
+        # Held by another redrive, or a batch that raised: running the command again picks
+        # up whatever is still dead.
+        info(
+            f"skipped {counts.skipped:,} (held by another transaction or no longer dead), "
+            f"failed {counts.failed:,}: run the same command again to retry what is still dead"
+        )
 
 
 def _rate(text: str | None) -> float | None:

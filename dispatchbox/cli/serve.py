@@ -10,9 +10,9 @@ import sys
 import typer
 
 from dispatchbox.api.auth import TOKEN_ENV, ApiTokens
-from dispatchbox.cli.common import state, usage_error
+from dispatchbox.cli.common import fail, state, usage_error
 from dispatchbox.db import describe
-from dispatchbox.maintenance import alerts
+from dispatchbox.observability import alerting as alerts
 from dispatchbox.worker.supervisor import configure_logging
 
 logger = logging.getLogger("dispatchbox.api")
@@ -59,10 +59,16 @@ def serve_command(
         )
     tokens = ApiTokens.parse(raw) if raw.strip() else None
     alerting = alerts.check_env()
+    # fastapi and uvicorn come with the `api` extra: a worker-only install does without them.
+    try:
+        import uvicorn
 
-    import uvicorn
-
-    from dispatchbox.api.app import ApiSettings, create_app
+        from dispatchbox.api.app import ApiSettings, create_app
+    except ImportError as exc:
+        fail(
+            f"dispatchbox serve needs the api extra ({exc.name or 'fastapi'} is not installed): "
+            "pip install 'dispatchbox[api]'"
+        )
 
     level = log_level.upper()
     configure_logging(level)

@@ -11,7 +11,7 @@ from dispatchbox import migrations
 from dispatchbox.cli.common import state
 from dispatchbox.db import connect, describe
 from dispatchbox.errors import ConfigurationError
-from dispatchbox.maintenance import alerts
+from dispatchbox.observability import alerting as alerts
 from dispatchbox.observability.exporter import MetricsExporter
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.loader import load_dispatcher

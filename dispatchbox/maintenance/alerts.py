@@ -1,25 +1,30 @@
-"""The alert evaluator: tells Slack when events die, pile up, or stop being dispatched.
+"""The alert evaluator: tells the channels when events die, pile up, linger, or stop moving.
 
-Three alerts, each a row of ``outbox_alert_state`` (migration 0004):
+Four alerts (dispatchbox.maintenance.alert_config), each a row of ``outbox_alert_state`` per
+channel (migrations 0004 and 0006):
 
 * ``dead_events``: events went dead. At most one message per ``dead_window``, listing how many
   died since the last message, by event type, the top errors (masked, with their fingerprint)
-  and the first ids to retry. An event notification: it has no "resolved".
-* ``dead_count``: more than ``dead_threshold`` events are dead. One message when the incident
-  opens, one when it clears ("resolved").
+  and the first ids to retry. A notification: it has no "resolved", and pagers do not get it.
+* ``dead_count``: more than ``dead_threshold`` events are dead.
+* ``dead_age``: the oldest dead event died more than ``dead_age`` seconds ago: nobody looked.
 * ``pending_age``: the oldest due pending event has waited more than ``pending_age`` seconds:
-  the dispatcher is stuck or far behind. Firing and resolved, as above.
+  the dispatcher is stuck or far behind.
 
-Every worker process (and ``dispatchbox serve``) runs an evaluator; nothing is kept in one
-process's memory. A round for one alert is one transaction: the evaluator locks the alert's row
-with ``FOR UPDATE SKIP LOCKED``, and only when nobody evaluated it within ``interval``, so one
-process decides per interval and the others skip without waiting. The holder measures, sends
-(bounded by the Slack timeout) and records what it announced before releasing the lock, so the
-next evaluator, on any host, sees it: one incident, one message. A message Slack did not accept
-is not recorded as sent and is tried again next round; the failure is counted in the row.
+The last three are incidents: one message when one opens (trigger), one when it clears
+(resolve), both carrying the same incident key.
 
-The evaluator runs on its own thread and connection: a slow or failing Slack, or a slow
-database, never delays a handler or a claim.
+Every worker process (and ``dispatchbox serve``) runs one evaluator per channel; nothing is kept
+in one process's memory. A round for one alert and channel is one transaction: the evaluator
+locks the row with ``FOR UPDATE SKIP LOCKED``, and only when nobody evaluated it within
+``interval``, so one process decides per interval and the others skip without waiting. The
+holder measures, sends (bounded by the channel's timeout) and records what it announced before
+releasing the lock, so the next evaluator, on any host, sees it: one incident, one message per
+channel. A message the channel did not accept is not recorded as sent and is tried again next
+round; the failure is counted in the row.
+
+Each channel's evaluator runs on its own thread and connection: a slow or failing channel, or a
+slow database, never delays a handler, a claim, or another channel.
 """
 
 from __future__ import annotations
@@ -30,183 +35,37 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 
 from dispatchbox import db, queries
-from dispatchbox.errors import ConfigurationError, DatabaseUnreachable
+from dispatchbox.errors import DatabaseUnreachable
+from dispatchbox.maintenance.alert_config import INCIDENTS, AlertConfig, alerts_enabled
+from dispatchbox.maintenance.alert_text import (
+    Channel,
+    Notice,
+    deaths_message,
+    firing_message,
+    incident_key,
+    resolved_message,
+    summary_line,
+)
+
+__all__ = ["AlertConfig", "AlertEvaluator", "AlertGroup", "Channel", "Notice", "alerts_enabled"]
 
 logger = logging.getLogger("dispatchbox.alerts")
 
-ALERTS = ("dead_events", "dead_count", "pending_age")
 # Seconds of deaths before the first evaluation against a database that are reported.
 FIRST_LOOKBACK = 300.0
-
-
-class Sender(Protocol):
-    def send(self, text: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class AlertConfig:
-    """When to alert. Every duration is in seconds; -1 disables an alert."""
-
-    # Alerts are evaluated at most this often, by one process across all processes and hosts
-    # (DISPATCHBOX_ALERT_INTERVAL_SECONDS).
-    interval: float = 10.0
-    # "Events went dead": at most one message per window; deaths in between are summed into the
-    # next one. -1 disables (DISPATCHBOX_ALERT_DEAD_WINDOW_SECONDS).
-    dead_window: float = 60.0
-    # "Too many dead events": an incident while more than this many events are dead. -1
-    # disables (DISPATCHBOX_ALERT_DEAD_THRESHOLD).
-    dead_threshold: int = 1000
-    # "Dispatcher stuck": an incident while the oldest due pending event has waited longer than
-    # this. -1 disables (DISPATCHBOX_ALERT_PENDING_AGE_SECONDS).
-    pending_age: float = 600.0
-    # After a threshold incident resolves, a new one is not announced for this long, so a value
-    # hovering around its threshold does not page every minute
-    # (DISPATCHBOX_ALERT_COOLDOWN_SECONDS).
-    cooldown: float = 300.0
-    # Error groups listed in a deaths message (DISPATCHBOX_ALERT_TOP_ERRORS).
-    top_errors: int = 5
-    # Event ids listed per error group, ready to paste into retry-batch
-    # (DISPATCHBOX_ALERT_IDS_PER_ERROR).
-    ids_per_error: int = 10
-    # First word of every message: name the environment, e.g. "prod-eu"
-    # (DISPATCHBOX_ALERT_LABEL).
-    label: str = "dispatchbox"
-    # Deaths younger than this are left for the next message, so that one committed a moment
-    # after the query started is not skipped by the cursor.
-    settle: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.interval > 0:
-            raise ConfigurationError("DISPATCHBOX_ALERT_INTERVAL_SECONDS must be positive")
-        for name, value in (
-            ("DISPATCHBOX_ALERT_DEAD_WINDOW_SECONDS", self.dead_window),
-            ("DISPATCHBOX_ALERT_DEAD_THRESHOLD", self.dead_threshold),
-            ("DISPATCHBOX_ALERT_PENDING_AGE_SECONDS", self.pending_age),
-        ):
-            if value != -1 and value < 0:
-                raise ConfigurationError(f"{name} must be -1 (off) or at least 0, got {value}")
-        if self.cooldown < 0 or self.settle < 0:
-            raise ConfigurationError("DISPATCHBOX_ALERT_COOLDOWN_SECONDS must not be negative")
-        if self.top_errors < 1 or self.ids_per_error < 1:
-            raise ConfigurationError("top errors and ids per error must be at least 1")
-
-    def enabled(self) -> list[str]:
-        """The alerts that are on, in evaluation order."""
-        on = {
-            "dead_events": self.dead_window != -1,
-            "dead_count": self.dead_threshold != -1,
-            "pending_age": self.pending_age != -1,
-        }
-        return [a for a in ALERTS if on[a]]
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> AlertConfig:
-        source = os.environ if env is None else env
-
-        def number(name: str, default: float, kind: Callable[[str], float] = float) -> Any:
-            raw = source.get(name)
-            if raw is None or raw.strip() == "":
-                return default
-            try:
-                return kind(raw.strip())
-            except ValueError:
-                raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
-
-        base = cls()
-        return cls(
-            interval=number("DISPATCHBOX_ALERT_INTERVAL_SECONDS", base.interval),
-            dead_window=number("DISPATCHBOX_ALERT_DEAD_WINDOW_SECONDS", base.dead_window),
-            dead_threshold=number("DISPATCHBOX_ALERT_DEAD_THRESHOLD", base.dead_threshold, int),
-            pending_age=number("DISPATCHBOX_ALERT_PENDING_AGE_SECONDS", base.pending_age),
-            cooldown=number("DISPATCHBOX_ALERT_COOLDOWN_SECONDS", base.cooldown),
-            top_errors=number("DISPATCHBOX_ALERT_TOP_ERRORS", base.top_errors, int),
-            ids_per_error=number("DISPATCHBOX_ALERT_IDS_PER_ERROR", base.ids_per_error, int),
-            label=(source.get("DISPATCHBOX_ALERT_LABEL") or base.label).strip() or base.label,
-        )
-
-
-def alerts_enabled(env: Mapping[str, str] | None = None) -> bool:
-    """DISPATCHBOX_ALERT_ENABLED=0 keeps this process from evaluating (others still do)."""
-    source = os.environ if env is None else env
-    value = (source.get("DISPATCHBOX_ALERT_ENABLED") or "1").strip().lower()
-    return value not in ("0", "false", "no", "off")
-
-
-# -- message text --------------------------------------------------------------------------------
-
-
-def _escape(text: str) -> str:
-    # Slack mrkdwn: &, < and > are control characters; masked errors contain "<n>".
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _code(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split()).replace("`", "'")
-    if len(flat) > limit:
-        flat = flat[: limit - 1] + "…"
-    return f"`{_escape(flat)}`"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
-    return f"{hours // 24}d {hours % 24}h"
-
-
-def _utc(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def deaths_message(
-    config: AlertConfig,
-    where: str,
-    since: datetime | None,
-    by_type: list[dict[str, Any]],
-    errors: list[dict[str, Any]],
-) -> str:
-    total = sum(int(r["count"]) for r in by_type)
-    noun = "event" if total == 1 else "events"
-    when = f" since {_utc(since)}" if since is not None else ""
-    lines = [
-        f":rotating_light: *{_escape(config.label)}*: {total:,} {noun} went dead{when} ({where})"
-    ]
-    shown = by_type[:10]
-    parts = [f"{_code(r['event_type'], 80)} {int(r['count']):,}" for r in shown]
-    if len(by_type) > len(shown):
-        parts.append(f"and {len(by_type) - len(shown)} more types")
-    lines.append("*By event type:* " + " · ".join(parts))
-    if errors:
-        lines.append("*Top errors:*")
-        for group in errors:
-            ids = [int(i) for i in group["ids"] or []]
-            more = "…" if int(group["count"]) > len(ids) else ""
-            lines.append(
-                f"• {int(group['count']):,}x {_code(group['signature'] or '(no error recorded)')} "
-                f"(fingerprint `{group['fingerprint']}`), ids {', '.join(map(str, ids))}{more}"
-            )
-        first = errors[0]
-        first_ids = " ".join(str(int(i)) for i in (first["ids"] or []))
-        lines.append(
-            f"Retry: `dispatchbox dead-events retry-batch {first_ids}`, or the whole group: "
-            "`dispatchbox dead-events retry-batch --all-matching --error-fingerprint "
-            f"{first['fingerprint']}`"
-        )
-    return "\n".join(lines)
+_MEASURES = {
+    "dead_count": "alert_dead_count",
+    "dead_age": "alert_oldest_dead_age",
+    "pending_age": "alert_oldest_pending_age",
+}
 
 
 # -- the evaluator -------------------------------------------------------------------------------
@@ -225,9 +84,12 @@ class _State:
     cursor_at: datetime | None
     now: datetime
 
-    def params(self, evaluated_by: str, *, sent: int = 0, failed: int = 0) -> dict[str, Any]:
+    def params(
+        self, channel: str, evaluated_by: str, *, sent: int = 0, failed: int = 0
+    ) -> dict[str, Any]:
         return {
             "alert": self.alert,
+            "channel": channel,
             "active": self.active,
             "opened_at": self.opened_at,
             "resolved_at": self.resolved_at,
@@ -245,15 +107,14 @@ def evaluator_name() -> str:
 
 
 class AlertEvaluator:
-    """Evaluates the enabled alerts; ``run_once`` is one round, ``start`` runs rounds on a thread.
-
-    ``sender`` is anything with ``send(text) -> bool`` (dispatchbox.observability.slack).
+    """Evaluates the enabled alerts for one channel; ``run_once`` is one round, ``start`` runs
+    rounds on a thread. ``sender`` is a Channel (dispatchbox.observability builds them).
     """
 
     def __init__(
         self,
         dsn: str,
-        sender: Sender,
+        sender: Channel,
         config: AlertConfig | None = None,
         *,
         name: str | None = None,
@@ -261,6 +122,10 @@ class AlertEvaluator:
         self.dsn = dsn
         self.sender = sender
         self.config = config or AlertConfig()
+        self.channel = sender.name
+        self.alerts = [
+            a for a in self.config.enabled() if a in INCIDENTS or not sender.incidents_only
+        ]
         self.name = name or evaluator_name()
         self.where = db.describe(dsn)
         self._conn: psycopg.Connection[Any] | None = None
@@ -297,12 +162,14 @@ class AlertEvaluator:
         sent: list[str] = []
         conn = self._connection()
         if not self._ensured:
-            for alert in self.config.enabled():
+            for alert in self.alerts:
                 queries.execute(
-                    conn, "alert_ensure", {"alert": alert, "lookback": self._lookback()}
+                    conn,
+                    "alert_ensure",
+                    {"alert": alert, "channel": self.channel, "lookback": self._lookback()},
                 )
             self._ensured = True
-        for alert in self.config.enabled():
+        for alert in self.alerts:
             if self._stop.is_set():
                 break
             if self._evaluate(conn, alert):
@@ -317,7 +184,9 @@ class AlertEvaluator:
     def _evaluate(self, conn: psycopg.Connection[Any], alert: str) -> bool:
         with conn.transaction():
             row = queries.fetch_one(
-                conn, "alert_claim", {"alert": alert, "interval": self.config.interval}
+                conn,
+                "alert_claim",
+                {"alert": alert, "channel": self.channel, "interval": self.config.interval},
             )
             if row is None:
                 return False  # another process holds it, or evaluated it within the interval
@@ -326,9 +195,9 @@ class AlertEvaluator:
                 return self._dead_events(conn, state)
             return self._threshold(conn, state)
 
-    def _send(self, text: str) -> bool:
+    def _send(self, notice: Notice) -> bool:
         try:
-            return bool(self.sender.send(text))
+            return bool(self.sender.send(notice))
         except Exception:  # a sender must not raise; if one does, it is one failed send
             logger.exception("alert_sender_raised")
             return False
@@ -336,7 +205,9 @@ class AlertEvaluator:
     def _save(
         self, conn: psycopg.Connection[Any], state: _State, *, sent: int = 0, failed: int = 0
     ) -> None:
-        queries.execute(conn, "alert_save", state.params(self.name, sent=sent, failed=failed))
+        queries.execute(
+            conn, "alert_save", state.params(self.channel, self.name, sent=sent, failed=failed)
+        )
 
     def _dead_events(self, conn: psycopg.Connection[Any], state: _State) -> bool:
         cfg = self.config
@@ -362,29 +233,38 @@ class AlertEvaluator:
             {**window, "top": cfg.top_errors, "max_ids": cfg.ids_per_error},
         )
         text = deaths_message(cfg, self.where, state.last_sent_at and after, by_type, errors)
-        if not self._send(text):
+        notice = Notice(
+            alert="dead_events",
+            action="notify",
+            text=text,
+            summary=summary_line(text),
+            incident_key=incident_key(cfg.label, "dead_events", upto),
+            label=cfg.label,
+            where=self.where,
+            at=state.now,
+            value=float(sum(int(r["count"]) for r in by_type)),
+        )
+        if not self._send(notice):
             self._save(conn, state, failed=1)  # the same deaths, and newer ones, next round
             return False
         state.cursor_at = upto
         state.last_sent_at = state.now
         self._save(conn, state, sent=1)
         logger.info(
-            "alert_sent alert=dead_events events=%d types=%d",
+            "alert_sent alert=dead_events channel=%s events=%d types=%d",
+            self.channel,
             sum(int(r["count"]) for r in by_type),
             len(by_type),
         )
         return True
 
-    def _measure(self, conn: psycopg.Connection[Any], alert: str) -> tuple[float, float]:
-        if alert == "dead_count":
-            value = float(queries.fetch_value(conn, "alert_dead_count") or 0)
-            return value, float(self.config.dead_threshold)
-        value = float(queries.fetch_value(conn, "alert_oldest_pending_age") or 0)
-        return value, float(self.config.pending_age)
+    def _measure(self, conn: psycopg.Connection[Any], alert: str) -> float:
+        return float(queries.fetch_value(conn, _MEASURES[alert]) or 0)
 
     def _threshold(self, conn: psycopg.Connection[Any], state: _State) -> bool:
         cfg = self.config
-        value, threshold = self._measure(conn, state.alert)
+        value = self._measure(conn, state.alert)
+        threshold = cfg.threshold(state.alert)
         firing = value > threshold
         if firing == state.active:
             self._save(conn, state)  # nothing new: the incident was announced, or there is none
@@ -397,10 +277,26 @@ class AlertEvaluator:
             self._save(conn, state)  # flapping: the last incident closed moments ago
             return False
         if firing:
-            text = self._firing_text(conn, state.alert, value, threshold)
+            health = queries.fetch_one(conn, "health") or {}
+            text = firing_message(cfg, self.where, state.alert, value, health)
+            opened = state.now
         else:
-            text = self._resolved_text(state, value, threshold)
-        if not self._send(text):
+            opened = state.opened_at or state.now
+            lasted = (state.now - state.opened_at).total_seconds() if state.opened_at else None
+            text = resolved_message(cfg, self.where, state.alert, value, lasted)
+        notice = Notice(
+            alert=state.alert,
+            action="trigger" if firing else "resolve",
+            text=text,
+            summary=summary_line(text),
+            incident_key=incident_key(cfg.label, state.alert, opened),
+            label=cfg.label,
+            where=self.where,
+            at=state.now,
+            value=value,
+            threshold=threshold,
+        )
+        if not self._send(notice):
             self._save(conn, state, failed=1)
             return False
         if firing:
@@ -410,42 +306,14 @@ class AlertEvaluator:
         state.last_sent_at = state.now
         self._save(conn, state, sent=1)
         logger.info(
-            "alert_sent alert=%s state=%s value=%g threshold=%g",
+            "alert_sent alert=%s channel=%s state=%s value=%g threshold=%g",
             state.alert,
+            self.channel,
             "firing" if firing else "resolved",
             value,
             threshold,
         )
         return True
-
-    def _firing_text(
-        self, conn: psycopg.Connection[Any], alert: str, value: float, threshold: float
-    ) -> str:
-        label = _escape(self.config.label)
-        if alert == "dead_count":
-            return (
-                f":warning: *{label}*: {int(value):,} events are dead, more than the threshold "
-                f"of {int(threshold):,} ({self.where}). See `dispatchbox dead-events stats "
-                "--by error`."
-            )
-        health = queries.fetch_one(conn, "health") or {}
-        return (
-            f":hourglass: *{label}*: the oldest due pending event has waited "
-            f"{_duration(value)}, more than {_duration(threshold)}: the dispatcher is stuck or "
-            f"far behind ({self.where}). {int(health.get('pending') or 0):,} events pending, "
-            f"{int(health.get('running') or 0):,} running. Are workers running?"
-        )
-
-    def _resolved_text(self, state: _State, value: float, threshold: float) -> str:
-        label = _escape(self.config.label)
-        lasted = ""
-        if state.opened_at is not None:
-            lasted = f" after {_duration((state.now - state.opened_at).total_seconds())}"
-        if state.alert == "dead_count":
-            what = f"{int(value):,} events dead, at most {int(threshold):,}"
-        else:
-            what = f"the oldest due pending event has waited {_duration(value)}"
-        return f":white_check_mark: *{label}*: resolved{lasted}: {what} ({self.where})."
 
     # -- background thread ---------------------------------------------------------------------
 
@@ -456,7 +324,9 @@ class AlertEvaluator:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._loop, name="dispatchbox-alerts", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"dispatchbox-alerts-{self.channel}", daemon=True
+        )
         self._thread.start()
         atexit.register(self.stop)
 
@@ -470,9 +340,10 @@ class AlertEvaluator:
 
     def _loop(self) -> None:
         logger.info(
-            "alerts_started evaluator=%s alerts=%s interval=%gs",
+            "alerts_started evaluator=%s channel=%s alerts=%s interval=%gs",
             self.name,
-            ",".join(self.config.enabled()) or "-",
+            self.channel,
+            ",".join(self.alerts) or "-",
             self.config.interval,
         )
         while not self._stop.is_set():
@@ -502,26 +373,35 @@ class AlertEvaluator:
         self._failing = False
 
 
-def evaluator_from_env(dsn: str, *, name: str | None = None) -> AlertEvaluator | None:
-    """An evaluator sending to the Slack configured in the environment; None when Slack is not
-    configured or DISPATCHBOX_ALERT_ENABLED=0. Raises ConfigurationError for bad settings."""
-    from dispatchbox.observability.slack import SlackConfig, SlackSender
+class AlertGroup:
+    """One evaluator per channel, started, poked and stopped together."""
 
-    slack = SlackConfig.from_env()
-    config = AlertConfig.from_env()
-    if slack is None or not alerts_enabled():
-        return None
-    return AlertEvaluator(dsn, SlackSender(slack), config, name=name)
+    def __init__(self, evaluators: Sequence[AlertEvaluator]) -> None:
+        self.evaluators = list(evaluators)
 
+    @classmethod
+    def for_channels(
+        cls,
+        dsn: str,
+        channels: Sequence[Channel],
+        config: AlertConfig | None = None,
+        *,
+        name: str | None = None,
+    ) -> AlertGroup:
+        return cls([AlertEvaluator(dsn, c, config, name=name) for c in channels])
 
-def check_env() -> str | None:
-    """Validate the alerting settings in the environment; a line saying where alerts go."""
-    from dispatchbox.observability.slack import SlackConfig
+    def run_once(self) -> dict[str, list[str]]:
+        """One round of every channel, one after the other (tests); by channel, what was sent."""
+        return {ev.channel: ev.run_once() for ev in self.evaluators}
 
-    slack = SlackConfig.from_env()
-    config = AlertConfig.from_env()
-    if slack is None:
-        return None
-    if not alerts_enabled():
-        return "alerts off in this process (DISPATCHBOX_ALERT_ENABLED=0)"
-    return f"alerts to Slack {slack.destination}: {', '.join(config.enabled()) or 'none'}"
+    def poke(self) -> None:
+        for ev in self.evaluators:
+            ev.poke()
+
+    def start(self) -> None:
+        for ev in self.evaluators:
+            ev.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for ev in self.evaluators:
+            ev.stop(timeout)

@@ -484,23 +484,24 @@ class DatabaseCollector:
     def _alerts(rows: list[dict[str, Any]]) -> Iterable[Metric]:
         active = GaugeMetricFamily(
             "dispatchbox_alert_active",
-            "1 while an alert's incident is open (announced and not resolved).",
-            labels=["alert"],
+            "1 while an alert's incident is open (announced and not resolved), per channel.",
+            labels=["alert", "channel"],
         )
         sent = CounterMetricFamily(
             "dispatchbox_alert_messages",
-            "Alert messages that reached Slack, from every process and host.",
-            labels=["alert"],
+            "Alert messages a channel accepted, from every process and host.",
+            labels=["alert", "channel"],
         )
         failed = CounterMetricFamily(
             "dispatchbox_alert_send_failures",
-            "Alert messages that Slack did not accept (timeouts, errors).",
-            labels=["alert"],
+            "Alert messages a channel did not accept (timeouts, errors).",
+            labels=["alert", "channel"],
         )
         for row in rows:
-            active.add_metric([row["alert"]], 1 if row["active"] else 0)
-            sent.add_metric([row["alert"]], row["messages_sent"])
-            failed.add_metric([row["alert"]], row["send_failures"])
+            labels = [row["alert"], row["channel"]]
+            active.add_metric(labels, 1 if row["active"] else 0)
+            sent.add_metric(labels, row["messages_sent"])
+            failed.add_metric(labels, row["send_failures"])
         return (active, sent, failed)
 
 

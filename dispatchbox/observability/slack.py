@@ -9,7 +9,7 @@ The webhook URL and the token are secrets: they are kept out of ``repr``, and an
 reaches a log has them replaced by ``***``. slack-sdk's own logging is switched off: it logs
 request URLs at DEBUG and an error at every failure. A send never raises: it returns
 False and logs one line (not a traceback); while Slack keeps failing, later failures are logged
-at DEBUG only, and the first success after them says that delivery recovered.
+at DEBUG only, and the first success after them says that delivery recovered (DeliveryLog).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from slack_sdk import WebClient
 from slack_sdk.webhook import WebhookClient
 
 from dispatchbox.errors import ConfigurationError
+from dispatchbox.maintenance.alert_text import Notice
+from dispatchbox.observability.delivery import DeliveryLog
 
 logger = logging.getLogger("dispatchbox.slack")
 
@@ -105,12 +107,15 @@ class SlackConfig:
 
 
 class SlackSender:
-    """Sends one text message at a time; thread-safe; never raises."""
+    """The Slack channel: one message at a time; thread-safe; never raises."""
+
+    name = "slack"
+    incidents_only = False
 
     def __init__(self, config: SlackConfig) -> None:
         self.config = config
         self._lock = threading.Lock()
-        self._failing = False
+        self._log = DeliveryLog(logger, "slack", config.destination)
         # slack-sdk takes whole seconds; round up so a 0.5 s setting is not "no timeout".
         timeout = max(1, int(-(-config.timeout // 1)))
         # No retry handlers: a slow or failing Slack costs one bounded attempt per evaluation.
@@ -129,13 +134,9 @@ class SlackSender:
                 retry_handlers=[],
             )
 
-    def _redact(self, text: str) -> str:
-        for secret in self.config.secrets():
-            text = text.replace(secret, "***")
-        return " ".join(text.split())[:300]
-
-    def send(self, text: str) -> bool:
-        """Post text; True when Slack accepted it."""
+    def send(self, notice: Notice | str) -> bool:
+        """Post the notice's mrkdwn text (or a bare text); True when Slack accepted it."""
+        text = notice if isinstance(notice, str) else notice.text
         with self._lock:
             try:
                 if self._webhook is not None:
@@ -152,22 +153,5 @@ class SlackSender:
             except Exception as exc:  # network, timeout, Slack API error: all the same to us
                 ok = False
                 reason = f"{type(exc).__name__}: {exc}"
-            self._report(ok, reason)
+            self._log.report(ok, reason, self.config.secrets())
             return ok
-
-    def _report(self, ok: bool, reason: str) -> None:
-        if ok:
-            if self._failing:
-                logger.info("slack_delivery_recovered destination=%s", self.config.destination)
-            self._failing = False
-            return
-        if not self._failing:
-            logger.warning(
-                "slack_delivery_failed destination=%s error=%s (further failures are logged "
-                "at DEBUG until a message gets through)",
-                self.config.destination,
-                self._redact(reason),
-            )
-        else:
-            logger.debug("slack_delivery_failed_again error=%s", self._redact(reason))
-        self._failing = True

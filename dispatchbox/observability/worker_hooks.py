@@ -3,15 +3,17 @@
 The supervisor's worker processes import ``make_hooks`` (dispatchbox.worker.supervisor
 ._hook_factory) and pass the hooks to the worker loop. Metrics are recorded when the supervisor
 set up a multiprocess directory (``--metrics-port``, or ``PROMETHEUS_MULTIPROC_DIR``); the alert
-evaluator runs on its own thread when Slack is configured. Hooks run on the worker's event loop:
-each call only bumps in-memory counters (memory-mapped files) or sets an event, and never raises.
+evaluators run on their own threads, one per configured channel. Hooks run on the worker's event
+loop: each call only bumps in-memory counters (memory-mapped files) or sets an event, and never
+raises.
 """
 
 from __future__ import annotations
 
 import logging
 
-from dispatchbox.maintenance.alerts import AlertEvaluator, evaluator_from_env
+from dispatchbox.maintenance.alerts import AlertGroup
+from dispatchbox.observability.alerting import evaluators_from_env
 from dispatchbox.observability.metrics import WorkerMetrics, multiprocess_dir
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
@@ -22,7 +24,7 @@ logger = logging.getLogger("dispatchbox.observability")
 
 class ObservabilityHooks(WorkerHooks):
     def __init__(
-        self, metrics: WorkerMetrics | None = None, alerts: AlertEvaluator | None = None
+        self, metrics: WorkerMetrics | None = None, alerts: AlertGroup | None = None
     ) -> None:
         self.metrics = metrics
         self.alerts = alerts
@@ -68,7 +70,7 @@ def make_hooks(config: WorkerConfig, slot: int) -> WorkerHooks:
     if multiprocess_dir() is not None:
         metrics = WorkerMetrics()
         metrics.started()
-    alerts = evaluator_from_env(config.dsn)
+    alerts = evaluators_from_env(config.dsn)
     if alerts is not None:
         alerts.start()
     return ObservabilityHooks(metrics, alerts)

@@ -1,24 +1,24 @@
 -- Alert evaluation (dispatchbox/maintenance/alerts.py).
 --
 -- Every process on every host runs the evaluator; outbox_alert_state coordinates them. A round
--- for one alert is one transaction: alert_claim takes the alert's row only when nobody holds it
--- and nobody evaluated it within the interval (FOR UPDATE SKIP LOCKED: the others skip, they
--- never queue), the holder measures, sends to Slack if the state says a message is due, and
--- alert_save records what was announced before the lock is released. Times are the database's
--- (now()), never a host's clock.
+-- for one alert and channel is one transaction: alert_claim takes the row only when nobody
+-- holds it and nobody evaluated it within the interval (FOR UPDATE SKIP LOCKED: the others
+-- skip, they never queue), the holder measures, sends to the channel if the state says a
+-- message is due, and alert_save records what was announced before the lock is released. Times
+-- are the database's (now()), never a host's clock.
 
 -- name: alert_ensure
 -- Create an alert's state row if it is missing; deaths before now() - lookback are not reported.
-INSERT INTO outbox_alert_state (alert, cursor_at)
-VALUES (%(alert)s, now() - make_interval(secs => %(lookback)s))
-ON CONFLICT (alert) DO NOTHING
+INSERT INTO outbox_alert_state (alert, channel, cursor_at)
+VALUES (%(alert)s, %(channel)s, now() - make_interval(secs => %(lookback)s))
+ON CONFLICT (alert, channel) DO NOTHING
 
 -- name: alert_claim
 -- Lock an alert's row if it is free and due for evaluation; no row means someone else has it.
 SELECT alert, active, opened_at, resolved_at, last_sent_at, last_value, cursor_at,
        now() AS now
   FROM outbox_alert_state
- WHERE alert = %(alert)s
+ WHERE alert = %(alert)s AND channel = %(channel)s
    AND (evaluated_at IS NULL
         OR evaluated_at <= now() - make_interval(secs => %(interval)s))
    FOR UPDATE SKIP LOCKED
@@ -38,11 +38,17 @@ UPDATE outbox_alert_state
        send_failures = send_failures + %(failed)s,
        last_failure_at = CASE WHEN %(failed)s > 0 THEN now() ELSE last_failure_at END,
        updated_at = now()
- WHERE alert = %(alert)s
+ WHERE alert = %(alert)s AND channel = %(channel)s
 
 -- name: alert_dead_count
 -- How many events are dead now.
 SELECT count(*) FROM outbox_event WHERE status = 'dead'
+
+-- name: alert_oldest_dead_age
+-- Seconds since the oldest dead event died (0 when none is dead); outbox_event_dead_at_idx serves it.
+SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(dead_at)), 0)::double precision
+  FROM outbox_event
+ WHERE status = 'dead'
 
 -- name: alert_oldest_pending_age
 -- Seconds since the oldest due pending event became due (0 when none is due).

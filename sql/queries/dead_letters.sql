@@ -70,61 +70,20 @@ SELECT count(*) AS total, min(e.dead_at) AS oldest_dead_at, max(e.dead_at) AS ne
             WHERE f.fingerprint = %(error_fingerprint)s::text))
 
 -- name: dead_stats_by_event_type
--- Dead events per event type, most first, with first and last death.
-SELECT e.event_type AS key, count(*) AS count, min(e.dead_at) AS first_seen,
-       max(e.dead_at) AS last_seen
-  FROM outbox_event e
- WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
- GROUP BY e.event_type
- ORDER BY count DESC, key
+-- Dead events per event type, most first, with first and last death (migration 0005's function).
+SELECT key, count, first_seen, last_seen
+  FROM dead_event_stats('event_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
 
 -- name: dead_stats_by_aggregate_type
--- Dead events per aggregate type, most first, with first and last death.
-SELECT e.aggregate_type AS key, count(*) AS count, min(e.dead_at) AS first_seen,
-       max(e.dead_at) AS last_seen
-  FROM outbox_event e
- WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
- GROUP BY e.aggregate_type
- ORDER BY count DESC, key
+-- Dead events per aggregate type, most first, with first and last death (migration 0005).
+SELECT key, count, first_seen, last_seen
+  FROM dead_event_stats('aggregate_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
 
 -- name: dead_stats_by_error
 -- Dead events per error fingerprint, most first: count, first and last death, the lowest event id
--- as an example and that event's normalised error. Reads outbox_dead_fingerprint (one narrow row
--- per dead event) instead of normalising a million errors; touches outbox_event only for the
--- examples and, with error_like, to read last_error.
-SELECT g.fingerprint, g.count, g.first_seen, g.last_seen, g.example_id,
-       outbox_error_signature(x.last_error) AS signature, x.last_error AS example_error
-  FROM (SELECT f.fingerprint, count(*) AS count, min(f.dead_at) AS first_seen,
-               max(f.dead_at) AS last_seen, min(f.event_id) AS example_id
-          FROM outbox_dead_fingerprint f
-         WHERE (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
-           AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
-           AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
-           AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
-           AND (%(error_fingerprint)s::text IS NULL
-                OR f.fingerprint = %(error_fingerprint)s::text)
-           AND (%(error_like)s::text IS NULL OR EXISTS (
-                   SELECT 1 FROM outbox_event e
-                    WHERE e.id = f.event_id AND e.last_error ILIKE %(error_like)s::text))
-         GROUP BY f.fingerprint) g
-  JOIN outbox_event x ON x.id = g.example_id
- ORDER BY g.count DESC, g.fingerprint
+-- as an example and that event's normalised error (migration 0005's dead_event_stats).
+SELECT key AS fingerprint, count, first_seen, last_seen, example_id, signature, example_error
+  FROM dead_event_stats('error', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
 
 -- name: event_get
 -- One event in any state, with its error fingerprint when dead.
@@ -174,49 +133,13 @@ WITH redriven AS (
 SELECT id FROM redriven
 
 -- name: dead_redrive_batch
--- One batch of a redrive by filter: the next dead events after after_id in id order (rows
--- another transaction holds are skipped, not waited for), redriven as dead_redrive_ids does.
--- Returns how many were redriven, how many were picked (fewer than batch_size: nothing left) and
--- the last id picked, where the next batch starts.
-WITH picked AS (
-    SELECT e.id
-      FROM outbox_event e
-     WHERE e.status = 'dead'
-       AND e.id > %(after_id)s::bigint
-       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-               SELECT f.event_id FROM outbox_dead_fingerprint f
-                WHERE f.fingerprint = %(error_fingerprint)s::text))
-     ORDER BY e.id
-     LIMIT %(batch_size)s
-       FOR UPDATE OF e SKIP LOCKED
-), redriven AS (
-    UPDATE outbox_event o
-       SET status = 'pending',
-           attempts = 0,
-           next_attempt_at = now(),
-           locked_by = NULL,
-           locked_until = NULL,
-           lease_token = NULL,
-           dead_at = NULL,
-           updated_at = now(),
-           redrive_count = o.redrive_count + 1,
-           last_redriven_at = now(),
-           last_redriven_by = %(actor)s
-      FROM picked
-     WHERE o.id = picked.id
-       AND o.status = 'dead'
-    RETURNING o.id
-), unmirrored AS (
-    DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
-)
-SELECT (SELECT count(*) FROM redriven) AS redriven,
-       (SELECT count(*) FROM picked) AS picked,
-       (SELECT max(id) FROM picked) AS last_id
+-- One batch of a redrive by filter: migration 0005's redrive_dead_events, at most batch_size
+-- events after after_id in id order (rows another transaction holds are skipped, not waited for).
+-- processed < batch_size means nothing matching is left; last_id is where the next batch starts.
+SELECT processed, skipped, failed, last_id
+  FROM redrive_dead_events(%(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s,
+                           max_events => %(batch_size)s, batch_size => %(batch_size)s,
+                           actor => %(actor)s, after_id => %(after_id)s)
 
 -- name: outbox_notify
 -- Wake idle workers after a redrive (a hint; they poll anyway).

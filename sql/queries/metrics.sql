@@ -41,7 +41,7 @@ SELECT status, count(*) AS count
  GROUP BY status
 
 -- name: metrics_alert_state
--- Each alert's open incident flag and message counters (outbox_alert_state).
-SELECT alert, active, messages_sent, send_failures
+-- Each alert's open incident flag and message counters, per channel (outbox_alert_state).
+SELECT alert, channel, active, messages_sent, send_failures
   FROM outbox_alert_state
- ORDER BY alert
+ ORDER BY alert, channel

@@ -585,7 +585,7 @@ def test_configuration_from_the_environment() -> None:
         }
     )
     assert config.dead_threshold == 50 and config.label == "prod-eu"
-    assert config.enabled() == ["dead_events", "dead_count"]
+    assert config.enabled() == ["dead_events", "dead_count", "dead_age"]
     with pytest.raises(ConfigurationError, match="DISPATCHBOX_ALERT_INTERVAL_SECONDS"):
         AlertConfig.from_env({"DISPATCHBOX_ALERT_INTERVAL_SECONDS": "soon"})
 
@@ -631,5 +631,5 @@ def test_serve_evaluates_alerts_too(
     assert len(texts) == 2, texts
     assert any("3 events went dead" in t for t in texts)
     assert any("3 events are dead, more than the threshold of 2" in t for t in texts)
-    assert 'dispatchbox_alert_active{alert="dead_count"} 1.0' in metrics
+    assert 'dispatchbox_alert_active{alert="dead_count",channel="slack"} 1.0' in metrics
     assert SECRET_PATH not in srv.log()
