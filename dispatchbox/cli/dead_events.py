@@ -606,8 +606,7 @@ def purge(
     error_fingerprint: str | None = _FINGERPRINT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Count only; change nothing."),
 ) -> None:
-    """Move dead events older than N days (and matching the filters, when given), with their
-    error history, to the archive. Archived events can no longer be retried."""
+    """Move old dead events matching the filters to the archive: they can no longer be retried."""
     days = _int("--older-than-days", older_than_days, minimum=0, maximum=MAX_DAYS)
     assert days is not None
     flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
