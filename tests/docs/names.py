@@ -90,8 +90,13 @@ def bench_env_vars() -> set[str]:
 
 
 def sql_identifiers() -> set[str]:
-    """dispatchbox_* names in sql/: tables, channels, roles, cursors; not metrics."""
-    return {m for path in (ROOT / "sql").rglob("*.sql") for m in METRIC.findall(path.read_text())}
+    """dispatchbox_* names that are not metrics: in sql/ (tables, channels, cursors) and the
+    package's own functions and fixtures (``def dispatchbox_server``)."""
+    in_sql = {m for path in (ROOT / "sql").rglob("*.sql") for m in METRIC.findall(path.read_text())}
+    defined = {
+        m for text in _sources("dispatchbox") for m in re.findall(r"def (dispatchbox_\w+)", text)
+    }
+    return in_sql | defined
 
 
 def worker_metric_names() -> set[str]:

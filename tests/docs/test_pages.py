@@ -1,4 +1,4 @@
-"""docs/en and docs/pl carry the same pages, and every relative link points at a file that exists."""
+"""docs/en and docs/pl carry the same pages; every relative link points at a file that exists."""
 
 from __future__ import annotations
 

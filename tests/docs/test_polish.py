@@ -11,7 +11,9 @@ from tests.docs import names
 BANNED = {
     r"\bkomend\w*": "polecenie",
     r"\bpaczk\w*|\bpaczek\b|\bpaczce\b": "partia (pakiet for the wheel)",
-    r"\bzgon\w*|\bśmier\w*|\bumier\w*|\bumar\w*|\bzmarł\w*|\bgin[ąię]\b|\bzgin\w*": "trafić do `dead`",
+    r"\bzgon\w*|\bśmier\w*|\bumier\w*|\bumar\w*|\bzmarł\w*|\bgin[ąię]\b|\bzgin\w*": (
+        "trafić do `dead`"
+    ),
     r"\bwymagaln\w*": "gotowe do dostarczenia",
     r"\b(?:Pan|Pani|Państw\w*)\b|\bmożecie\b|\bprzez was\b|\bna was\b": "the ty register",
 }
@@ -38,7 +40,7 @@ def test_polish_pages_use_the_glossary_terms() -> None:
         if page.name == "glossary.md":  # it names the words it bans
             continue
         text = _checked_text(page.name, page.read_text(encoding="utf-8"))
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for line in text.splitlines():
             if line.lstrip().startswith(("$", "dispatchbox ")):
                 continue
             for pattern, instead in BANNED.items():
