@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test demo lint typecheck unit bench clean system
+.PHONY: help test demo lint typecheck unit bench clean system api-docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: system $(STAMP) lint typecheck ## lint, typecheck, then the whole test sui
 
 demo: $(STAMP) ## the end-to-end demo on a throwaway database
 	$(VENV)/bin/dispatchbox demo
+
+api-docs: $(STAMP) ## regenerate docs/en/api.md and docs/pl/api.md from the docstrings
+	$(PY) scripts/api_reference.py
 
 bench: $(STAMP) ## every benchmark, figures as a table and JSON
 	$(PY) -m bench

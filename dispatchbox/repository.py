@@ -598,6 +598,7 @@ class OutboxRepository:
         self,
         older_than_days: int = DEFAULT_CLEANUP_DAYS,
         *,
+        filter: DeadEventFilter | None = None,
         actor: str | None = None,
         progress: Progress | None = None,
     ) -> int:
@@ -609,9 +610,13 @@ class OutboxRepository:
         Goes through archival, never a bare DELETE: each batch is migration 0002's
         ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their
         error history into outbox_event_archive and outbox_event_error_archive in one statement.
+        With a non-empty ``filter`` only the matching dead events move (query
+        ``dead_purge_batch``, the same move narrowed by the filter); archived events can no
+        longer be retried, so an operator purges one error group without touching the others.
         Each batch is its own transaction, with the audit row (action ``purge``) kept up to date.
         """
         _check_positive("older_than_days", older_than_days, allow_zero=True)
+        flt = self._filter(filter)
         who = actor or default_actor()
         total = 0
         audit_id: int | None = None
@@ -619,7 +624,12 @@ class OutboxRepository:
             archiver.require_schema(conn)
             # One cutoff for the whole run: events dying while it runs are not chased.
             cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
-            params = {"status": "dead", "cutoff": cutoff, "batch_size": self.batch_size}
+            if flt.is_empty:
+                query = "archive_batch"
+                params = {"status": "dead", "cutoff": cutoff, "batch_size": self.batch_size}
+            else:
+                query = "dead_purge_batch"
+                params = {**flt.params(), "cutoff": cutoff, "batch_size": self.batch_size}
             details = {"older_than_days": older_than_days, "cutoff": cutoff.isoformat()}
             try:
                 while True:
@@ -631,10 +641,11 @@ class OutboxRepository:
                                 actor=who,
                                 action="purge",
                                 affected=0,
+                                filter=None if flt.is_empty else flt,
                                 outcome="in_progress",
                                 details=details,
                             )
-                        n = int(queries.fetch_value(conn, "archive_batch", params))
+                        n = int(queries.fetch_value(conn, query, params))
                         if n:
                             queries.execute(conn, "audit_progress", {"id": current, "affected": n})
                     audit_id = current
@@ -653,15 +664,16 @@ class OutboxRepository:
                 self._finish(conn, audit_id, "completed")
         return total
 
-    def count_purgeable(self, older_than_days: int) -> int:
-        """How many dead events purge --older-than-days N would move (for --dry-run)."""
+    def count_purgeable(
+        self, older_than_days: int, *, filter: DeadEventFilter | None = None
+    ) -> int:
+        """How many dead events purge --older-than-days N (and the filter) would move."""
         _check_positive("older_than_days", older_than_days, allow_zero=True)
+        flt = self._filter(filter)
         with self._connection() as conn:
-            return int(
-                queries.fetch_value(
-                    conn, "dead_count_older_than", {"older_than_days": older_than_days}
-                )
-            )
+            cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
+            params = {**flt.params(), "cutoff": cutoff}
+            return int(queries.fetch_value(conn, "dead_count_older_than", params))
 
     # -- archival ------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from dispatchbox.records import AuditEntry, DeadEvent, EventDetail, default_acto
 from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
 
 app = typer.Typer(
-    help="Dead events: list, stats, show, retry, export, purge.", no_args_is_help=True
+    help="Dead events: list, stats, show, retry, retry-batch, export, purge, history.",
+    no_args_is_help=True,
 )
 
 # Redriving more than this many events asks for confirmation (unless --yes).
@@ -597,17 +598,28 @@ def purge(
     older_than_days: str = typer.Option(
         ..., "--older-than-days", metavar="N", help="Dead events that died more than N days ago."
     ),
+    aggregate_type: str | None = _AGGREGATE_TYPE,
+    event_type: str | None = _EVENT_TYPE,
+    since: str | None = _SINCE,
+    until: str | None = _UNTIL,
+    error_contains: str | None = _ERROR_CONTAINS,
+    error_fingerprint: str | None = _FINGERPRINT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Count only; change nothing."),
 ) -> None:
-    """Move dead events older than N days, with their error history, to the archive."""
+    """Move old dead events matching the filters to the archive: they can no longer be retried."""
     days = _int("--older-than-days", older_than_days, minimum=0, maximum=MAX_DAYS)
     assert days is not None
+    flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    matching = "" if flt.is_empty else " matching the filters"
     repo = _repo(ctx)
     if dry_run:
-        print(f"would archive {repo.count_purgeable(days):,} dead events (dry run)")
+        count = repo.count_purgeable(days, filter=flt)
+        print(f"would archive {count:,} dead events{matching} (dry run)")
         return
-    moved = repo.cleanup_old_dead_events(days, actor=default_actor())
-    print(f"moved {moved:,} dead events that died more than {days} days ago to the archive")
+    moved = repo.cleanup_old_dead_events(days, filter=flt, actor=default_actor())
+    print(
+        f"moved {moved:,} dead events{matching} that died more than {days} days ago to the archive"
+    )
 
 
 @app.command()

@@ -229,8 +229,74 @@ SELECT e.id::text AS id,
 FETCH FORWARD 5000 FROM dispatchbox_export
 
 -- name: dead_count_older_than
--- Dead events that died more than older_than_days days ago (what purge would move).
+-- Dead events matching the filter that died before the cutoff (what purge would move).
 SELECT count(*)
   FROM outbox_event e
  WHERE e.status = 'dead'
-   AND e.dead_at < now() - make_interval(days => %(older_than_days)s::integer)
+   AND e.dead_at < %(cutoff)s::timestamptz
+   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+           SELECT f.event_id FROM outbox_dead_fingerprint f
+            WHERE f.fingerprint = %(error_fingerprint)s::text))
+
+-- name: dead_purge_batch
+-- One batch of purge: dead events matching the filter that died before the cutoff move, with
+-- their error history, to the archive tables, as outbox_archive_batch('dead', ...) moves them
+-- (migration 0002) but narrowed by the filter. Returns how many moved; rows another transaction
+-- holds are skipped, so only an empty batch means the end.
+WITH batch AS (
+    SELECT e.id
+      FROM outbox_event e
+     WHERE e.status = 'dead'
+       AND e.dead_at < %(cutoff)s::timestamptz
+       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+               SELECT f.event_id FROM outbox_dead_fingerprint f
+                WHERE f.fingerprint = %(error_fingerprint)s::text))
+     ORDER BY e.dead_at
+     LIMIT %(batch_size)s
+       FOR UPDATE SKIP LOCKED
+),
+errors AS (
+    DELETE FROM outbox_event_error r
+     USING batch b
+     WHERE r.event_id = b.id
+    RETURNING r.id, r.event_id, r.attempt, r.worker, r.started_at, r.finished_at, r.error_type,
+              r.message, r.traceback
+),
+errors_archived AS (
+    INSERT INTO outbox_event_error_archive (
+        id, event_id, attempt, worker, started_at, finished_at, error_type, message, traceback
+    )
+    SELECT id, event_id, attempt, worker, started_at, finished_at, error_type, message, traceback
+      FROM errors
+),
+events AS (
+    DELETE FROM outbox_event e
+     USING batch b
+     WHERE e.id = b.id AND e.status = 'dead'
+    RETURNING e.*
+),
+archived AS (
+    INSERT INTO outbox_event_archive (
+        id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
+        max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
+        lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
+        redrive_count, last_redriven_at, last_redriven_by
+    )
+    SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
+           max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
+           lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
+           redrive_count, last_redriven_at, last_redriven_by
+      FROM events
+    RETURNING 1
+)
+SELECT count(*) FROM archived

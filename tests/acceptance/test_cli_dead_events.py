@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +395,40 @@ def test_purge_and_history(conn: Conn, db_dsn: str) -> None:
     assert max(len(line) for line in lines) <= 100
     data = json.loads(dead_events(db_dsn, "history", "--limit", "1", "--format", "json").stdout)
     assert [(e["action"], e["event_ids"]) for e in data] == [("retry", young)]
+
+
+def test_purge_one_error_group_leaves_the_others_retryable(conn: Conn, db_dsn: str) -> None:
+    # The runbook's "events that will never succeed": purge one fingerprint group, only it.
+    old = datetime.now(UTC) - timedelta(days=10)
+    doomed = make_dead(conn, 3, error="ValueError: bad payload {i}", dead_at=old)
+    others = make_dead(conn, 2, error="HTTPError: 503 for {i}", dead_at=old)
+    young = make_dead(conn, 1, error="ValueError: bad payload {i}")
+    conn.commit()
+    fp = fingerprint("ValueError: bad payload 0")
+    group = ("--older-than-days", "7", "--error-fingerprint", fp)
+    dry = dead_events(db_dsn, "purge", *group, "--dry-run")
+    assert dry.code == 0, dry.stderr
+    assert dry.stdout.strip() == "would archive 3 dead events matching the filters (dry run)"
+    assert status_counts(conn) == {"dead": 6}
+    done = dead_events(db_dsn, "purge", *group)
+    assert done.code == 0, done.stderr
+    assert "moved 3 dead events matching the filters that died more than 7 days" in done.stdout
+    archived = conn.execute("SELECT id FROM outbox_event_archive ORDER BY id").fetchall()
+    errors = conn.execute("SELECT count(*) FROM outbox_event_error_archive").fetchone()
+    conn.commit()
+    assert [r[0] for r in archived] == doomed
+    assert errors is not None and errors[0] > 0
+    assert dead_events(db_dsn, "retry-batch", *map(str, others + young)).code == 0
+    history = json.loads(dead_events(db_dsn, "history", "--format", "json").stdout)
+    purge = next(e for e in history if e["action"] == "purge")
+    assert purge["filter"] == {"error_fingerprint": fp} and purge["affected"] == 3
+
+
+def test_purge_filters_are_checked_before_the_database() -> None:
+    # Port 1 refuses connections: exit 2 (not 1) shows the filter failed before connecting.
+    nowhere = "postgresql://ops@127.0.0.1:1/shop"
+    bad = dead_events(nowhere, "purge", "--older-than-days", "7", "--since", "yesterday")
+    one_line_error(bad, 2, "since: 'yesterday' is not an ISO 8601 date")
 
 
 @pytest.mark.slow

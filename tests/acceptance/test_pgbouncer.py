@@ -100,3 +100,12 @@ def test_worker_drains_through_pgbouncer_transaction_mode(
     assert sorted(calls) == sorted(ids * 3), "each event: two failures, then success"
     assert "prepared statement" not in run.log()
     assert "worker_task_failed" not in run.log()
+
+
+def test_pgbouncer_refuses_the_startup_option_of_synchronous_commit_off(
+    pgbouncer_dsn: str,
+) -> None:
+    # `worker --synchronous-commit off` sends `options=-c synchronous_commit=off` when it
+    # connects; docs/*/worker.md (PgBouncer) says this fails there and what to do instead.
+    with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter: options"):
+        psycopg.connect(pgbouncer_dsn, options="-c synchronous_commit=off", connect_timeout=5)

@@ -1,0 +1,1 @@
+"""The `myapp` the docs' worker examples name (copied beside each example as it runs)."""
