@@ -75,6 +75,15 @@ async def async_slow(event: OutboxEvent) -> None:
     record("end", event)
 
 
+@dispatcher.handler("test.chaos")
+def chaos(event: OutboxEvent) -> None:
+    """Sleeps payload["seconds"] between its start and end lines: the fault tests read from them
+    which executions of one event could have overlapped."""
+    record("start", event)
+    time.sleep(float(event.payload["seconds"]))
+    record("end", event)
+
+
 @dispatcher.handler("test.own_timeout")
 async def own_timeout(event: OutboxEvent) -> None:
     """A handler's own TimeoutError is its error, not the worker's handler timeout."""
