@@ -226,3 +226,71 @@ def test_the_network_to_the_database_cut_for_ten_seconds(
     log = run.log()
     assert "database_unreachable" in log and "database_reachable" in log
     assert "worker_process_died" not in log
+
+
+def test_poison_handlers_end_as_clear_dead_events(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    kinds = ["ok", "raise", "hang", "bytes"]
+    ids = {
+        kind: publish(db_dsn, "test.poison", 3, payload={"kind": kind}, max_attempts=2)
+        for kind in kinds
+    }
+    run = start(db_dsn, record_dir, tmp_path, "--processes", "2", *FAST)
+    try:
+        wait_until(lambda: counts(db_dsn) == {"done": 3, "dead": 9}, 60, "every event final")
+    finally:
+        assert run.stop() == 0, run.log()[-3000:]
+    rows = final_errors(db_dsn)
+    expected = {
+        "ok": ("done", None),
+        "raise": ("dead", "ValueError"),
+        "hang": ("dead", "HandlerTimeout"),
+        "bytes": ("dead", "RuntimeError"),
+    }
+    for kind, (status, error_type) in expected.items():
+        for event_id in ids[kind]:
+            assert rows[event_id][:2] == (status, error_type), (kind, rows[event_id])
+    for event_id in ids["bytes"]:
+        message = rows[event_id][2]
+        assert message is not None and message.startswith("RuntimeError: ")
+        assert "upstream said" in message, "what could be read was kept"
+        assert len(message) <= 2100, "the error message is bounded"
+    log = run.log()
+    assert "flush_failed" not in log and "worker_process_died" not in log
+
+
+def test_a_handler_that_kills_its_process_is_dead_lettered_and_the_rest_delivered(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    # Today a process's death costs an attempt of every event it held, not only of the one
+    # that killed it: the others get room to survive that (crash attempts counted apart from
+    # handler errors are the redrive issue's work).
+    fatal = publish(db_dsn, "test.poison", 2, payload={"kind": "exit"}, max_attempts=2)
+    fine = publish(db_dsn, "test.poison", 20, payload={"kind": "ok"}, max_attempts=50)
+    run = start(
+        db_dsn, record_dir, tmp_path,
+        "--processes", "2", "--lease-seconds", "2", "--handler-timeout", "1.5",
+        "--reaper-interval", "0.3", *FAST,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: counts(db_dsn) == {"done": 20, "dead": 2}, 120, "every event final")
+    finally:
+        assert run.stop() == 0, run.log()[-3000:]
+    rows = final_errors(db_dsn)
+    assert all(rows[i][:2] == ("dead", "LeaseExpired") for i in fatal), rows
+    assert all(rows[i][0] == "done" for i in fine)
+    assert "worker_process_died slot=" in run.log(), "the supervisor restarted the process"
+
+
+def final_errors(dsn: str) -> dict[int, tuple[str, str | None, str | None]]:
+    """Each event's status, its last recorded error type and its last_error."""
+    with psycopg.connect(dsn) as conn:
+        return {
+            event_id: (status, error_type, message)
+            for event_id, status, error_type, message in conn.execute(
+                "SELECT e.id, e.status, r.error_type, e.last_error FROM outbox_event e "
+                "LEFT JOIN LATERAL (SELECT error_type FROM outbox_event_error "
+                "WHERE event_id = e.id ORDER BY id DESC LIMIT 1) r ON true"
+            ).fetchall()
+        }
