@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import time
 from collections import defaultdict
@@ -294,3 +295,59 @@ def final_errors(dsn: str) -> dict[int, tuple[str, str | None, str | None]]:
                 "WHERE event_id = e.id ORDER BY id DESC LIMIT 1) r ON true"
             ).fetchall()
         }
+
+
+def test_statement_timeouts_are_ridden_out_like_an_outage(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    ids = publish(db_dsn, "test.chaos", 6000, payload={"seconds": 0.002})
+    dbname = conninfo.conninfo_to_dict(db_dsn)["dbname"]
+    run = start(db_dsn, record_dir, tmp_path, "--processes", "2", *FAST)
+    try:
+        wait_until(lambda: counts(db_dsn)["done"] >= 500, 60, "some progress")
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            # Every new session of the workers' database cancels its statements after 1 ms;
+            # the workers' sessions are ended so that they reconnect into it.
+            admin.execute(f'ALTER DATABASE "{dbname}" SET statement_timeout = 1')
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() "
+                    "AND application_name LIKE 'dispatchbox-worker-%%'"
+                )
+                time.sleep(3)
+            finally:
+                admin.execute(f'ALTER DATABASE "{dbname}" RESET statement_timeout')
+        wait_until(lambda: counts(db_dsn) == {"done": 6000}, 120, "every event done")
+    finally:
+        assert run.stop() == 0, run.log()[-3000:]
+    assert_each_once_or_explained(record_dir, ids, {})
+    log = run.log()
+    # One outage per process, logged once: it lasted while every statement was cancelled.
+    outages = [float(s) for s in re.findall(r"database_reachable .*outage_seconds=([0-9.]+)", log)]
+    assert outages and min(outages) >= 2.5, outages
+    assert "worker_process_died" not in log
+
+
+def test_eight_processes_on_the_same_rows_never_run_one_event_twice(
+    db_dsn: str, record_dir: Path, tmp_path: Path
+) -> None:
+    runs = [
+        start(
+            db_dsn, record_dir, tmp_path,
+            "--processes", "4", "--batch-size", "50", "--concurrency", "2", *FAST,
+        )  # fmt: skip
+        for _ in range(2)  # two supervisors, as two hosts would run them
+    ]
+    try:
+        for run in runs:
+            wait_for_workers(run, 4)
+        # 2 ms a handler, 16 at a time: seconds of work for every process to claim from.
+        ids = publish(db_dsn, "test.chaos", 10_000, payload={"seconds": 0.002})
+        wait_until(lambda: counts(db_dsn) == {"done": 10_000}, 120, "every event done")
+    finally:
+        for run in runs:
+            assert run.stop() == 0, run.log()[-3000:]
+    assert_each_once_or_explained(record_dir, ids, {})
+    assert all(len(execs) == 1 for execs in executions(record_dir).values())
+    assert len({r[3] for r in records(record_dir)}) >= 6, "most of the eight processes took work"
