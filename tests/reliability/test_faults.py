@@ -332,13 +332,9 @@ def test_statement_timeouts_are_ridden_out_like_an_outage(
 def test_eight_processes_on_the_same_rows_never_run_one_event_twice(
     db_dsn: str, record_dir: Path, tmp_path: Path
 ) -> None:
-    runs = [
-        start(
-            db_dsn, record_dir, tmp_path,
-            "--processes", "4", "--batch-size", "50", "--concurrency", "2", *FAST,
-        )  # fmt: skip
-        for _ in range(2)  # two supervisors, as two hosts would run them
-    ]
+    flags = ["--processes", "4", "--batch-size", "50", "--concurrency", "2", *FAST]
+    # Two supervisors, as two hosts would run them.
+    runs = [start(db_dsn, record_dir, tmp_path, *flags) for _ in range(2)]
     try:
         for run in runs:
             wait_for_workers(run, 4)
