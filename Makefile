@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help test demo lint typecheck unit bench clean system api-docs
+.PHONY: help test quick demo lint typecheck bench clean system api-docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,9 @@ typecheck: $(STAMP) ## mypy --strict on dispatchbox/
 # On our own throwaway cluster every test runs: a skip (no pg_cron, no pgbouncer) is a failure.
 test: system $(STAMP) lint typecheck ## lint, typecheck, then the whole test suite on a real PostgreSQL
 	$(if $(DISPATCHBOX_TEST_DSN),,DISPATCHBOX_REQUIRE_PG_CRON=1) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+quick: $(STAMP) ## the everyday suite: everything but the fault-injection tests
+	$(VENV)/bin/pytest -m "not fault" $(PYTEST_ARGS)
 
 demo: $(STAMP) ## the end-to-end demo on a throwaway database
 	$(VENV)/bin/dispatchbox demo

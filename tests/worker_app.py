@@ -75,6 +75,32 @@ async def async_slow(event: OutboxEvent) -> None:
     record("end", event)
 
 
+@dispatcher.handler("test.chaos")
+def chaos(event: OutboxEvent) -> None:
+    """Sleeps payload["seconds"] between its start and end lines: the fault tests read from them
+    which executions of one event could have overlapped."""
+    record("start", event)
+    time.sleep(float(event.payload["seconds"]))
+    record("end", event)
+
+
+@dispatcher.handler("test.poison", timeout=1.0)
+def poison(event: OutboxEvent) -> None:
+    """Misbehaves as payload["kind"] says: raise, hang, exit the process, or fail with a
+    100 KB message holding bytes that are not UTF-8; anything else succeeds."""
+    record("call", event)
+    kind = event.payload.get("kind")
+    if kind == "raise":
+        raise ValueError(f"cannot parse order {event.aggregate_id}")
+    if kind == "hang":
+        time.sleep(30)
+    if kind == "exit":
+        os._exit(3)
+    if kind == "bytes":
+        garbage = b"\xff\xfe upstream said: \xc3\x28 "
+        raise RuntimeError(garbage.decode("utf-8", "surrogateescape") + "x" * 100_000)
+
+
 @dispatcher.handler("test.own_timeout")
 async def own_timeout(event: OutboxEvent) -> None:
     """A handler's own TimeoutError is its error, not the worker's handler timeout."""

@@ -599,8 +599,9 @@ class WorkerProcess:
         # makes the write a no-op (the token no longer matches) and the event is redelivered.
         try:
             await self._with_db(self.flush_conn, write, until_stopped=False)
-        except psycopg.Error as exc:
-            # Not an outage: this batch cannot be written as it is. Drop it rather than stop
+        except (psycopg.Error, ValueError) as exc:
+            # Not an outage: this batch cannot be written as it is (ValueError: a value psycopg
+            # could not encode). Drop it rather than stop
             # the process; its leases expire and the reaper records the attempts.
             logger.error(
                 "flush_failed worker=%s done=%d failed=%d error=%s: %s",
@@ -741,8 +742,16 @@ def _events(run: Run) -> list[store.Claimed]:
 
 
 def _text(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; an error message with one must not stop the flush.
-    return value.replace("\x00", "\\x00") if "\x00" in value else value
+    """An error text PostgreSQL can store. Its text holds neither NUL nor lone surrogates (what
+    bytes that are not UTF-8 become when a handler decodes them with "surrogateescape"), and
+    either would make the whole flush fail."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 class HandlerTimeout(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -349,10 +350,18 @@ def test_postgresql_restart_during_a_run_ends_with_all_events_done(
         assert run.stop() == 0
     handled = {r[1] for r in records(record_dir) if r[0] == "end"}
     assert handled == set(ids)
-    log = run.log()
-    outage_lines = log.count("database_unreachable")
-    assert 1 <= outage_lines <= 4, f"{outage_lines} outage lines: logged once per process"
-    assert "database_reachable" in log, log[-3000:]
+    # One line when a process loses the database and one when it has it back, not one per task
+    # or per retry: each process's lines alternate. (A process may see the server go away twice
+    # while it starts up again, so the number of outages is not fixed; their shape is.)
+    by_worker: dict[str, list[str]] = {}
+    for kind, worker in re.findall(
+        r"(database_unreachable|database_reachable) worker=(\S+)", run.log()
+    ):
+        by_worker.setdefault(worker, []).append(kind)
+    assert by_worker, "no process noticed the restart"
+    for worker, kinds in by_worker.items():
+        expected = ["database_unreachable", "database_reachable"] * (len(kinds) // 2)
+        assert kinds and kinds == expected, (worker, kinds)
 
 
 def test_bad_configuration_is_refused_up_front(db_dsn: str, empty_db_dsn: str) -> None:
