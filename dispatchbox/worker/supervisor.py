@@ -42,12 +42,21 @@ def configure_logging(level: str) -> None:
 GO = b"go"  # through a forked worker's gate: the supervisor's checks passed
 
 
-def worker_main(config: WorkerConfig, slot: int, gate: Connection | None = None) -> None:
-    """Entry point of one worker process."""
+def worker_main(
+    config: WorkerConfig,
+    slot: int,
+    gate: Connection | None = None,
+    inherited: tuple[Connection, ...] = (),
+) -> None:
+    """Entry point of one worker process. A forked one first closes the supervisor's ends of
+    the gates it inherited (its own among them: while any process holds a gate's sending end,
+    the gate never reads as closed), then waits at its gate."""
     configure_logging(config.log_level)
     # The supervisor forwards SIGINT/SIGTERM; until the loop installs its own handlers, a
     # Ctrl-C must not print a traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for end in inherited:
+        end.close()
     if gate is not None:
         try:
             passed = gate.recv_bytes() == GO
@@ -124,14 +133,14 @@ class Supervisor:
         fork = multiprocessing.get_context("fork")
         for slot in self.slots:
             wait_end, release_end = fork.Pipe(duplex=False)
+            self._gates.append(release_end)
             proc = fork.Process(
                 target=worker_main,
-                args=(self.config, slot.index, wait_end),
+                args=(self.config, slot.index, wait_end, tuple(self._gates)),
                 name=f"dispatchbox-worker-{slot.index}",
             )
             proc.start()
             wait_end.close()
-            self._gates.append(release_end)
             slot.process = proc
             slot.started = time.monotonic()
 
@@ -148,12 +157,12 @@ class Supervisor:
     def abort(self) -> None:
         """A check failed: end the forked processes before they load anything."""
         for gate in self._gates:
-            gate.close()  # EOF: each exits quietly
+            gate.close()  # EOF: each exits quietly, at once
         self._gates = []
         for slot in self.slots:
             if slot.process is not None:
-                slot.process.join(10)
-                if slot.process.is_alive():
+                slot.process.join(5)
+                if slot.process.is_alive():  # cannot happen; never leave one behind
                     slot.process.kill()
                     slot.process.join(5)
                 slot.process = None

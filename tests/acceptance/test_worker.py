@@ -376,8 +376,14 @@ def test_bad_configuration_is_refused_up_front(db_dsn: str, empty_db_dsn: str) -
         dsn=db_dsn,
     )
     assert lease.code == 2 and "--handler-timeout (10s) must be shorter" in lease.stderr
-    missing = run_cli("worker", "--app", "tests.no_such_module:dispatcher", dsn=db_dsn)
+    started = time.monotonic()
+    missing = run_cli(
+        "worker", "--app", "tests.no_such_module:dispatcher", "--processes", "3", dsn=db_dsn
+    )
     assert missing.code == 2 and "cannot import app module" in missing.stderr
+    # The processes forked before the check end at once (under a second here; each one that
+    # kept a gate open would hold the command for a 5 s join).
+    assert time.monotonic() - started < 10
     not_dispatcher = run_cli("worker", "--app", "tests.worker_app:record", dsn=db_dsn)
     assert not_dispatcher.code == 2 and "not a dispatchbox.Dispatcher" in not_dispatcher.stderr
     unmigrated = run_cli("worker", "--app", "tests.worker_app:dispatcher", dsn=empty_db_dsn)
