@@ -323,6 +323,9 @@ def run_peer(
             }
         ),
     }
+    if params.get("password"):
+        # in the environment, where node-postgres, asyncpg and libpq all look, never in argv
+        env["PGPASSWORD"] = params["password"]
     if peer.runtime == "node":
         cmd = ["node", str(PEERS_DIR / peer.script)]
         env["NODE_PATH"] = str(runtimes["node"])
