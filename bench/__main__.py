@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions"]
+EXTRA = ["archive", "dead_letters", "instructions", "peers"]
 
 
 def _machine() -> dict[str, Any]:
