@@ -1,12 +1,13 @@
 """`make bench` / `python -m bench [scenario ...]`: every benchmark, a table each and one JSON
 summary (also written to bench/results/latest.json).
 
-Scenarios: drain, publish, latency, failure (default: all four), archive, dead_letters (the
-1,000,000-row benchmarks of archival and the dead-letter tools), instructions (the worker's own
-instructions per event, under valgrind); run those three by name or with `all`.
-Each scenario also runs alone: `python -m bench.drain --help`.
+Scenarios: drain, publish, latency, failure (default: all four); by name or with `all`: archive,
+dead_letters (the 1,000,000-row benchmarks of archival and the dead-letter tools), instructions
+(the worker's own instructions per event, under valgrind), peers (the other PostgreSQL queues
+side by side), startup (from `dispatchbox worker` launched to the first event done), ceiling (the
+per-row raw loop beside a log read by position). One scenario takes its own options after its
+name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers"]
+EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling"]
 
 
 def _machine() -> dict[str, Any]:
@@ -39,14 +40,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Run benchmarks and print their figures; the JSON summary goes to "
         "bench/results/latest.json.",
         epilog=f"scenarios: {', '.join(CORE)} (the default set); {', '.join(EXTRA)} (by name, "
-        "or all of them with `all`). Each scenario also runs alone with its own options: "
-        "python -m bench.drain --help.",
+        "or all of them with `all`). One scenario takes its own options after its name: "
+        "python -m bench peers --quick; python -m bench drain --help.",
     )
     parser.add_argument("scenario", nargs="*", help="scenarios to run (default: the core four)")
     return parser
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) > 1 and argv[0] in CORE + EXTRA and argv[1].startswith("-"):
+        # One scenario with options of its own: they are its business.
+        module = __import__(f"bench.{argv[0]}", fromlist=["main"])
+        sys.argv = [f"python -m bench {argv[0]}", *argv[1:]]
+        run = module.main
+        run(argv[1:]) if inspect.signature(run).parameters else run()
+        return
     names = _parser().parse_args(argv).scenario or CORE
     if names == ["all"]:
         names = CORE + EXTRA
