@@ -9,6 +9,7 @@ Each scenario also runs alone: `python -m bench.drain --help`.
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import platform
@@ -32,13 +33,31 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run benchmarks and print their figures; the JSON summary goes to "
+        "bench/results/latest.json.",
+        epilog=f"scenarios: {', '.join(CORE)} (the default set); {', '.join(EXTRA)} (by name, "
+        "or all of them with `all`). Each scenario also runs alone with its own options: "
+        "python -m bench.drain --help.",
+    )
+    parser.add_argument("scenario", nargs="*", help="scenarios to run (default: the core four)")
+    return parser
+
+
 def main(argv: list[str]) -> None:
-    names = argv or CORE
+    names = _parser().parse_args(argv).scenario or CORE
     if names == ["all"]:
         names = CORE + EXTRA
     unknown = [n for n in names if n not in CORE + EXTRA]
     if unknown:
-        sys.exit(f"unknown scenario(s): {', '.join(unknown)}; choose from {CORE + EXTRA}")
+        print(
+            f"python -m bench: unknown scenario(s): {', '.join(unknown)}; "
+            f"choose from {', '.join(CORE + EXTRA)} or all",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     results: dict[str, Any] = {"machine": _machine()}
     for name in names:
         module = __import__(f"bench.{name}", fromlist=["main"])

@@ -2,6 +2,7 @@
 
     python -m bench.drain [--events 100000] [--processes 1,2] [--batch-sizes 100,1000]
                           [--repeat 3] [--fast "--synchronous-commit off"] [--no-batch-handler]
+                          [--no-async-handler]
 
 The worker starts on an empty outbox and waits; the events are then committed in one statement,
 and the clock runs from that commit until the last event is done (the database's clock for
@@ -131,6 +132,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "process count, two threads",
     )
     parser.add_argument(
+        "--async-handler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one more row per batch size: the async no-op handler, largest process count",
+    )
+    parser.add_argument(
         "--fast",
         default="--synchronous-commit off",
         help="worker flags of one more row per batch size, at the largest process count "
@@ -142,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # (processes, worker flags) of every dispatchbox row
     most = max(processes_list)
     variants = [(p, extra, "bench.noop") for p in processes_list]
+    if args.async_handler:
+        variants.append((most, extra, "bench.async_noop"))
     if args.fast.strip():
         variants.append((most, extra + tuple(args.fast.split()), "bench.noop"))
     if args.batch_handler:

@@ -66,6 +66,15 @@ def slow(event: OutboxEvent) -> None:
     record("end", event)
 
 
+@dispatcher.handler("test.async_slow")
+async def async_slow(event: OutboxEvent) -> None:
+    """Async twin of test.slow."""
+    record("start", event)
+    if event.attempts == 1 or not event.payload.get("first_only"):
+        await asyncio.sleep(float(event.payload["seconds"]))
+    record("end", event)
+
+
 @dispatcher.handler("test.own_timeout")
 async def own_timeout(event: OutboxEvent) -> None:
     """A handler's own TimeoutError is its error, not the worker's handler timeout."""

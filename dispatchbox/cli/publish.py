@@ -26,9 +26,15 @@ def publish_command(
     event_type: str = typer.Option(..., "--event-type", help="e.g. order.created"),
     payload: str = typer.Option(..., "--payload", help="The payload as JSON."),
     headers: str | None = typer.Option(None, "--headers", help="Headers as a JSON object."),
-    idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
+    idempotency_key: str | None = typer.Option(
+        None,
+        "--idempotency-key",
+        help="Publish at most once per key: a second publish with it prints the first event's id.",
+    ),
     priority: int = typer.Option(5, "--priority", min=1, max=10, help="1 most urgent, 10 least."),
-    max_attempts: int = typer.Option(5, "--max-attempts", min=1),
+    max_attempts: int = typer.Option(
+        5, "--max-attempts", min=1, help="Attempts before the event is marked dead."
+    ),
     available_at: datetime | None = typer.Option(
         None, "--available-at", help="ISO 8601; not delivered before then.", formats=None
     ),

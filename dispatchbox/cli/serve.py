@@ -38,7 +38,12 @@ def serve_command(
         "--insecure-no-auth",
         help=f"Serve /api without a token (only when {TOKEN_ENV} is unset). Never in production.",
     ),
-    log_level: str = typer.Option("INFO", "--log-level", envvar="DISPATCHBOX_LOG_LEVEL"),
+    log_level: str = typer.Option(
+        "INFO",
+        "--log-level",
+        envvar="DISPATCHBOX_LOG_LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    ),
 ) -> None:
     """Serve the HTTP API: /api/dead-events..., /metrics, /healthz, /readyz, /openapi.json."""
     dsn = state(ctx).dsn()

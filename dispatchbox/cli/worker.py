@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import typer
@@ -49,21 +50,53 @@ def worker_command(
         help="Events claimed per statement.",
     ),
     lease_seconds: float = typer.Option(
-        60.0, "--lease-seconds", envvar="DISPATCHBOX_LEASE_SECONDS"
+        60.0,
+        "--lease-seconds",
+        envvar="DISPATCHBOX_LEASE_SECONDS",
+        help="Seconds a claim stays valid; a live worker renews it every third of this, so it "
+        "only runs out when the process dies or stalls, and then the reaper takes the event "
+        "back. Must be longer than --handler-timeout and every handler's own timeout.",
     ),
     handler_timeout: float = typer.Option(
-        30.0, "--handler-timeout", envvar="DISPATCHBOX_HANDLER_TIMEOUT"
+        30.0,
+        "--handler-timeout",
+        envvar="DISPATCHBOX_HANDLER_TIMEOUT",
+        help="Seconds a handler may run before its attempt counts as failed (a handler's own "
+        "timeout= overrides it). Must stay below --lease-seconds.",
     ),
-    poll_interval: float = typer.Option(1.0, "--poll-interval", envvar="DISPATCHBOX_POLL_INTERVAL"),
+    poll_interval: float = typer.Option(
+        1.0,
+        "--poll-interval",
+        envvar="DISPATCHBOX_POLL_INTERVAL",
+        help="Seconds an idle process waits before looking for due events again. NOTIFY wakes "
+        "it sooner for new events; retries that come due are found by this poll.",
+    ),
     reaper_interval: float = typer.Option(
         5.0,
         "--reaper-interval",
         envvar="DISPATCHBOX_REAPER_INTERVAL",
         help="Seconds between sweeps of expired leases; 0 disables.",
     ),
-    backoff_base: float = typer.Option(1.0, "--backoff-base", envvar="DISPATCHBOX_BACKOFF_BASE"),
-    backoff_max: float = typer.Option(300.0, "--backoff-max", envvar="DISPATCHBOX_BACKOFF_MAX"),
-    grace_period: float = typer.Option(30.0, "--grace-period", envvar="DISPATCHBOX_GRACE_PERIOD"),
+    backoff_base: float = typer.Option(
+        1.0,
+        "--backoff-base",
+        envvar="DISPATCHBOX_BACKOFF_BASE",
+        help="Seconds before the first retry of a failed event; each later retry waits twice "
+        "as long, up to --backoff-max, with up to half taken off at random.",
+    ),
+    backoff_max: float = typer.Option(
+        300.0,
+        "--backoff-max",
+        envvar="DISPATCHBOX_BACKOFF_MAX",
+        help="The longest wait between two attempts of one event, seconds.",
+    ),
+    grace_period: float = typer.Option(
+        30.0,
+        "--grace-period",
+        envvar="DISPATCHBOX_GRACE_PERIOD",
+        help="On SIGTERM, seconds running handlers may take to finish; claimed events not yet "
+        "started are given back at once. Keep it within your deployment's stop timeout.",
+    ),
     no_listen: bool = typer.Option(
         False,
         "--no-listen",
@@ -83,7 +116,12 @@ def worker_command(
         help="on|off for the worker's own state changes; off is faster, and a server crash "
         "can then only cause a redelivery.",
     ),
-    log_level: str = typer.Option("INFO", "--log-level", envvar="DISPATCHBOX_LOG_LEVEL"),
+    log_level: str = typer.Option(
+        "INFO",
+        "--log-level",
+        envvar="DISPATCHBOX_LOG_LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    ),
     metrics_port: int | None = typer.Option(
         None,
         "--metrics-port",
@@ -119,17 +157,27 @@ def worker_command(
         app_path=(os.getcwd(),),
         log_level=log_level.upper(),
     )
-    # Fail fast, in the supervisor, on what would make every worker process fail.
     config.validate()
-    dispatcher = load_dispatcher(config.app, config.app_path)
-    config.validate(dispatcher)
-    with connect(config.dsn) as conn:
-        migrations.check(conn)
-    alerting = alerts.check_env()  # a bad alert setting fails here, not in every worker
     configure_logging(config.log_level)
-    import logging
-
-    logging.getLogger("dispatchbox.supervisor").info(
+    exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
+    exporter.prepare()  # the metrics directory: the worker processes inherit its variable
+    supervisor = Supervisor(config, on_process_exit=exporter.process_exited)
+    supervisor.fork_initial()
+    # Fail fast, in the supervisor, on what would make every worker process fail, while the
+    # forked processes wait at their gates.
+    try:
+        dispatcher = load_dispatcher(config.app, config.app_path)
+        config.validate(dispatcher)
+        with connect(config.dsn) as conn:
+            migrations.check(conn)
+        alerting = alerts.check_env()  # a bad alert setting fails here, not in every worker
+        exporter.start()
+    except BaseException:
+        supervisor.abort()
+        exporter.close()
+        raise
+    logger = logging.getLogger("dispatchbox.supervisor")
+    logger.info(
         "supervisor_started processes=%d database=%s handlers=%s",
         config.processes,
         describe(config.dsn),
@@ -137,11 +185,8 @@ def worker_command(
     )
     if alerting:
         logging.getLogger("dispatchbox.alerts").info("%s", alerting)
-    # Before the first worker process starts: the workers inherit the metrics directory.
-    exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
-    exporter.start()
     try:
-        code = Supervisor(config, on_process_exit=exporter.process_exited).run()
+        code = supervisor.run()
     finally:
         exporter.close()
     raise typer.Exit(code)

@@ -40,12 +40,15 @@ class MetricsExporter:
     def active(self) -> bool:
         return self.directory is not None
 
+    def prepare(self) -> None:
+        """The directory, before any worker process starts (they inherit its variable)."""
+        if self.directory is None and (self.port is not None or multiprocess_dir() is not None):
+            self.directory = MetricsDirectory()
+
     def start(self) -> None:
         """Prepare the directory and, with a port, listen; DispatchboxError if it cannot bind."""
-        if self.port is None and multiprocess_dir() is None:
-            return
-        self.directory = MetricsDirectory()
-        if self.port is None:
+        self.prepare()
+        if self.port is None or self.directory is None:
             return
         self.database = DatabaseCollector(self.dsn)
         registry = build_registry(

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
@@ -98,6 +98,10 @@ class WorkerMetrics:
     """
 
     def __init__(self, *, flush_interval: float = 1.0) -> None:
+        # prometheus-client picks its value class (memory-mapped files or not) when it is
+        # imported. A worker process forked from the supervisor inherited it imported before
+        # the supervisor set the directory: pick again, now that the directory is set.
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         self._event_type = _LabelCap()
         self._aggregate_type = _LabelCap()
         self.flush_interval = flush_interval

@@ -8,8 +8,10 @@ stalls another:
              local queue; when there is nothing due it sleeps until a NOTIFY or the poll interval.
 - handlers:  sync handlers run in a pool of --concurrency threads that pull claimed events
              from a shared queue and hand results back in bursts (worker/threads.py); async
-             handlers run as tasks on this loop, at most --concurrency at a time.
-- watchdog:  fails sync handlers that run past their timeout (threads cannot be interrupted).
+             handlers run in --concurrency lanes, long-lived tasks on this loop that await one
+             handler after another (worker/lanes.py).
+- watchdog:  fails handlers that run past their timeout: sync ones cannot be interrupted, and
+             one timer per async event would cost more than a no-op handler.
 - flusher:   writes completions and failures a few milliseconds' worth at a time, one statement
              per kind, guarded by the lease token.
 - heartbeat: renews the lease of everything this process holds, every third of the lease.
@@ -28,7 +30,6 @@ import signal
 import socket
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +45,7 @@ from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
+from dispatchbox.worker.lanes import AsyncLanes
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
 from dispatchbox.worker.threads import SyncPool
 
@@ -165,24 +167,21 @@ class WorkerProcess:
         self.upkeep_conn = Connection(config.dsn, prepare=prepare, role="upkeep")
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
 
-        # Claimed events for async handlers; those for sync handlers wait in the pool's queue.
-        self.async_queue: deque[Run] = deque()
+        # Sync handlers' runs wait in the pool's queue, async ones' in the lanes'.
         self.pool: SyncPool[Run, Result] | None = None
+        self.lanes: AsyncLanes[Run] | None = None
         # Events of the batches not yet settled, beyond one per batch: the queues count a batch
         # as one entry. Changed on the loop only.
         self.batch_extra = 0
-        # Set when the dispatch loop may have something to do: events queued, a handler
-        # finished, or stopping.
-        self.progress = asyncio.Event()
         self.want_more = asyncio.Event()  # set when the local queues ran low
         self.wakeup = asyncio.Event()  # a NOTIFY arrived
         self.stopping = asyncio.Event()
-        self.inflight: set[asyncio.Task[None]] = set()
         # Everything this process holds a lease on: id -> token.
         self.leased: dict[int, uuid.UUID] = {}
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.results_ready = asyncio.Event()
+        self.flush_lock = asyncio.Lock()
         self.low_water = max(1, config.batch_size // 2)
         self.crashed: BaseException | None = None
 
@@ -192,7 +191,8 @@ class WorkerProcess:
         if not self.stopping.is_set():
             logger.info("worker_stopping worker=%s", self.name)
             self.stopping.set()
-            self.progress.set()
+            if self.lanes is not None:
+                self.lanes.stop()
             self.want_more.set()
             self.wakeup.set()
 
@@ -208,6 +208,16 @@ class WorkerProcess:
             on_results=self._collect,
             loop=loop,
         )
+        self.lanes = AsyncLanes(
+            self.config.concurrency,
+            call=self._call_async,
+            done=self._async_done,
+            failed=self._async_failed,
+            timeout_of=self._timeout_of,
+            on_yield=self._lanes_yield,
+        )
+        for lane in self.lanes.tasks:
+            lane.add_done_callback(self._task_ended)
         logger.info(
             "worker_started worker=%s handlers=%d concurrency=%d batch_size=%d",
             self.name,
@@ -229,7 +239,7 @@ class WorkerProcess:
         for task in (claimer, flusher, *background):
             task.add_done_callback(self._task_ended)
         try:
-            await self._dispatch_loop()
+            await self.stopping.wait()
             await claimer
             await self._shutdown()
         finally:
@@ -241,6 +251,7 @@ class WorkerProcess:
             for conn in (self.claim_conn, self.flush_conn, self.upkeep_conn, self.listen_conn):
                 await conn.close()
             self.pool.stop()
+            await self.lanes.close()
             logger.info("worker_stopped worker=%s", self.name)
         if self.crashed is not None:
             raise self.crashed
@@ -287,8 +298,8 @@ class WorkerProcess:
     # -- claiming ------------------------------------------------------------------------------
 
     def _queued(self) -> int:
-        assert self.pool is not None
-        return len(self.async_queue) + self.pool.queued() + self.batch_extra
+        assert self.pool is not None and self.lanes is not None
+        return self.lanes.queued() + self.pool.queued() + self.batch_extra
 
     async def _claim_loop(self) -> None:
         cfg = self.config
@@ -322,8 +333,9 @@ class WorkerProcess:
         )
 
     def _route(self, batch: list[store.Claimed]) -> None:
-        assert self.pool is not None
+        assert self.pool is not None and self.lanes is not None
         sync: list[Run] = []
+        lanes: list[Run] = []
         grouped: dict[str, list[store.Claimed]] = {}  # events for batch handlers, by type
         leased = self.leased
         specs = self.specs
@@ -337,7 +349,7 @@ class WorkerProcess:
             elif spec.max_batch is not None:
                 grouped.setdefault(item.event_type, []).append(item)
             elif spec.is_async:
-                self.async_queue.append(item)
+                lanes.append(item)
             else:
                 sync.append(item)
         for event_type, items in grouped.items():
@@ -347,13 +359,13 @@ class WorkerProcess:
                 run = Batch(event_type, items[start : start + size])
                 self.batch_extra += len(run.items) - 1
                 if spec.is_async:
-                    self.async_queue.append(run)
+                    lanes.append(run)
                 else:
                     sync.append(run)
         if sync:
             self.pool.submit(sync)
-        if self.async_queue:
-            self.progress.set()
+        if lanes:
+            self.lanes.submit(lanes)
         if self.completed or self.failed:
             self.results_ready.set()
 
@@ -426,64 +438,38 @@ class WorkerProcess:
             out.append(Outcome(item, outcome_label, seconds, failure))
         return out
 
-    async def _run_async(self, item: Run) -> None:
-        if isinstance(item, Batch):
-            await self._run_async_batch(item)
-            return
-        start = time.monotonic()
-        spec = self.specs[item.event_type]
-        deadline = asyncio.timeout(self._timeout_of(item))
-        try:
-            async with deadline:
-                await spec.func(decode.event(item))  # type: ignore[arg-type]  # one event
-        except PermanentError as exc:
-            failure = self._failure(item, spec, exc, start, permanent=True)
-            self._settle(Outcome(item, "permanent", time.monotonic() - start, failure))
-        except TimeoutError as exc:
-            if deadline.expired():  # ours, not a TimeoutError the handler raised itself
-                late = HandlerTimeout(f"handler did not finish within {self._timeout_of(item):g}s")
-                failure = self._failure(item, spec, late, start, traceback=False)
-                self._settle(Outcome(item, "timeout", time.monotonic() - start, failure))
-            else:
-                failure = self._failure(item, spec, exc, start)
-                self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
-        except asyncio.CancelledError:
-            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
-            failure = self._failure(item, spec, cut, start, traceback=False)
-            self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
-        except Exception as exc:
-            failure = self._failure(item, spec, exc, start)
-            self._settle(Outcome(item, "failed", time.monotonic() - start, failure))
-        else:
-            self._settle(Outcome(item, "done", time.monotonic() - start))
-        finally:
-            self.results_ready.set()
+    def _call_async(self, run: Run) -> Awaitable[Any]:
+        """In a lane: the async handler's awaitable for one event or a batch."""
+        if type(run) is Batch:
+            batch_spec = self.specs[run.event_type]
+            return batch_spec.func([decode.event(item) for item in run.items])  # type: ignore[arg-type,no-any-return]
+        spec = self.specs[run.event_type]
+        return spec.func(decode.event(run))  # type: ignore[arg-type,no-any-return]  # one event
 
-    async def _run_async_batch(self, batch: Batch) -> None:
-        start = time.monotonic()
-        spec = self.specs[batch.event_type]
-        deadline = asyncio.timeout(self._timeout_of(batch))
-        outcomes: list[Outcome | Delivered]
-        try:
-            async with deadline:
-                await spec.func([decode.event(item) for item in batch.items])  # type: ignore[arg-type]
-        except TimeoutError as exc:
-            if deadline.expired():  # ours, not a TimeoutError the handler raised itself
-                timeout = self._timeout_of(batch)
-                late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
-                outcomes = self._batch_outcomes(batch, spec, late, start, label="timeout")
-            else:
-                outcomes = self._batch_outcomes(batch, spec, exc, start)
-        except asyncio.CancelledError:
-            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
-            outcomes = self._batch_outcomes(batch, spec, cut, start, label="failed")
-        except Exception as exc:
-            outcomes = self._batch_outcomes(batch, spec, exc, start)
-        else:
-            seconds = time.monotonic() - start
-            outcomes = [(item, seconds) for item in batch.items]
-        self._settle_batch(outcomes)
+    def _async_done(self, run: Run, seconds: float) -> None:
+        if type(run) is Batch:
+            self._settle_batch([(item, seconds) for item in run.items])
+            return
+        self.completed.append(run)  # type: ignore[arg-type]  # not a Batch: one event
+        if self._handled is not None:
+            self._handled(run.event_type, "done", seconds)
+
+    def _async_failed(self, run: Run, exc: Exception, start: float) -> None:
+        spec = self.specs[run.event_type]
+        if isinstance(run, Batch):
+            self._settle_batch(self._batch_outcomes(run, spec, exc, start))
+            return
+        permanent = isinstance(exc, PermanentError)
+        failure = self._failure(run, spec, exc, start, permanent=permanent)
+        label = "permanent" if permanent else "failed"
+        self._settle(Outcome(run, label, time.monotonic() - start, failure))
         self.results_ready.set()
+
+    def _lanes_yield(self) -> None:
+        """A lane lets the loop run: write what it delivered, claim if the queues ran low."""
+        self.results_ready.set()
+        if self._queued() < self.low_water:
+            self.want_more.set()
 
     def _settle_batch(self, outcomes: list[Outcome | Delivered]) -> None:
         """On the loop: a batch's outcomes, one per event of the batch."""
@@ -492,24 +478,6 @@ class WorkerProcess:
         # The queues counted this batch's events until now: the claimer may be waiting on them.
         if self._queued() < self.low_water:
             self.want_more.set()
-
-    async def _dispatch_loop(self) -> None:
-        limit = self.config.concurrency
-        while not self.stopping.is_set():
-            if not self.async_queue or len(self.inflight) >= limit:
-                self.progress.clear()
-                await self.progress.wait()
-                continue
-            item = self.async_queue.popleft()
-            if self._queued() < self.low_water:
-                self.want_more.set()
-            task = asyncio.create_task(self._run_async(item))
-            self.inflight.add(task)
-            task.add_done_callback(self._handler_done)
-
-    def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self.inflight.discard(task)
-        self.progress.set()
 
     def _collect(self) -> None:
         """On the loop: results from the pool threads, a burst at a time."""
@@ -544,15 +512,17 @@ class WorkerProcess:
             self._handled(outcome.item.event_type, outcome.label, outcome.seconds)
 
     async def _watchdog_loop(self) -> None:
-        """Sync handlers past their timeout: a failed attempt now, whatever they do later."""
+        """Handlers past their timeout: a failed attempt now, whatever they do later."""
         assert self.pool is not None
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic()
-            for item in self.pool.expire(now):
+            late = [(item, now - self._timeout_of(item)) for item in self.pool.expire(now)]
+            assert self.lanes is not None
+            for item, start in [*late, *self.lanes.expire(now)]:
                 timeout = self._timeout_of(item)
-                late = HandlerTimeout(f"handler did not finish within {timeout:g}s")
-                self._give_up(item, late, now - timeout, "timeout")
+                error = HandlerTimeout(f"handler did not finish within {timeout:g}s")
+                self._give_up(item, error, start, "timeout")
                 self.results_ready.set()
 
     def _give_up(self, item: Run, exc: Exception, start: float, label: str) -> None:
@@ -606,6 +576,12 @@ class WorkerProcess:
             await self._flush()
 
     async def _flush(self) -> None:
+        # One flush at a time: the shutdown's final flush must not find the lists already taken
+        # by the flush loop, return, and let that loop be cancelled in the middle of its write.
+        async with self.flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         done, self.completed = self.completed, []
         failed, self.failed = self.failed, []
         if not done and not failed:
@@ -719,13 +695,12 @@ class WorkerProcess:
     # -- shutdown ------------------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
-        assert self.pool is not None
+        assert self.pool is not None and self.lanes is not None
         unstarted = [
             (item.id, item.token)
-            for run in [*self.pool.take_unstarted(), *self.async_queue]
+            for run in [*self.pool.take_unstarted(), *self.lanes.take_unstarted()]
             for item in _events(run)
         ]
-        self.async_queue.clear()
         if unstarted:
             released = await self._with_db(
                 self.flush_conn, lambda c: store.release(c, unstarted), until_stopped=False
@@ -733,7 +708,7 @@ class WorkerProcess:
             for event_id, _ in unstarted:
                 self.leased.pop(event_id, None)
             logger.info("released_unstarted worker=%s count=%s", self.name, released)
-        running = len(self.inflight) + self.pool.busy()
+        running = self.lanes.busy() + self.pool.busy()
         if running:
             logger.info(
                 "waiting_for_handlers worker=%s count=%d grace_seconds=%g",
@@ -742,16 +717,14 @@ class WorkerProcess:
                 self.config.grace_period,
             )
             deadline = time.monotonic() + self.config.grace_period
-            while (self.inflight or self.pool.busy()) and time.monotonic() < deadline:
+            while (self.lanes.busy() or self.pool.busy()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
             now = time.monotonic()
             for run in self.pool.abandon_all():
                 self._give_up(run, cut, now, "failed")
-            for task in list(self.inflight):
-                task.cancel()
-            if self.inflight:
-                await asyncio.wait(set(self.inflight), timeout=5)
+            for run, start in self.lanes.abandon_all():
+                self._give_up(run, cut, start, "failed")
         self._collect()
         try:
             await asyncio.wait_for(self._flush(), timeout=15)

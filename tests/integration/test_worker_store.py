@@ -200,8 +200,11 @@ def test_reaper_dead_letters_at_max_attempts(db_dsn: str) -> None:
 
     async def scenario() -> None:
         a = await aconn(db_dsn)
-        await store.claim(a, worker="A", limit=1, lease_seconds=0.05)
-        await asyncio.sleep(0.2)
+        await store.claim(a, worker="A", limit=1, lease_seconds=60)
+        await a.execute(  # A's lease ran out (back-dated, rather than waited out)
+            "UPDATE outbox_event SET locked_until = now() - interval '1 second' WHERE id = %s",
+            [event_id],
+        )
         (moved,) = await store.reap(a)
         assert (moved.id, moved.status, moved.attempts) == (event_id, "dead", 1)
         await a.close()
