@@ -8,8 +8,10 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
-from tests.integration.test_alert_channels import Smtp
+from tests.integration.test_alert_channels import HOOK_SECRET, ROUTING_KEY, Smtp
 from tests.integration.test_alert_channels import smtp as smtp  # the fixture
 from tests.worker_helpers import counts, publish, records, start, wait_until
 
@@ -34,6 +36,28 @@ def test_worker_refuses_a_missing_or_non_pem_smtp_ca_file(db_dsn: str, tmp_path:
     garbage.write_text("this is not a certificate\n")
     lines = _refused(db_dsn, {**EMAIL, "DISPATCHBOX_SMTP_CA_FILE": str(garbage)})
     assert len(lines) == 1 and lines[0].startswith("dispatchbox: error: DISPATCHBOX_SMTP_CA_FILE")
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("DISPATCHBOX_ALERT_WEBHOOK_URL", "https://[::1/x"),
+        ("DISPATCHBOX_ALERT_WEBHOOK_URL", "http://"),
+        ("DISPATCHBOX_ALERT_WEBHOOK_URL", "http://example.com:70000/x"),
+        ("DISPATCHBOX_PAGERDUTY_URL", "https://[::1/x"),
+        ("DISPATCHBOX_PAGERDUTY_URL", "http://"),
+        ("DISPATCHBOX_PAGERDUTY_URL", "http://example.com:70000/x"),
+    ],
+)
+def test_worker_refuses_a_malformed_channel_url(db_dsn: str, name: str, url: str) -> None:
+    env = {name: url}
+    if name == "DISPATCHBOX_ALERT_WEBHOOK_URL":
+        env["DISPATCHBOX_ALERT_WEBHOOK_SECRET"] = HOOK_SECRET
+    else:
+        env["DISPATCHBOX_PAGERDUTY_ROUTING_KEY"] = ROUTING_KEY
+    lines = _refused(db_dsn, env)
+    assert len(lines) == 1 and lines[0].startswith(f"dispatchbox: error: {name}"), lines
+    assert "Traceback" not in "\n".join(lines)
 
 
 def test_a_worker_whose_channel_breaks_later_runs_without_alerts(
