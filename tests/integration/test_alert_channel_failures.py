@@ -11,8 +11,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.test_alert_channels import HOOK_SECRET, ROUTING_KEY, Smtp
+from tests.integration.test_alert_channels import (
+    HOOK_SECRET,
+    ROUTING_KEY,
+    Endpoint,
+    Smtp,
+    evaluator,
+    pd_sender,
+    redrive_all,
+    rounds_until,
+    state,
+)
+from tests.integration.test_alert_channels import pagerduty as pagerduty  # the fixture
 from tests.integration.test_alert_channels import smtp as smtp  # the fixture
+from tests.integration.test_alerts import make_dead
 from tests.worker_helpers import counts, publish, records, start, wait_until
 
 EMAIL = {"DISPATCHBOX_SMTP_HOST": "127.0.0.1", "DISPATCHBOX_ALERT_EMAIL_TO": "oncall@example.com"}
@@ -104,3 +116,32 @@ def test_a_worker_whose_channel_breaks_later_runs_without_alerts(
     assert log.count("alerts_unavailable") == 1, log
     assert "Traceback" not in log
     assert log.count("worker_process_died") == 1, log  # the kill, and no crash loop after it
+
+
+def test_a_pagerduty_trigger_retried_after_a_timeout_keeps_its_dedup_key(
+    db_dsn: str, pagerduty: Endpoint
+) -> None:
+    make_dead(db_dsn, "order.paid", "RuntimeError: x", 3)
+    pagerduty.open.clear()  # the first POST arrives and is never answered in time
+    ev = evaluator(db_dsn, pd_sender(pagerduty, timeout=3), dead_threshold=2)
+    try:
+        assert ev.run_once() == []  # timed out: a failed send
+        assert len(pagerduty.requests) == 1 and pagerduty.answered == 0
+        row = state(db_dsn, "dead_count", "pagerduty")
+        assert row is not None and not row["active"] and row["opened_at"] is not None
+        pagerduty.open.set()  # PagerDuty answers again
+        rounds_until(
+            [ev], lambda: bool((state(db_dsn, "dead_count", "pagerduty") or {}).get("active"))
+        )
+        assert len(pagerduty.requests) == 2  # the retry was accepted
+        redrive_all(db_dsn)
+        rounds_until([ev], lambda: len(pagerduty.requests) >= 3)
+    finally:
+        ev.stop()
+    first, retry, resolve = pagerduty.bodies()
+    assert [first["event_action"], retry["event_action"], resolve["event_action"]] == [
+        "trigger",
+        "trigger",
+        "resolve",
+    ]
+    assert first["dedup_key"] == retry["dedup_key"] == resolve["dedup_key"]
