@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-system: ## install the system packages the suite needs (pg_cron, pgbouncer), or say how
+system: ## install the system packages the suite needs (pg_cron, pgbouncer, promtool), or say how
 	@scripts/system-packages.sh
 
 install: $(STAMP) ## create the virtualenv and install dispatchbox with dev extras

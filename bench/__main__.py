@@ -8,6 +8,7 @@ side by side), startup (from `dispatchbox worker` launched to the first event do
 per-row raw loop beside a log read by position). One scenario takes its own options after its
 name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
+
 from __future__ import annotations
 
 import argparse

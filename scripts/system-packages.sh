@@ -45,7 +45,7 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo=(sudo -n)
 else
-    echo "dispatchbox: missing system packages; run: sudo apt-get install -y ${missing[*]}" >&2
+    echo "dispatchbox: missing system packages; run: sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -55,7 +55,9 @@ fi
 
 echo "installing system packages: ${missing[*]}"
 "${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+# Without Recommends: prometheus's pull in node-exporter and others the suite does not use.
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 # The server itself may have been the missing piece: its pg_cron build is known only now.
 if [[ " ${missing[*]} " == *" postgresql "* ]]; then
     exec "$0"

@@ -635,7 +635,7 @@ CREATE INDEX outbox_event_redriven_idx
 -- ==== end 0004 ====
 
 -- ==== 0005 dead_letter_functions ====
--- (issue 20), so that a DBA runs them from psql or pg_cron without Python. OutboxRepository
+-- Dead-letter statistics and a batched redrive as SQL functions (issue 20), so that a DBA runs them from psql or pg_cron without Python. OutboxRepository
 -- calls the same functions (sql/queries/dead_letters.sql), and so do the CLI and the HTTP API
 -- through it: one implementation.
 --
@@ -835,7 +835,7 @@ COMMENT ON FUNCTION redrive_dead_events(text, text, timestamptz, timestamptz, te
 -- ==== end 0005 ====
 
 -- ==== 0006 alert_channels ====
--- (issue 20).
+-- Alert state per channel, and the "dead events left unattended" alert (issue 20).
 --
 -- * outbox_alert_state gets a `channel` ('slack', 'email', 'pagerduty', 'webhook'): each channel
 --   keeps its own incident state, cursor and counters, so a channel that fails is retried alone

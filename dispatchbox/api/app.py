@@ -53,7 +53,7 @@ from dispatchbox.errors import (
 )
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance.alerts import AlertGroup
-from dispatchbox.observability.alerting import evaluators_from_env
+from dispatchbox.observability.alerting import start_evaluators
 from dispatchbox.observability.metrics import (
     DatabaseCollector,
     build_registry,
@@ -174,9 +174,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)
         if settings.alerts:
-            found = evaluators_from_env(settings.dsn)
+            found = start_evaluators(settings.dsn)  # logs and returns None on failure
             if found is not None:
-                found.start()
                 evaluator.append(found)
         try:
             yield

@@ -279,7 +279,15 @@ class AlertEvaluator:
         if firing:
             health = queries.fetch_one(conn, "health") or {}
             text = firing_message(cfg, self.where, state.alert, value, health)
-            opened = state.now
+            # The incident's key is fixed at the first attempt and saved even if that send
+            # fails: a timed-out POST may still have reached PagerDuty, so retries (and the
+            # resolve) must name the same incident rather than open an orphan.
+            retrying = state.opened_at is not None and (
+                state.resolved_at is None or state.opened_at > state.resolved_at
+            )
+            if not retrying:
+                state.opened_at = state.now
+            opened = state.opened_at or state.now
         else:
             opened = state.opened_at or state.now
             lasted = (state.now - state.opened_at).total_seconds() if state.opened_at else None
@@ -300,7 +308,7 @@ class AlertEvaluator:
             self._save(conn, state, failed=1)
             return False
         if firing:
-            state.active, state.opened_at, state.last_value = True, state.now, value
+            state.active, state.last_value = True, value
         else:
             state.active, state.resolved_at = False, state.now
         state.last_sent_at = state.now

@@ -6,6 +6,7 @@ The channels (Slack, e-mail, PagerDuty, webhook) live here in observability; the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from dispatchbox.maintenance.alert_config import AlertConfig, alerts_enabled
@@ -15,6 +16,8 @@ from dispatchbox.observability.mail import EmailConfig, EmailSender
 from dispatchbox.observability.pagerduty import PagerDutyConfig, PagerDutySender
 from dispatchbox.observability.slack import SlackConfig, SlackSender
 from dispatchbox.observability.webhook import WebhookConfig, WebhookSender
+
+logger = logging.getLogger("dispatchbox.alerts")
 
 
 def _configs(env: Mapping[str, str] | None) -> list[tuple[str, object]]:
@@ -58,6 +61,23 @@ def evaluators_from_env(dsn: str, *, name: str | None = None) -> AlertGroup | No
     if not channels or not alerts_enabled():
         return None
     return AlertGroup.for_channels(dsn, channels, config, name=name)
+
+
+def start_evaluators(dsn: str, *, name: str | None = None) -> AlertGroup | None:
+    """The started evaluators, or None. Never raises: a channel that cannot be built (its
+    settings changed since the supervisor's check, a CA file gone) must not stop dispatch,
+    so the process logs one line and runs without alerts."""
+    group = None
+    try:
+        group = evaluators_from_env(dsn, name=name)
+        if group is not None:
+            group.start()
+    except Exception as exc:
+        if group is not None:
+            group.stop()
+        logger.error("alerts_unavailable error=%s: %s", type(exc).__name__, exc)
+        return None
+    return group
 
 
 def check_env(env: Mapping[str, str] | None = None) -> str | None:

@@ -73,6 +73,16 @@ class EmailConfig:
             raise ConfigurationError("DISPATCHBOX_SMTP_PORT must be a TCP port")
         if not self.timeout > 0:
             raise ConfigurationError("DISPATCHBOX_SMTP_TIMEOUT must be positive")
+        if self.ca_file is not None:
+            # Loaded here, at configuration time, so that a bad bundle stops `dispatchbox
+            # worker` once with one line instead of every worker process in a restart loop.
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"DISPATCHBOX_SMTP_CA_FILE {self.ca_file!r} is not a readable PEM CA bundle:"
+                    f" {exc.strerror or exc}"
+                ) from None
 
     @property
     def effective_port(self) -> int:

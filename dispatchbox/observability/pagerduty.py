@@ -21,7 +21,12 @@ import httpx
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog, hide_secrets_from, positive_seconds
+from dispatchbox.observability.delivery import (
+    DeliveryLog,
+    hide_in_httpx_logs,
+    http_url,
+    positive_seconds,
+)
 
 logger = logging.getLogger("dispatchbox.pagerduty")
 
@@ -42,8 +47,7 @@ class PagerDutyConfig:
     def __post_init__(self) -> None:
         if len(self.routing_key.strip()) < 8:
             raise ConfigurationError("DISPATCHBOX_PAGERDUTY_ROUTING_KEY looks wrong: too short")
-        if not self.url.startswith(("https://", "http://")):
-            raise ConfigurationError("DISPATCHBOX_PAGERDUTY_URL must be an http(s) URL")
+        http_url("DISPATCHBOX_PAGERDUTY_URL", self.url)
 
     @property
     def destination(self) -> str:
@@ -76,8 +80,8 @@ class PagerDutySender:
         self._log = DeliveryLog(logger, "pagerduty", config.destination)
         # No retries and no redirects: one bounded attempt per round; the next round retries.
         self._client = httpx.Client(timeout=config.timeout, follow_redirects=False)
-        # httpx logs each request's URL at INFO: the webhook URL may hold a token.
-        hide_secrets_from("httpx", [config.routing_key])
+        # The routing key travels in the body, never in httpx's URL line; this is a backstop.
+        hide_in_httpx_logs(secrets=[config.routing_key])
 
     def event(self, notice: Notice) -> dict[str, Any]:
         """The Events API v2 body for a notice."""

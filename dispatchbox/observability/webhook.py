@@ -28,7 +28,13 @@ import httpx
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog, hide_secrets_from, positive_seconds
+from dispatchbox.observability.delivery import (
+    DeliveryLog,
+    hide_in_httpx_logs,
+    http_url,
+    positive_seconds,
+    url_secrets,
+)
 
 logger = logging.getLogger("dispatchbox.webhook")
 
@@ -49,8 +55,7 @@ class WebhookConfig:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("https://", "http://")):
-            raise ConfigurationError("DISPATCHBOX_ALERT_WEBHOOK_URL must be an http(s) URL")
+        http_url("DISPATCHBOX_ALERT_WEBHOOK_URL", self.url)
         if len(self.secret) < 16:
             raise ConfigurationError(
                 "DISPATCHBOX_ALERT_WEBHOOK_SECRET must be at least 16 characters"
@@ -94,8 +99,9 @@ class WebhookSender:
         self._lock = threading.Lock()
         self._log = DeliveryLog(logger, "webhook", config.destination)
         self._client = httpx.Client(timeout=config.timeout, follow_redirects=False)
-        # httpx logs each request's URL at INFO: the webhook URL may hold a token.
-        hide_secrets_from("httpx", [config.url, config.secret])
+        # The URL may hold a token, in any of the forms an error or httpx's log quotes it.
+        self._secrets = [*url_secrets(config.url), config.secret]
+        hide_in_httpx_logs(url=config.url, secrets=[config.secret])
 
     def send(self, notice: Notice) -> bool:
         body = json.dumps(notice.to_json(), separators=(",", ":")).encode()
@@ -113,5 +119,5 @@ class WebhookSender:
                 reason = f"HTTP {response.status_code}"
             except Exception as exc:  # timeout, refused, TLS: one failure
                 ok, reason = False, f"{type(exc).__name__}: {exc}"
-            self._log.report(ok, reason, [self.config.url, self.config.secret])
+            self._log.report(ok, reason, self._secrets)
             return ok

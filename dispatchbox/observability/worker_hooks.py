@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from dispatchbox.maintenance.alerts import AlertGroup
-from dispatchbox.observability.alerting import evaluators_from_env
+from dispatchbox.observability.alerting import start_evaluators
 from dispatchbox.observability.metrics import WorkerMetrics, multiprocess_dir
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
@@ -70,7 +70,4 @@ def make_hooks(config: WorkerConfig, slot: int) -> WorkerHooks:
     if multiprocess_dir() is not None:
         metrics = WorkerMetrics()
         metrics.started()
-    alerts = evaluators_from_env(config.dsn)
-    if alerts is not None:
-        alerts.start()
-    return ObservabilityHooks(metrics, alerts)
+    return ObservabilityHooks(metrics, start_evaluators(config.dsn))

@@ -45,6 +45,9 @@ ROUTING_KEY = "R0UT1NGKEYsecret0123456789abcdef"
 HOOK_SECRET = "wEbHoOkSeCrEt-5a4b3c2d1e"
 HOOK_PATH = "/hooks/T0K3N-in-the-path"
 SECRETS = (SMTP_PASSWORD, ROUTING_KEY, HOOK_SECRET, HOOK_PATH)
+# How long a hung endpoint holds a request (and a client waits for it): longer than any test's
+# total waiting, so that "still unanswered" holds for the whole test.
+HANG_CAP = 900.0
 
 
 # -- a real SMTP server ------------------------------------------------------------------------
@@ -146,6 +149,8 @@ class Endpoint:
     requests: list[Request] = field(default_factory=list)
     # While cleared, requests are held unanswered (a hung endpoint); `arrived` says one came.
     open: threading.Event = field(default_factory=threading.Event)
+    # Requests answered so far (the response written).
+    answered: int = 0
     arrived: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -171,14 +176,17 @@ def _endpoint(status: int) -> Iterator[Endpoint]:
             with ep.lock:
                 ep.requests.append(Request(self.path, dict(self.headers), raw))
             ep.arrived.set()
-            ep.open.wait(60)
+            ep.open.wait(HANG_CAP)
             try:
                 self.send_response(ep.status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
                 self.wfile.write(b"{}")
+                self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
-                pass
+                return
+            with ep.lock:
+                ep.answered += 1
 
     ep.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     ep.server.daemon_threads = True
@@ -404,7 +412,7 @@ def test_a_hung_channel_delays_no_other_channel(
     make_dead(db_dsn, "order.paid", "RuntimeError: x", 3)
     group = AlertGroup.for_channels(
         db_dsn,
-        [pd_sender(pagerduty, timeout=30), hook_sender(hook), EmailSender(smtp.config())],
+        [pd_sender(pagerduty, timeout=HANG_CAP), hook_sender(hook), EmailSender(smtp.config())],
         AlertConfig(**{**CONFIG, "dead_threshold": 2}),
     )
     group.start()
@@ -412,7 +420,8 @@ def test_a_hung_channel_delays_no_other_channel(
         assert pagerduty.arrived.wait(15), "PagerDuty was never called"
         # While PagerDuty's request hangs, the webhook and the e-mail arrive.
         wait_until(lambda: len(hook.requests) >= 2 and len(smtp.mails) >= 2, 15, "the others")
-        assert len(pagerduty.requests) == 1 and not pagerduty.open.is_set()
+        with pagerduty.lock:  # the moment the others had arrived
+            assert (len(pagerduty.requests), pagerduty.answered) == (1, 0)
     finally:
         pagerduty.open.set()
         group.stop()
@@ -538,7 +547,7 @@ def test_two_worker_hosts_send_one_message_per_channel_while_pagerduty_hangs(
         "DISPATCHBOX_ALERT_EMAIL_FROM": "alerts@example.com",
         "DISPATCHBOX_PAGERDUTY_ROUTING_KEY": ROUTING_KEY,
         "DISPATCHBOX_PAGERDUTY_URL": pagerduty.url("/v2/enqueue"),
-        "DISPATCHBOX_PAGERDUTY_TIMEOUT": "120",
+        "DISPATCHBOX_PAGERDUTY_TIMEOUT": str(HANG_CAP),
         "DISPATCHBOX_ALERT_WEBHOOK_URL": hook.url(HOOK_PATH),
         "DISPATCHBOX_ALERT_WEBHOOK_SECRET": HOOK_SECRET,
         "DISPATCHBOX_ALERT_INTERVAL_SECONDS": "0.3",
@@ -560,6 +569,8 @@ def test_two_worker_hosts_send_one_message_per_channel_while_pagerduty_hangs(
         wait_until(
             lambda: len(smtp.mails) >= 2 and len(hook.requests) >= 2, 30, "e-mail and webhook"
         )
+        with pagerduty.lock:  # dispatch finished and the others arrived while PagerDuty hung
+            assert (len(pagerduty.requests), pagerduty.answered) == (1, 0)
         # The incident stays open: two more evaluation rounds of the e-mail and webhook rows,
         # by whichever process, send nothing new.
         for _ in range(2):
