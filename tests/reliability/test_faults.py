@@ -12,6 +12,8 @@ import os
 import random
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -347,3 +349,43 @@ def test_eight_processes_on_the_same_rows_never_run_one_event_twice(
     assert_each_once_or_explained(record_dir, ids, {})
     assert all(len(execs) == 1 for execs in executions(record_dir).values())
     assert len({r[3] for r in records(record_dir)}) >= 6, "most of the eight processes took work"
+
+
+def test_two_operators_redriving_one_filter_redrive_each_event_once(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, "
+            "attempts, max_attempts, last_error, last_error_at, dead_at) "
+            "SELECT 'order', g::text, 'race.event', '{}', 'dead', 5, 5, 'KeyError: order ' || g, "
+            "now(), now() FROM generate_series(1, 20000) g"
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPATCHBOX_DSN", "DATABASE_URL")}
+    env["DISPATCHBOX_DSN"] = db_dsn
+    command = [sys.executable, "-m", "dispatchbox", "dead-events", "retry-batch"]
+    # Paced, so that the second operator starts while the first is a few seconds from done.
+    command += ["--all-matching", "--event-type", "race.event", "--rate", "4000", "--yes"]
+
+    def operator() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first = operator()
+    wait_until(lambda: counts(db_dsn)["pending"] > 0, 60, "the first redrive under way")
+    operators = [first, operator()]
+    outputs = [op.communicate(timeout=120) for op in operators]
+    assert [op.returncode for op in operators] == [0, 0], outputs
+    counts_said = [re.search(r"retried ([\d,]+)", out) for out, _ in outputs]
+    assert all(counts_said), outputs
+    retried = [int(m.group(1).replace(",", "")) for m in counts_said if m]
+    with psycopg.connect(db_dsn) as conn:
+        per_event = conn.execute(
+            "SELECT redrive_count, count(*) FROM outbox_event GROUP BY 1"
+        ).fetchall()
+        audited = conn.execute(
+            "SELECT count(*), sum(affected) FROM outbox_dead_letter_audit "
+            "WHERE action = 'retry_filter'"
+        ).fetchone()
+    assert per_event == [(1, 20000)], "an event was redriven twice, or not at all"
+    assert sum(retried) == 20000 and min(retried) > 0, retried  # both really took part
+    assert audited == (2, 20000)
