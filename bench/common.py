@@ -145,29 +145,26 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def launch_worker(
+    dsn: str, *args: str, app: str = "bench.apps:dispatcher", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`dispatchbox worker` started now, its output discarded; the caller stops it."""
+    command = [sys.executable, "-m", "dispatchbox", "worker", "--app", app]
+    return subprocess.Popen(
+        [*command, "--log-level", "WARNING", *args],
+        cwd=ROOT,
+        env={**os.environ, "DISPATCHBOX_DSN": dsn, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 @contextmanager
 def worker(
     dsn: str, *args: str, app: str = "bench.apps:dispatcher", env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`dispatchbox worker` running until the block ends; waits until every process is up."""
-    log = open(os.devnull, "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dispatchbox",
-            "worker",
-            "--app",
-            app,
-            "--log-level",
-            "WARNING",
-            *args,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "DISPATCHBOX_DSN": dsn, **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = launch_worker(dsn, *args, app=app, env=env)
     try:
         expected = int(args[args.index("--processes") + 1]) if "--processes" in args else 1
         deadline = time.monotonic() + 30
@@ -189,7 +186,6 @@ def worker(
             proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
 
 
 def wait_drained(dsn: str, timeout: float = 600, step: float = 0.1) -> None:

@@ -43,12 +43,12 @@ from psycopg import conninfo, sql
 
 from bench import raw_sql
 from bench.common import (
-    ROOT,
     BenchDatabase,
     checkpoint,
     count_where,
     db_clock,
     emit_json,
+    launch_worker,
     print_table,
     seconds_until_last_done,
     seed,
@@ -261,24 +261,7 @@ def run_dispatchbox(db: BenchDatabase, system: str, events: int) -> dict[str, An
         seed(dsn, events, event_type)
         start = _start(dsn)
         # The real CLI, launched after the clock started: its start-up is part of the figure.
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dispatchbox",
-                "worker",
-                "--app",
-                "bench.apps:dispatcher",
-                "--log-level",
-                "WARNING",
-                *DBX_FLAGS,
-                *flags,
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DISPATCHBOX_DSN": dsn},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = launch_worker(dsn, *DBX_FLAGS, *flags)
         try:
             wait_drained(dsn, timeout=_timeout(events), step=POLL)
         finally:

@@ -13,41 +13,21 @@ the spread of the runs.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import psycopg
 
 from bench.apps import dispatcher
-from bench.common import ROOT, BenchDatabase, emit_json, print_table, seed
+from bench.common import BenchDatabase, emit_json, launch_worker, print_table, seed
 
 
 def _one_run(dsn: str, processes: int, event_type: str) -> dict[str, float]:
     seed(dsn, 1, event_type)
     with psycopg.connect(dsn, autocommit=True) as conn:
         started = time.time()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dispatchbox",
-                "worker",
-                "--app",
-                "bench.apps:dispatcher",
-                "--processes",
-                str(processes),
-                "--log-level",
-                "WARNING",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DISPATCHBOX_DSN": dsn},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = launch_worker(dsn, "--processes", str(processes))
         try:
             first_done = all_claiming = None
             deadline = time.monotonic() + 60
