@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,6 +15,8 @@ from dispatchbox.events import OutboxEvent
 Handler = Callable[[OutboxEvent], Any]
 BatchHandler = Callable[[list[OutboxEvent]], Any]
 H = TypeVar("H", bound=Handler)
+# Destination names appear in CLI flags, metric labels and URLs: keep them plain.
+_DESTINATION_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 B = TypeVar("B", bound=BatchHandler)
 
 
@@ -49,6 +52,9 @@ class HandlerSpec:
     timeout: float | None  # None: the worker's --handler-timeout
     backoff: BackoffPolicy | None  # None: the worker's policy
     max_batch: int | None = None  # a batch handler: most events per call; None: one per call
+    # The system this handler talks to: breakers, rate limits and dead letters are kept per
+    # destination. Handlers that name none each get their own, named after the event type.
+    destination: str = ""
 
 
 class Dispatcher:
@@ -70,11 +76,15 @@ class Dispatcher:
         *,
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
+        destination: str | None = None,
     ) -> Callable[[H], H]:
-        """Decorator: run the function for every event of ``event_type``."""
+        """Decorator: run the function for every event of ``event_type``. ``destination`` names
+        the system it delivers to (default: the event type)."""
 
         def register(func: H) -> H:
-            self.register(event_type, func, timeout=timeout, backoff=backoff)
+            self.register(
+                event_type, func, timeout=timeout, backoff=backoff, destination=destination
+            )
             return func
 
         return register
@@ -86,6 +96,7 @@ class Dispatcher:
         max_batch: int = 100,
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
+        destination: str | None = None,
     ) -> Callable[[B], B]:
         """Decorator: run the function once for a list of events of ``event_type`` (at most
         ``max_batch``, from one claim, most urgent first). Returning means every event of the
@@ -93,7 +104,14 @@ class Dispatcher:
         them all. ``timeout`` is for the whole call."""
 
         def register(func: B) -> B:
-            self.register(event_type, func, timeout=timeout, backoff=backoff, max_batch=max_batch)
+            self.register(
+                event_type,
+                func,
+                timeout=timeout,
+                backoff=backoff,
+                max_batch=max_batch,
+                destination=destination,
+            )
             return func
 
         return register
@@ -106,6 +124,7 @@ class Dispatcher:
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
         max_batch: int | None = None,
+        destination: str | None = None,
     ) -> None:
         if not isinstance(event_type, str) or not event_type:
             raise ConfigurationError("event_type must be a non-empty string")
@@ -120,6 +139,11 @@ class Dispatcher:
                 f"max_batch for {event_type!r} must be a whole number of at least 1, "
                 f"got {max_batch!r}"
             )
+        if destination is not None and not _DESTINATION_NAME.fullmatch(str(destination)):
+            raise ConfigurationError(
+                f"destination for {event_type!r} must be 1-100 letters, digits or . _ : -, "
+                f"got {destination!r}"
+            )
         self._handlers[event_type] = HandlerSpec(
             event_type=event_type,
             func=func,
@@ -127,6 +151,7 @@ class Dispatcher:
             timeout=timeout,
             backoff=backoff,
             max_batch=max_batch,
+            destination=destination or event_type,
         )
 
     def get(self, event_type: str) -> HandlerSpec | None:
