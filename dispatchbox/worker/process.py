@@ -43,6 +43,7 @@ from dispatchbox.db import connect_async, redact
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.worker import decode, store
+from dispatchbox.worker.claim_position import ClaimPositions
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
 from dispatchbox.worker.lanes import AsyncLanes
@@ -178,6 +179,7 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         # Everything this process holds a lease on: id -> token.
         self.leased: dict[int, uuid.UUID] = {}
+        self.positions = ClaimPositions()  # where the next claim resumes
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.results_ready = asyncio.Event()
@@ -328,9 +330,17 @@ class WorkerProcess:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
-        return await store.claim(
-            conn, worker=self.name, limit=limit, lease_seconds=self.config.lease_seconds
+        started = time.monotonic()
+        after = self.positions.after(started)
+        batch = await store.claim(
+            conn,
+            worker=self.name,
+            limit=limit,
+            lease_seconds=self.config.lease_seconds,
+            after=after,
         )
+        self.positions.claimed(batch, full=after is None, started=started)
+        return batch
 
     def _route(self, batch: list[store.Claimed]) -> None:
         assert self.pool is not None and self.lanes is not None

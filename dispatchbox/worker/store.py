@@ -34,6 +34,8 @@ class Claimed:
     attempts: int
     created_at: datetime
     position: int  # 1-based place in its claim, most urgent first
+    priority: int
+    next_attempt_at: datetime  # with priority and id: the event's place in the claim order
     token: uuid.UUID
 
 
@@ -62,18 +64,35 @@ class Transition:
     locked_by: str | None = None
 
 
-async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+async def claim(
+    conn: AsyncConn,
+    *,
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+    after: Sequence[tuple[datetime, int] | None] | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due events, most urgent first: from the start of the claim order,
+    or, given ``after`` (a place per priority 1-10, None where there is none), resumed after
+    each priority's place (see worker_claim_after)."""
     token = uuid.uuid4()
-    rows = await queries.afetch_tuples(
-        conn,
-        "worker_claim",
-        {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
-        binary=True,  # a timestamp per row: binary is cheaper for the server and for us
-    )
+    params: dict[str, Any] = {
+        "worker": worker,
+        "limit": limit,
+        "lease_seconds": lease_seconds,
+        "token": token,
+    }
+    name = "worker_claim"
+    if after is not None:
+        name = "worker_claim_after"
+        params["after_times"] = [p[0] if p else None for p in after]
+        params["after_ids"] = [p[1] if p else None for p in after]
+    # binary: a timestamp per row is cheaper for the server and for us
+    rows = await queries.afetch_tuples(conn, name, params, binary=True)
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
-    # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
-    # way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
+    # The row's columns are Claimed's fields but the token, in order: unpacking them is the
+    # cheapest way to build one, and this runs once per claimed event.
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # eleven columns
 
 
 _POSITION = itemgetter(8)

@@ -6,7 +6,7 @@
 -- array's order with its position: rows come back in claim order (most urgent first) without
 -- a sort of the returned rows, which cost the server a tenth of the claim. The worker orders by
 -- position all the same (a no-op on ordered input), so a different plan cannot reorder them.
--- Columns: the first nine fields of dispatchbox.worker.store.Claimed, in order.
+-- Columns: the fields of dispatchbox.worker.store.Claimed but its token, in order.
 UPDATE outbox_event e
    SET status = 'running',
        attempts = e.attempts + 1,
@@ -23,7 +23,45 @@ UPDATE outbox_event e
               FOR UPDATE SKIP LOCKED)) WITH ORDINALITY AS claimed (id, position)
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
-          e.headers::text AS headers, e.attempts, e.created_at, claimed.position
+          e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
+          e.next_attempt_at
+
+-- name: worker_claim_after
+-- worker_claim, resumed per priority after the last event this process claimed at that
+-- priority (%(after_times)s and %(after_ids)s: ten entries, priority 1 first; NULL where none).
+-- Why: every claimed event leaves a dead entry at the front of the claim index, and while any
+-- transaction holds an old snapshot, cleanup cannot remove them, so a claim from the index's
+-- start walks all of them (measured: 15 ms per claim after 150,000 events, 0.14 ms resumed).
+-- One index descent per priority, in priority order, stops as soon as the limit is met. Events
+-- behind a position (a transaction that committed late, a release at shutdown) are left to the
+-- next worker_claim, which the worker runs every so often (dispatchbox/worker/claim_position.py).
+-- Columns: as worker_claim.
+UPDATE outbox_event e
+   SET status = 'running',
+       attempts = e.attempts + 1,
+       locked_by = %(worker)s,
+       locked_until = now() + make_interval(secs => %(lease_seconds)s),
+       lease_token = %(token)s,
+       updated_at = now()
+  FROM unnest(ARRAY(
+           SELECT c.id
+             FROM unnest(%(after_times)s::timestamptz[], %(after_ids)s::bigint[])
+                  WITH ORDINALITY AS f (after_time, after_id, priority)
+            CROSS JOIN LATERAL (
+                  SELECT id
+                    FROM outbox_event
+                   WHERE status = 'pending' AND next_attempt_at <= now()
+                     AND priority = f.priority::smallint
+                     AND (next_attempt_at, id) > (COALESCE(f.after_time, '-infinity'),
+                                                  COALESCE(f.after_id, 0))
+                   ORDER BY next_attempt_at, id
+                   LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED) c
+            LIMIT %(limit)s)) WITH ORDINALITY AS claimed (id, position)
+ WHERE e.id = claimed.id
+RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
+          e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
+          e.next_attempt_at
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.
