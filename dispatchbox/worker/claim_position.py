@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
 
 from dispatchbox.worker.store import Claimed
 
@@ -33,11 +32,11 @@ class ClaimPositions:
     """One worker process's places in the claim order (not shared: each process its own)."""
 
     def __init__(self) -> None:
-        self._after: list[tuple[datetime, int] | None] = [None] * PRIORITIES
+        self._after: list[tuple[int, int] | None] = [None] * PRIORITIES
         self._full_at = -float("inf")  # time.monotonic() when the last full claim ended
         self._full_cost = 0.0  # seconds the last full claim took
 
-    def after(self, now: float | None = None) -> list[tuple[datetime, int] | None] | None:
+    def after(self, now: float | None = None) -> list[tuple[int, int] | None] | None:
         """The places to resume from, or None when the next claim should start from the
         beginning (none claimed yet, or a claim from the start is due)."""
         now = time.monotonic() if now is None else now
@@ -56,7 +55,7 @@ class ClaimPositions:
             return
         last = batch[-1]  # claim order: the last of the batch is the furthest at its priority
         after = self._after
-        after[last.priority - 1] = (last.next_attempt_at, last.id)
+        after[last.priority - 1] = (last.next_attempt_us, last.id)
         if batch[0].priority != last.priority:
             for item in batch:  # several priorities: the last of each
-                after[item.priority - 1] = (item.next_attempt_at, item.id)
+                after[item.priority - 1] = (item.next_attempt_us, item.id)

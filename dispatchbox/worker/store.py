@@ -35,7 +35,8 @@ class Claimed:
     created_at: datetime
     position: int  # 1-based place in its claim, most urgent first
     priority: int
-    next_attempt_at: datetime  # with priority and id: the event's place in the claim order
+    next_attempt_us: int  # next_attempt_at, microseconds since the epoch: with priority and id,
+    # the event's place in the claim order
     token: uuid.UUID
 
 
@@ -70,11 +71,11 @@ async def claim(
     worker: str,
     limit: int,
     lease_seconds: float,
-    after: Sequence[tuple[datetime, int] | None] | None = None,
+    after: Sequence[tuple[int, int] | None] | None = None,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due events, most urgent first: from the start of the claim order,
-    or, given ``after`` (a place per priority 1-10, None where there is none), resumed after
-    each priority's place (see worker_claim_after)."""
+    or, given ``after`` (a place per priority 1-10: next_attempt_us and id, None where there is
+    none), resumed after each priority's place (see worker_claim_after)."""
     token = uuid.uuid4()
     params: dict[str, Any] = {
         "worker": worker,
@@ -85,7 +86,7 @@ async def claim(
     name = "worker_claim"
     if after is not None:
         name = "worker_claim_after"
-        params["after_times"] = [p[0] if p else None for p in after]
+        params["after_us"] = [p[0] if p else None for p in after]
         params["after_ids"] = [p[1] if p else None for p in after]
     # binary: a timestamp per row is cheaper for the server and for us
     rows = await queries.afetch_tuples(conn, name, params, binary=True)

@@ -24,11 +24,14 @@ UPDATE outbox_event e
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
-          e.next_attempt_at
+          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us
 
 -- name: worker_claim_after
 -- worker_claim, resumed per priority after the last event this process claimed at that
--- priority (%(after_times)s and %(after_ids)s: ten entries, priority 1 first; NULL where none).
+-- priority (%(after_us)s, the place's next_attempt_at in microseconds since the epoch, and
+-- %(after_ids)s: ten entries, priority 1 first; NULL where none). The claims return that time as
+-- a number: decoding a timestamp with its time zone for every claimed event cost the worker
+-- 2,000 more instructions per event (37,900 against 35,900, python -m bench.instructions).
 -- Why: every claimed event leaves a dead entry at the front of the claim index, and while any
 -- transaction holds an old snapshot, cleanup cannot remove them, so a claim from the index's
 -- start walks all of them (measured: 15 ms per claim after 150,000 events, 0.14 ms resumed).
@@ -45,15 +48,17 @@ UPDATE outbox_event e
        updated_at = now()
   FROM unnest(ARRAY(
            SELECT c.id
-             FROM unnest(%(after_times)s::timestamptz[], %(after_ids)s::bigint[])
-                  WITH ORDINALITY AS f (after_time, after_id, priority)
+             FROM unnest(%(after_us)s::bigint[], %(after_ids)s::bigint[])
+                  WITH ORDINALITY AS f (after_us, after_id, priority)
             CROSS JOIN LATERAL (
                   SELECT id
                     FROM outbox_event
                    WHERE status = 'pending' AND next_attempt_at <= now()
                      AND priority = f.priority::smallint
-                     AND (next_attempt_at, id) > (COALESCE(f.after_time, '-infinity'),
-                                                  COALESCE(f.after_id, 0))
+                     AND (next_attempt_at, id) > (
+                             COALESCE('epoch'::timestamptz + f.after_us * interval '1 microsecond',
+                                      '-infinity'),
+                             COALESCE(f.after_id, 0))
                    ORDER BY next_attempt_at, id
                    LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED) c
@@ -61,7 +66,7 @@ UPDATE outbox_event e
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
-          e.next_attempt_at
+          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.

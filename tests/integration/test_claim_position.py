@@ -126,26 +126,26 @@ def test_under_a_held_snapshot_a_resumed_claim_does_not_walk_the_dead(db_dsn: st
                 "SELECT 'order', g::text, 'e' FROM generate_series(1, 30000) g"
             )
 
-            async def drain() -> tuple[datetime, int]:
+            async def drain() -> tuple[int, int]:
                 aconn = await psycopg.AsyncConnection.connect(db_dsn, autocommit=True)
                 positions = ClaimPositions()
                 for _ in range(25):
                     batch = await claim(aconn, positions, 1000, 0.0)
                     await store.complete(aconn, batch)
                 await aconn.close()
-                return batch[-1].next_attempt_at, batch[-1].id
+                return batch[-1].next_attempt_us, batch[-1].id
 
             place = asyncio.run(drain())
             common = {"worker": "B", "limit": 100, "lease_seconds": 60, "token": uuid.uuid4()}
             full = _buffers(conn, "worker_claim", common)
-            after: list[tuple[datetime, int] | None] = [None] * 10
+            after: list[tuple[int, int] | None] = [None] * 10
             after[4] = place
             resumed = _buffers(
                 conn,
                 "worker_claim_after",
                 {
                     **common,
-                    "after_times": [p[0] if p else None for p in after],
+                    "after_us": [p[0] if p else None for p in after],
                     "after_ids": [p[1] if p else None for p in after],
                 },
             )
