@@ -48,6 +48,7 @@ class Failure:
     finished: float  # and when it ended (or was given up on)
     permanent: bool
     delay: float  # seconds until the next attempt, if one is left
+    destination: str | None = None  # the handler's destination, kept on the row (dead letters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> 
         "finished_ago": [max(0.0, now - f.finished) for f in failures],
         "permanent": [f.permanent for f in failures],
         "delays": [f.delay for f in failures],
+        "destinations": [f.destination for f in failures],
     }
     rows = await queries.afetch_tuples(conn, "worker_fail", params)
     return [Transition(*row) for row in rows if row[1] == "dead"]

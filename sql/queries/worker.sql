@@ -53,16 +53,18 @@ UPDATE outbox_event e
 -- clock), so the history's times are the database's clock without a clock read per claim.
 -- Rows whose lease was taken over are skipped (pairwise id and token: each row carries its own
 -- error). The token implies running (see worker_complete); the join is by key, so the planner
--- hashes the input or looks each id up, never loops over the partial lease index. Returns every
+-- hashes the input or looks each id up, never loops over the partial lease index. The handler's
+-- destination is kept on the row, so dead letters can be listed per destination. Returns every
 -- event it moved, with its new status.
 WITH f AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(error_types)s::text[],
                   %(messages)s::text[], %(tracebacks)s::text[],
                   %(started_ago)s::double precision[], %(finished_ago)s::double precision[],
-                  %(permanent)s::boolean[], %(delays)s::double precision[])
+                  %(permanent)s::boolean[], %(delays)s::double precision[],
+                  %(destinations)s::text[])
            AS f(id, token, error_type, message, traceback, started_ago, finished_ago, permanent,
-                delay)
+                delay, destination)
 ),
 upd AS (
     UPDATE outbox_event e
@@ -75,6 +77,7 @@ upd AS (
                           THEN now() END,
            last_error = f.error_type || ': ' || f.message,
            last_error_at = now(),
+           destination = COALESCE(f.destination, e.destination),
            updated_at = now(),
            locked_by = NULL,
            locked_until = NULL,
