@@ -177,8 +177,9 @@ class Destination(abc.ABC):
             await asyncio.wait_for(self._probe(), timeout)
         except Exception as exc:
             await self._reset()
-            reason = "no answer in time" if isinstance(exc, TimeoutError) else self.describe(exc)
-            raise DestinationUnhealthy(f"{self.name}: {reason}") from None
+            if isinstance(exc, TimeoutError):
+                raise DestinationUnhealthy(f"{self.name}: no answer in time") from None
+            raise DestinationUnhealthy(self.describe(exc)) from None
 
     def classify(self, exc: BaseException) -> Verdict:
         """Transient or permanent. Default: a SendError says which; a PermanentError is
