@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +20,7 @@ import pytest
 from dispatchbox import publish_many
 from dispatchbox.destinations import NatsJetStream, RabbitMQ, RedisStreams, Webhook
 from dispatchbox.destinations.base import DestinationUnhealthy
-from tests.brokers import TARGETS, RelayWorker, Target, WebhookReceiver, wait_until
+from tests.brokers import ROOT, TARGETS, RelayWorker, Target, WebhookReceiver, wait_until
 from tests.conftest import run_cli
 from tests.tcp_proxy import TcpProxy
 
@@ -271,3 +275,45 @@ def test_webhook_health_check_is_bounded() -> None:
         hook.teardown()
     with pytest.raises(DestinationUnhealthy, match="webhook"):
         asyncio.run(Webhook(hook.url()).health_check(timeout=3))
+
+
+def test_worker_config_file_routes_to_redis(db_dsn: str, tmp_path: Path) -> None:
+    from tests.brokers import RedisTarget
+
+    stream = RedisTarget()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[destinations.events]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n'
+        f'stream = "{stream.name}"\nmaxlen = 100000\n\n'
+        '[[routes]]\npattern = "relay.*"\nto = "events"\n'
+    )
+    ids = publish(db_dsn, 50)
+    log = tmp_path / "w.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dispatchbox", "worker", "--app", "tests.empty_app:dispatcher",
+             "--config", str(config), "--processes", "1", "--poll-interval", "0.2"],
+            cwd=ROOT, env={**os.environ, "DISPATCHBOX_DSN": db_dsn}, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: statuses(db_dsn)["done"] == 50, 60, "50 events relayed")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, log.read_text()
+    try:
+        assert Counter(stream.ids()) == Counter(ids)
+    finally:
+        stream.teardown()
+
+
+def test_worker_refuses_a_bad_config_file_in_one_line(db_dsn: str, tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('[destinations.x]\ntype = "redis"\nurl = "redis://u:Pw-in-file-5@h:1/0"\n')
+    result = run_cli(
+        "worker", "--app", "tests.empty_app:dispatcher", "--config", str(config),
+        "--processes", "1", dsn=db_dsn, timeout=60,
+    )  # fmt: skip
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "url_env" in lines[0] and "Pw-in-file-5" not in result.stderr

@@ -154,3 +154,67 @@ def test_import_dispatchbox_loads_no_broker_client() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_toml_config_builds_routes_with_secrets_from_the_environment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dispatchbox.destinations.config import apply_file
+
+    monkeypatch.setenv("DBX_T_AMQP", "amqp://app:Pw-from-env-1@127.0.0.1:5672/")
+    monkeypatch.setenv("DBX_T_HOOK_SECRET", SECRET)
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        """
+[destinations.orders]
+type = "rabbitmq"
+url_env = "DBX_T_AMQP"
+exchange = "orders"
+
+[destinations.billing]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret_env = "DBX_T_HOOK_SECRET"
+timeout = 2
+
+[[routes]]
+pattern = "order.*"
+to = "orders"
+
+[[routes]]
+pattern = "invoice.issued"
+to = "billing"
+"""
+    )
+    d = Dispatcher()
+    apply_file(d, path)
+    order, invoice = d.get("order.paid"), d.get("invoice.issued")
+    assert order is not None and order.destination == "orders"
+    assert invoice is not None and invoice.destination == "billing"
+    billing = d.destinations()["billing"]
+    assert isinstance(billing, Webhook) and billing.key == secret_key(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[destinations.x]\ntype = "redis"\nurl = "redis://u:pw@h:1/0"\n', "credentials"),
+        ('[destinations.x]\ntype = "webhook"\nurl = "http://h/x"\nsecret = "s"\n', "secret_env"),
+        ('[destinations.x]\ntype = "kafka"\n', "type must be one of"),
+        ('[destinations.x]\ntype = "redis"\nurl_env = "DBX_T_UNSET_VAR"\n', "is not set"),
+        (
+            '[destinations.x]\ntype = "redis"\ncolour = 1\n[[routes]]\npattern="a"\nto="x"\n',
+            "colour",
+        ),  # fmt: skip
+        ('[destinations.x]\ntype = "redis"\n[[routes]]\npattern = "a.*"\nto = "y"\n', "unknown"),
+        ("[[routes]\n", "not valid TOML"),
+    ],
+)
+def test_toml_config_errors_are_one_clear_line(tmp_path: Any, body: str, message: str) -> None:
+    from dispatchbox.destinations.config import apply_file
+
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigurationError, match=message) as info:
+        apply_file(Dispatcher(), path)
+    assert "\n" not in str(info.value) and "pw" not in str(info.value).replace("pwd", "")
