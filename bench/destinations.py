@@ -1,0 +1,448 @@
+"""Built-in destinations: relay throughput against the plain client library, and idle latency.
+
+python -m bench destinations [--events 100000] [--quick] [--only rabbitmq,nats,redis,webhook]
+                             [--processes 1] [--samples 200]
+
+Per destination, in one run:
+- plain client: the same messages (the envelope bodies, ids and headers the destination sends)
+  published by the client library in a tight loop, each window of 500 confirmed by the broker
+  (RabbitMQ publisher confirms, JetStream acks, a Redis pipeline's replies, HTTP answers);
+- relay: the same number of events seeded in the outbox and relayed by `dispatchbox worker`
+  with `dispatcher.route("relay.*", to=...)`, from commit to the last event marked done (done
+  only after the broker confirmed it); the broker's own count is checked afterwards;
+- ratio = relay events/s / plain events/s (target: at least 0.8);
+- idle latency: one event at a time, from the publishing commit to its done_at (the broker's
+  ack plus the worker's completion write: an upper bound of commit-to-ack), p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.common import (
+    ROOT,
+    BenchDatabase,
+    checkpoint,
+    emit_json,
+    percentile,
+    print_table,
+    seconds_until_last_done,
+    seed,
+    wait_drained,
+    worker,
+)
+from dispatchbox import OutboxEvent, publish
+from dispatchbox.destinations.base import envelope
+from dispatchbox.destinations.webhook import secret_key, sign
+
+WINDOW = 500  # messages in flight per confirm round in the plain loop (the relay's max_batch)
+SECRET = "whsec_" + base64.b64encode(b"dispatchbox-bench-webhook-key-32").decode()
+APP = "bench.destinations_app:dispatcher"
+EVENT_TYPE = "relay.bench"
+
+
+def messages(n: int) -> list[tuple[OutboxEvent, bytes]]:
+    now = datetime.now(UTC)
+    out = []
+    for i in range(1, n + 1):
+        event = OutboxEvent(
+            id=i,
+            aggregate_type="bench",
+            aggregate_id=str(i),
+            event_type=EVENT_TYPE,
+            payload={"n": i},
+            created_at=now,
+        )
+        out.append((event, envelope(event)))
+    return out
+
+
+class Kind:
+    name = ""
+
+    def __init__(self) -> None:
+        self.tag = f"dbxb{uuid.uuid4().hex[:8]}"
+
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def target(self, which: str) -> str:
+        return f"{self.tag}{which}"
+
+    def setup(self) -> None: ...
+
+    def count(self, which: str) -> int:
+        raise NotImplementedError
+
+    async def plain(self, msgs: list[tuple[OutboxEvent, bytes]]) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None: ...
+
+
+class Rabbit(Kind):
+    name = "rabbitmq"
+
+    def url(self) -> str:
+        return "amqp://guest:guest@127.0.0.1:5672/"
+
+    async def _channel(self, op: Callable[[Any], Awaitable[Any]]) -> Any:
+        import aio_pika
+
+        conn = await aio_pika.connect(self.url())
+        try:
+            return await op(await conn.channel())
+        finally:
+            await conn.close()
+
+    def setup(self) -> None:
+        async def declare(ch: Any) -> None:
+            for which in ("p", "r"):
+                await ch.declare_queue(self.target(which), durable=True)
+
+        asyncio.run(self._channel(declare))
+
+    def count(self, which: str) -> int:
+        async def passive(ch: Any) -> int:
+            queue = await ch.declare_queue(self.target(which), passive=True)
+            return int(queue.declaration_result.message_count)
+
+        return int(asyncio.run(self._channel(passive)))
+
+    async def plain(self, msgs: list[tuple[OutboxEvent, bytes]]) -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect(self.url())
+        channel = await conn.channel(publisher_confirms=True)
+        exchange, key = channel.default_exchange, self.target("p")
+        for start in range(0, len(msgs), WINDOW):
+            await asyncio.gather(
+                *(
+                    exchange.publish(
+                        aio_pika.Message(
+                            body,
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                            content_type="application/json",
+                            message_id=str(event.id),
+                            type=event.event_type,
+                        ),
+                        routing_key=key,
+                        mandatory=True,
+                    )
+                    for event, body in msgs[start : start + WINDOW]
+                )
+            )
+        await conn.close()
+
+    def teardown(self) -> None:
+        async def delete(ch: Any) -> None:
+            for which in ("p", "r"):
+                await ch.queue_delete(self.target(which))
+
+        asyncio.run(self._channel(delete))
+
+
+class Nats(Kind):
+    name = "nats"
+
+    def url(self) -> str:
+        return "nats://127.0.0.1:4222"
+
+    async def _js(self, op: Callable[[Any], Awaitable[Any]]) -> Any:
+        import nats
+
+        nc = await nats.connect(self.url())
+        try:
+            return await op(nc.jetstream())
+        finally:
+            await nc.close()
+
+    def setup(self) -> None:
+        async def add(js: Any) -> None:
+            for which in ("p", "r"):
+                await js.add_stream(name=self.target(which), subjects=[f"{self.target(which)}.>"])
+
+        asyncio.run(self._js(add))
+
+    def count(self, which: str) -> int:
+        async def info(js: Any) -> int:
+            return int((await js.stream_info(self.target(which))).state.messages)
+
+        return int(asyncio.run(self._js(info)))
+
+    async def plain(self, msgs: list[tuple[OutboxEvent, bytes]]) -> None:
+        import nats
+
+        nc = await nats.connect(self.url())
+        js = nc.jetstream()
+        subject = f"{self.target('p')}.{EVENT_TYPE}"
+        for start in range(0, len(msgs), WINDOW):
+            await asyncio.gather(
+                *(
+                    js.publish(subject, body, headers={"Nats-Msg-Id": str(event.id)})
+                    for event, body in msgs[start : start + WINDOW]
+                )
+            )
+        await nc.close()
+
+    def teardown(self) -> None:
+        async def delete(js: Any) -> None:
+            for which in ("p", "r"):
+                await js.delete_stream(self.target(which))
+
+        asyncio.run(self._js(delete))
+
+
+class Redis(Kind):
+    name = "redis"
+
+    def url(self) -> str:
+        return "redis://127.0.0.1:6379/0"
+
+    def count(self, which: str) -> int:
+        import redis
+
+        with redis.Redis.from_url(self.url()) as client:
+            return int(client.xlen(self.target(which)))
+
+    async def plain(self, msgs: list[tuple[OutboxEvent, bytes]]) -> None:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url())
+        key = self.target("p")
+        for start in range(0, len(msgs), WINDOW):
+            pipe = client.pipeline(transaction=False)
+            for event, body in msgs[start : start + WINDOW]:
+                pipe.xadd(
+                    key,
+                    {
+                        "id": event.id,
+                        "event_type": event.event_type,
+                        "aggregate_type": event.aggregate_type,
+                        "aggregate_id": event.aggregate_id,
+                        "body": body,
+                    },
+                )
+            await pipe.execute()
+        await client.aclose()
+
+    def teardown(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.url()) as client:
+            client.delete(self.target("p"), self.target("r"))
+
+
+class WebhookSink(Kind):
+    """uvicorn serving bench/webhook_sink.py on a free loopback port; both loops post to it."""
+
+    name = "webhook"
+    CONCURRENCY = 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.counted = {"p": 0, "r": 0}
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def setup(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.webhook_sink:app", "--port", str(self.port),
+             "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self._total()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the webhook sink did not start")
+
+    def _total(self) -> int:
+        return int(httpx.get(self.url(), timeout=5).text)
+
+    def mark(self, which: str) -> None:
+        self.counted[which] = self._total()
+
+    def count(self, which: str) -> int:
+        # Requests since mark(which): the two loops run one after the other.
+        return self._total() - self.counted[which]
+
+    async def plain(self, msgs: list[tuple[OutboxEvent, bytes]]) -> None:
+        key = secret_key(SECRET)
+        gate = asyncio.Semaphore(self.CONCURRENCY)
+        limits = httpx.Limits(max_connections=self.CONCURRENCY)
+        async with httpx.AsyncClient(timeout=10, limits=limits) as client:
+
+            async def post(event: OutboxEvent, body: bytes) -> None:
+                async with gate:
+                    ts = int(time.time())
+                    headers = {
+                        "content-type": "application/json",
+                        "webhook-id": str(event.id),
+                        "webhook-timestamp": str(ts),
+                        "webhook-signature": sign(key, str(event.id), ts, body),
+                    }
+                    response = await client.post(self.url(), content=body, headers=headers)
+                    response.raise_for_status()
+
+            for start in range(0, len(msgs), WINDOW):
+                await asyncio.gather(*(post(e, b) for e, b in msgs[start : start + WINDOW]))
+
+    def teardown(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+KINDS: dict[str, type[Kind]] = {
+    "rabbitmq": Rabbit,
+    "nats": Nats,
+    "redis": Redis,
+    "webhook": WebhookSink,
+}
+
+
+def run_kind(
+    db: BenchDatabase, kind: Kind, *, events: int, processes: int, samples: int
+) -> dict[str, Any]:
+    kind.setup()
+    env = {
+        "DBX_DEST": kind.name,
+        "DBX_DEST_URL": kind.url(),
+        "DBX_DEST_TARGET": kind.target("r"),
+        "DBX_DEST_SECRET": SECRET,
+    }
+    args = ("--processes", str(processes), "--batch-size", "1000", "--concurrency", "10")
+    try:
+        msgs = messages(events)
+        if isinstance(kind, WebhookSink):
+            kind.mark("p")
+        started = time.perf_counter()
+        asyncio.run(kind.plain(msgs))
+        plain_s = time.perf_counter() - started
+        plain_count = kind.count("p")
+        del msgs
+
+        dsn = db.fresh()
+        try:
+            with worker(dsn, *args, app=APP, env=env):
+                if isinstance(kind, WebhookSink):
+                    kind.mark("r")
+                checkpoint(dsn)
+                committed = seed(dsn, events, event_type=EVENT_TYPE)
+                wait_drained(dsn, timeout=1800)
+            relay_s = seconds_until_last_done(dsn, committed)
+            relay_count = kind.count("r")
+            with psycopg.connect(dsn) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'done'), max(attempts) "
+                    "FROM outbox_event"
+                ).fetchone()
+            done, max_attempts = row or (0, 0)
+        finally:
+            db.drop(dsn)
+
+        latency = idle_latency(db, env, samples=samples)
+    finally:
+        kind.teardown()
+    plain_rate, relay_rate = events / plain_s, events / relay_s
+    return {
+        "destination": kind.name,
+        "events": events,
+        "plain_events_per_s": round(plain_rate),
+        "relay_events_per_s": round(relay_rate),
+        "ratio": round(relay_rate / plain_rate, 2),
+        "broker_count_plain": plain_count,
+        "broker_count_relay": relay_count,
+        "relay_done": done,
+        "relay_max_attempts": max_attempts,
+        "latency_p50_ms": round(latency[0], 1),
+        "latency_p99_ms": round(latency[1], 1),
+        "latency_samples": samples,
+    }
+
+
+def idle_latency(db: BenchDatabase, env: dict[str, str], *, samples: int) -> tuple[float, float]:
+    """Publish one event at a time into an idle worker; commit to done_at, p50 and p99 (ms)."""
+    dsn = db.fresh()
+    committed: dict[int, float] = {}
+    try:
+        with worker(dsn, "--processes", "1", "--poll-interval", "5", app=APP, env=env):
+            with psycopg.connect(dsn) as conn:
+                for i in range(samples):
+                    event_id = publish(
+                        conn, aggregate_type="probe", aggregate_id=str(i),
+                        event_type=EVENT_TYPE, payload={"i": i},
+                    )  # fmt: skip
+                    conn.commit()
+                    committed[event_id] = time.time()
+                    time.sleep(0.03)
+            wait_drained(dsn, timeout=60)
+        with psycopg.connect(dsn) as conn:
+            done = dict(
+                conn.execute(
+                    "SELECT id, extract(epoch FROM done_at)::float8 FROM outbox_event "
+                    "WHERE status = 'done'"
+                ).fetchall()
+            )
+    finally:
+        db.drop(dsn)
+    lat = [(done[i] - t) * 1000 for i, t in committed.items() if i in done]
+    return percentile(lat, 50), percentile(lat, 99)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench destinations", description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000, help="backlog size (100,000)")
+    parser.add_argument("--quick", action="store_true", help="10,000 events, 50 latency samples")
+    parser.add_argument("--only", default=",".join(KINDS), help="comma-separated destinations")
+    parser.add_argument("--processes", type=int, default=1, help="relay worker processes (1)")
+    parser.add_argument("--samples", type=int, default=200, help="idle latency samples (200)")
+    opts = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    events, samples = (10_000, 50) if opts.quick else (opts.events, opts.samples)
+    wanted = [k.strip() for k in opts.only.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in KINDS]
+    if unknown:
+        parser.error(f"unknown destination(s): {', '.join(unknown)}")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    db = BenchDatabase()
+    rows = []
+    try:
+        for name in wanted:
+            row = run_kind(
+                db, KINDS[name](), events=events, processes=opts.processes, samples=samples
+            )
+            rows.append(row)
+            print_table(f"destination {name}", [row])
+    finally:
+        db.close()
+    print_table("destinations: relay vs plain client (target ratio >= 0.8)", rows)
+    result = {"database": db.where, "processes": opts.processes, "rows": rows}
+    emit_json("destinations", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
