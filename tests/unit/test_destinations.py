@@ -205,7 +205,7 @@ to = "billing"
         (
             '[destinations.x]\ntype = "redis"\ncolour = 1\n[[routes]]\npattern="a"\nto="x"\n',
             "colour",
-        ),  # fmt: skip
+        ),
         ('[destinations.x]\ntype = "redis"\n[[routes]]\npattern = "a.*"\nto = "y"\n', "unknown"),
         ("[[routes]\n", "not valid TOML"),
     ],
