@@ -104,6 +104,7 @@ class WorkerMetrics:
         values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
         self._event_type = _LabelCap()
         self._aggregate_type = _LabelCap()
+        self._destination = _LabelCap()
         self.flush_interval = flush_interval
         self.dispatched = Counter(
             "dispatchbox_events_dispatched",
@@ -121,8 +122,8 @@ class WorkerMetrics:
         )
         self.dead = Counter(
             "dispatchbox_dead_events",
-            "Events that went dead, by event type and aggregate type.",
-            ["event_type", "aggregate_type"],
+            "Events that went dead, by event type, aggregate type and destination.",
+            ["event_type", "aggregate_type", "destination"],
             registry=None,
         )
         self.attempts_before_dead = Histogram(
@@ -208,9 +209,12 @@ class WorkerMetrics:
                 if n:
                     value.inc(n)
 
-    def went_dead(self, event_type: str, aggregate_type: str, attempts: int) -> None:
+    def went_dead(
+        self, event_type: str, aggregate_type: str, attempts: int, destination: str = ""
+    ) -> None:
         kind = self._event_type(event_type)
-        self.dead.labels(kind, self._aggregate_type(aggregate_type)).inc()
+        where = self._destination(destination) if destination else ""
+        self.dead.labels(kind, self._aggregate_type(aggregate_type), where).inc()
         self.attempts_before_dead.labels(kind).observe(attempts)
 
     def lease_was_expired(self, event_type: str) -> None:

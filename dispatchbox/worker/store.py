@@ -61,6 +61,7 @@ class Transition:
     event_type: str
     aggregate_type: str
     locked_by: str | None = None
+    destination: str | None = None  # where its last recorded failure was (migration 0007)
 
 
 async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:

@@ -84,7 +84,7 @@ upd AS (
            lease_token = NULL
       FROM f
      WHERE e.id = f.id AND e.lease_token = f.token  -- the token implies running
- RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type
+ RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, e.destination
 ),
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
@@ -93,7 +93,8 @@ history AS (
            now() - make_interval(secs => f.finished_ago), f.error_type, f.message, f.traceback
       FROM upd JOIN f ON f.id = upd.id
 )
-SELECT id, status, attempts, event_type, aggregate_type FROM upd
+SELECT id, status, attempts, event_type, aggregate_type, NULL::text AS locked_by, destination
+  FROM upd
 
 -- name: worker_release
 -- Give back claimed events whose handler never started (shutdown): pending again, the attempt
@@ -143,7 +144,7 @@ upd AS (
       FROM expired x
      WHERE e.id = x.id
  RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, x.locked_by,
-           x.locked_until
+           x.locked_until, e.destination
 ),
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
@@ -152,7 +153,7 @@ history AS (
            'lease held by ' || COALESCE(locked_by, '?') || ' expired at ' || locked_until::text
       FROM upd
 )
-SELECT id, status, attempts, event_type, aggregate_type, locked_by FROM upd
+SELECT id, status, attempts, event_type, aggregate_type, locked_by, destination FROM upd
 
 -- name: worker_session_utc
 -- Timestamps in UTC on the worker's connections (why: dispatchbox/worker/process.py, Connection).
