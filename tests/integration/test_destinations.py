@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,6 +198,9 @@ def test_webhook_statuses_retry_after_and_dead_letters_per_destination(
     assert exported.code == 0, exported.stderr
     lines = out.read_text().splitlines()
     assert "destination" in lines[0].split(",") and len(lines) == 1 + len(permanent)
+    status = run_cli("db", "status", dsn=db_dsn)
+    assert "dead events by destination" in status.stdout
+    assert re.search(rf"billing-hooks\s+{len(permanent)}\b", status.stdout), status.stdout
     retried = run_cli(
         "dead-events", "retry-batch", "--all-matching", "--destination", "billing-hooks",
         "--yes", dsn=db_dsn,
