@@ -1,7 +1,7 @@
 """dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
 
 from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
-from dispatchbox.errors import BatchFailure, PermanentError
+from dispatchbox.errors import BatchFailure, PermanentError, RetryLater
 from dispatchbox.events import EventStatus, OutboxEvent
 from dispatchbox.publish import publish, publish_many
 from dispatchbox.repository import OutboxRepository
@@ -14,6 +14,7 @@ __all__ = [
     "OutboxEvent",
     "OutboxRepository",
     "PermanentError",
+    "RetryLater",
     "publish",
     "publish_many",
 ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from fnmatch import fnmatchcase
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.events import OutboxEvent
@@ -57,8 +58,28 @@ class HandlerSpec:
     destination: str = ""
 
 
+@runtime_checkable
+class RouteTarget(Protocol):
+    """What ``Dispatcher.route`` relays to: a built-in destination (dispatchbox.destinations) or
+    any object of this shape. ``deliver`` sends a batch; it raises BatchFailure for the events
+    that failed, or any exception for all of them."""
+
+    name: str
+    max_batch: int
+    timeout: float | None
+
+    def deliver(self, events: Sequence[OutboxEvent]) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    pattern: str  # fnmatch pattern over event types: "order.*", "invoice.issued"
+    target: RouteTarget
+    backoff: BackoffPolicy | None
+
+
 class Dispatcher:
-    """Registry of handlers, one per event type.
+    """Registry of handlers, one per event type, and of routes to destinations.
 
     >>> dispatcher = Dispatcher()
     >>> @dispatcher.handler("order.created")
@@ -69,6 +90,51 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerSpec] = {}
+        self._routes: list[Route] = []
+        self._routed: dict[str, HandlerSpec | None] = {}  # event type -> its route's spec
+        self._targets: dict[str, RouteTarget] = {}  # destination name -> target
+
+    def route(self, pattern: str, *, to: RouteTarget, backoff: BackoffPolicy | None = None) -> None:
+        """Relay every event whose type matches ``pattern`` (fnmatch: ``order.*``,
+        ``invoice.issued``) to the destination ``to``, in batches of its ``max_batch``.
+
+        A handler registered for the exact type wins over every route; among routes the first
+        registered that matches wins (like a routing table), so put narrow patterns first. The
+        same pattern twice, or two different destinations under one name, is a
+        ConfigurationError."""
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ConfigurationError("a route's pattern must be a non-empty string")
+        if not isinstance(to, RouteTarget):
+            raise ConfigurationError(
+                f"route {pattern!r}: to= must be a destination (name, max_batch, timeout, "
+                f"deliver), got {type(to).__name__}"
+            )
+        if not _DESTINATION_NAME.fullmatch(str(to.name)):
+            raise ConfigurationError(
+                f"route {pattern!r}: destination name must be 1-100 letters, digits or "
+                f". _ : -, got {to.name!r}"
+            )
+        if type(to.max_batch) is not int or to.max_batch < 1:
+            raise ConfigurationError(f"route {pattern!r}: max_batch must be at least 1")
+        if any(r.pattern == pattern for r in self._routes):
+            raise ConfigurationError(f"a route for {pattern!r} is already registered")
+        known = self._targets.get(to.name)
+        if known is not None and known is not to:
+            raise ConfigurationError(
+                f"two different destinations are named {to.name!r}: give each its own name="
+            )
+        self._targets[to.name] = to
+        self._routes.append(Route(pattern, to, backoff))
+        self._routed.clear()
+
+    @property
+    def routes(self) -> list[Route]:
+        return list(self._routes)
+
+    def destinations(self) -> dict[str, RouteTarget]:
+        """The routed destinations by name: the hook through which a health check (a circuit
+        breaker's replay probe) reaches each one's ``health_check()``."""
+        return dict(self._targets)
 
     def handler(
         self,
@@ -155,7 +221,31 @@ class Dispatcher:
         )
 
     def get(self, event_type: str) -> HandlerSpec | None:
-        return self._handlers.get(event_type)
+        """The handler of ``event_type``: its exact handler, else the first matching route's
+        relay (as an async batch handler), else None."""
+        spec = self._handlers.get(event_type)
+        if spec is not None or not self._routes:
+            return spec
+        try:
+            return self._routed[event_type]
+        except KeyError:
+            pass
+        found = None
+        for route in self._routes:
+            if fnmatchcase(event_type, route.pattern):
+                target = route.target
+                found = HandlerSpec(
+                    event_type=event_type,
+                    func=target.deliver,
+                    is_async=True,
+                    timeout=target.timeout,
+                    backoff=route.backoff,
+                    max_batch=target.max_batch,
+                    destination=target.name,
+                )
+                break
+        self._routed[event_type] = found
+        return found
 
     @property
     def event_types(self) -> list[str]:

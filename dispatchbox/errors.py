@@ -47,6 +47,20 @@ class PermanentError(Exception):
     """Raised by a handler: this event can never succeed, dead-letter it without more retries."""
 
 
+class RetryLater(Exception):
+    """Raised by a handler: this attempt failed, try again after ``retry_after`` seconds (e.g. a
+    server's Retry-After) instead of the backoff; None means the backoff decides.
+
+    >>> raise RetryLater("rate limited", retry_after=30)
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None and not retry_after >= 0:
+            raise ValueError("retry_after must be a number of seconds, at least 0")
+        self.retry_after = retry_after
+
+
 class BatchFailure(Exception):
     """Raised by a batch handler: these events of the batch failed, each with its own error
     (a PermanentError dead-letters its event at once); every other event of the batch is done.

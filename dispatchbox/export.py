@@ -39,6 +39,7 @@ CSV_COLUMNS = (
     "aggregate_type",
     "aggregate_id",
     "event_type",
+    "destination",
     "status",
     "attempts",
     "max_attempts",

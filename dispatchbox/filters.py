@@ -49,7 +49,8 @@ def _like_pattern(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DeadEventFilter:
-    """Which dead events: by type, time of death and error. All fields optional."""
+    """Which dead events: by type, destination, time of death and error. All fields
+    optional."""
 
     event_type: str | None = None
     aggregate_type: str | None = None
@@ -57,9 +58,12 @@ class DeadEventFilter:
     until: datetime | None = None
     error_contains: str | None = None
     error_fingerprint: str | None = None
+    # The destination whose delivery failed (outbox_event.destination, migration 0007).
+    destination: str | None = None
 
     def __post_init__(self) -> None:
         _check_text("event_type", self.event_type)
+        _check_text("destination", self.destination)
         _check_text("aggregate_type", self.aggregate_type)
         _check_text("error_contains", self.error_contains)
         _check_time("since", self.since)
@@ -84,6 +88,7 @@ class DeadEventFilter:
         until: str | None = None,
         error_contains: str | None = None,
         error_fingerprint: str | None = None,
+        destination: str | None = None,
     ) -> DeadEventFilter:
         """Build from text as typed on a command line or in a query string."""
         return cls(
@@ -95,6 +100,7 @@ class DeadEventFilter:
             error_fingerprint=error_fingerprint.strip().lower()
             if error_fingerprint is not None
             else None,
+            destination=destination,
         )
 
     @property
@@ -112,6 +118,7 @@ class DeadEventFilter:
             if self.error_contains is not None
             else None,
             "error_fingerprint": self.error_fingerprint,
+            "destination": self.destination,
             # the SQL functions of migration 0005 take the text and build the pattern themselves
             "error_contains": self.error_contains,
         }

@@ -50,6 +50,8 @@ class DeadEvent:
     last_redriven_at: datetime | None
     last_redriven_by: str | None
     error_fingerprint: str | None
+    # The destination whose delivery failed last (migration 0007); None before any failure.
+    destination: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _record_json(self)
@@ -100,6 +102,7 @@ class EventDetail:
     last_redriven_at: datetime | None
     last_redriven_by: str | None
     error_fingerprint: str | None
+    destination: str | None = None
     errors: list[ErrorRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -110,9 +113,10 @@ class EventDetail:
 
 @dataclass(frozen=True, slots=True)
 class GroupStat:
-    """Dead events sharing an event type or aggregate type."""
+    """Dead events sharing an event type, aggregate type or destination (None: no destination
+    recorded)."""
 
-    key: str
+    key: str | None
     count: int
     first_seen: datetime | None
     last_seen: datetime | None
@@ -147,6 +151,7 @@ class DeadEventStats:
     by_event_type: list[GroupStat] | None = None
     by_aggregate_type: list[GroupStat] | None = None
     by_error: list[ErrorGroup] | None = None
+    by_destination: list[GroupStat] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -154,7 +159,7 @@ class DeadEventStats:
             "oldest_dead_at": _jsonable(self.oldest_dead_at),
             "newest_dead_at": _jsonable(self.newest_dead_at),
         }
-        for name in ("by_event_type", "by_aggregate_type", "by_error"):
+        for name in ("by_event_type", "by_aggregate_type", "by_destination", "by_error"):
             groups = getattr(self, name)
             if groups is not None:
                 out[name] = [g.to_json() for g in groups]

@@ -54,7 +54,7 @@ logger = logging.getLogger("dispatchbox.repository")
 BATCH_SIZE = 5000
 # cleanup_old_dead_events archives dead events older than this by default (seed 004).
 DEFAULT_CLEANUP_DAYS = 30
-GROUPINGS = ("event_type", "aggregate_type", "error")
+GROUPINGS = ("event_type", "aggregate_type", "destination", "error")
 MAX_PAGE = 10_000
 # Export chunks fetched ahead of the writer (each is one FETCH, 5,000 rows).
 _PREFETCH = 2
@@ -323,6 +323,9 @@ class OutboxRepository:
             if "aggregate_type" in groups
             else None,
             by_error=[ErrorGroup(**g) for g in groups["error"]] if "error" in groups else None,
+            by_destination=[GroupStat(**g) for g in groups["destination"]]
+            if "destination" in groups
+            else None,
         )
 
     def get_event(self, event_id: int) -> EventDetail | None:

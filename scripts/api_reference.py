@@ -24,10 +24,16 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("dispatchbox", "Dead letters", ["OutboxRepository"]),
     ("dispatchbox.filters", "Filters", ["DeadEventFilter"]),
     (
+        "dispatchbox.destinations",
+        "Destinations",
+        ["Destination", "Webhook", "RabbitMQ", "NatsJetStream", "RedisStreams", "envelope"],
+    ),
+    (
         "dispatchbox.errors",
         "Errors",
         [
             "PermanentError",
+            "RetryLater",
             "BatchFailure",
             "DispatchboxError",
             "ConfigurationError",

@@ -65,7 +65,7 @@ logger = logging.getLogger("dispatchbox.api")
 
 INSECURE_ACTOR = "api"
 
-Grouping = Literal["event_type", "aggregate_type", "error"]
+Grouping = Literal["event_type", "aggregate_type", "destination", "error"]
 
 # The filters, as the CLI's flags. The forms below only document what DeadEventFilter checks:
 # its message is the one a client reads (400), so they are not enforced here. A function per
@@ -87,6 +87,14 @@ def _fingerprint() -> Any:
         None,
         description="An error group, as stats?by=error names it.",
         json_schema_extra=FINGERPRINT_SCHEMA,
+    )
+
+
+def _destination() -> Any:
+    return Query(
+        None,
+        description="Only events whose delivery to this destination failed.",
+        json_schema_extra=TEXT_SCHEMA,
     )
 
 
@@ -225,6 +233,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         until: str | None = _until(),
         error_contains: str | None = _contains(),
         error_fingerprint: str | None = _fingerprint(),
+        destination: str | None = _destination(),
     ) -> DeadEventPage:
         flt = _filter(
             event_type=event_type,
@@ -233,6 +242,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             until=until,
             error_contains=error_contains,
             error_fingerprint=error_fingerprint,
+            destination=destination,
         )
         events = repo.fetch_dead_events(limit=limit, offset=offset, after_id=after_id, filter=flt)
         total = repo.count_dead_events(filter=flt)
@@ -248,11 +258,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         "/dead-events/stats",
         response_model=StatsOut,
         responses=_responses(),
-        summary="Count dead events by event type, aggregate type and normalised error",
+        summary="Count dead events by event type, aggregate type, destination and normalised error",
     )
     def dead_event_stats(
         by: list[Grouping] | None = Query(
-            None, description="Groupings to compute (repeat the parameter); default all three."
+            None, description="Groupings to compute (repeat the parameter); default all four."
         ),
         event_type: str | None = _text(),
         aggregate_type: str | None = _text(),
@@ -260,6 +270,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         until: str | None = _until(),
         error_contains: str | None = _contains(),
         error_fingerprint: str | None = _fingerprint(),
+        destination: str | None = _destination(),
     ) -> StatsOut:
         flt = _filter(
             event_type=event_type,
@@ -268,6 +279,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             until=until,
             error_contains=error_contains,
             error_fingerprint=error_fingerprint,
+            destination=destination,
         )
         result = repo.dead_event_stats(filter=flt, by=list(by or GROUPINGS))
         return StatsOut.model_validate(result)
@@ -358,6 +370,7 @@ def _filter_fields(flt: FilterIn) -> dict[str, str | None]:
         "until": flt.until,
         "error_contains": flt.error_contains,
         "error_fingerprint": flt.error_fingerprint,
+        "destination": flt.destination,
     }
 
 

@@ -49,6 +49,9 @@ class DeadEventOut(BaseModel):
     last_redriven_at: datetime | None
     last_redriven_by: str | None
     error_fingerprint: str | None
+    destination: str | None = Field(
+        default=None, description="The destination whose delivery failed last (null: none)."
+    )
 
 
 class DeadEventPage(BaseModel):
@@ -101,13 +104,16 @@ class EventDetailOut(BaseModel):
     last_redriven_at: datetime | None
     last_redriven_by: str | None
     error_fingerprint: str | None
+    destination: str | None = Field(
+        default=None, description="The destination whose delivery failed last (null: none)."
+    )
     errors: list[ErrorRecordOut] = Field(description="Every failed attempt, oldest first.")
 
 
 class GroupStatOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    key: str
+    key: str | None = Field(description="The group's value; null: no destination recorded.")
     count: int
     first_seen: datetime | None
     last_seen: datetime | None
@@ -134,6 +140,7 @@ class StatsOut(BaseModel):
     by_event_type: list[GroupStatOut] | None = None
     by_aggregate_type: list[GroupStatOut] | None = None
     by_error: list[ErrorGroupOut] | None = None
+    by_destination: list[GroupStatOut] | None = None
 
 
 class RetryOut(BaseModel):
@@ -163,6 +170,11 @@ class FilterIn(BaseModel):
         default=None,
         description="An error group, as GET /api/dead-events/stats?by=error names it.",
         json_schema_extra=FINGERPRINT_SCHEMA,
+    )
+    destination: str | None = Field(
+        default=None,
+        description="Only events whose delivery to this destination failed.",
+        json_schema_extra=TEXT_SCHEMA,
     )
 
 

@@ -45,8 +45,11 @@ def status(ctx: typer.Context) -> None:
     with connection(ctx) as conn:
         st = migrations.status(conn)
         health = None
+        by_destination: list[dict[str, object]] = []
         if any(a.version == 1 for a in st.applied):
             health = queries.fetch_one(conn, "health")
+        if any(a.version == 7 for a in st.applied):
+            by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
     for a in st.applied:
         print(f"applied  {a.version:04d}_{a.name}  {a.applied_at.isoformat(timespec='seconds')}")
     for m in st.pending:
@@ -58,3 +61,9 @@ def status(ctx: typer.Context) -> None:
         print("outbox health")
         for key, value in health.items():
             print(f"  {key:<28} {value if value is not None else '-'}")
+    # Destinations with dead events; their breaker state joins this at merge (issue 14).
+    if by_destination:
+        print()
+        print("dead events by destination")
+        for row in by_destination:
+            print(f"  {row['destination'] or '(none recorded)':<28} {row['count']}")

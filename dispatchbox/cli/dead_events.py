@@ -59,6 +59,13 @@ _FINGERPRINT = typer.Option(
     metavar="F",
     help="Only this error group (the FINGERPRINT column of `stats --by error`).",
 )
+_DESTINATION = typer.Option(
+    None,
+    "--destination",
+    metavar="NAME",
+    help="Only events whose delivery to this destination failed (a handler's destination=, "
+    "a route's destination name).",
+)
 _FORMAT = typer.Option("table", "--format", metavar="table|json", help="Output format.")
 
 
@@ -73,9 +80,11 @@ def _filter(
     until: str | None,
     error_contains: str | None,
     error_fingerprint: str | None,
+    destination: str | None = None,
 ) -> DeadEventFilter:
     # InvalidFilter carries exit code 2 and becomes one line in cli.main.run.
     return DeadEventFilter.from_strings(
+        destination=destination,
         event_type=event_type,
         aggregate_type=aggregate_type,
         since=since,
@@ -205,6 +214,7 @@ def list_command(
     until: str | None = _UNTIL,
     error_contains: str | None = _ERROR_CONTAINS,
     error_fingerprint: str | None = _FINGERPRINT,
+    destination: str | None = _DESTINATION,
     fmt: str = _FORMAT,
 ) -> None:
     """Dead events in id order, oldest first; the error is cut to fit the terminal."""
@@ -212,7 +222,9 @@ def list_command(
     page = _int("--limit", limit, minimum=1, maximum=MAX_PAGE)
     skip = _int("--offset", offset, minimum=0, maximum=MAX_BIGINT)
     after = _int("--after-id", after_id, minimum=0, maximum=MAX_BIGINT)
-    flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    flt = _filter(
+        event_type, aggregate_type, since, until, error_contains, error_fingerprint, destination
+    )
     repo = _repo(ctx)
     events = repo.fetch_dead_events(limit=page or 100, offset=skip or 0, after_id=after, filter=flt)
     if fmt == "json":
@@ -231,7 +243,10 @@ def list_command(
 def stats(
     ctx: typer.Context,
     by: str = typer.Option(
-        "event_type", "--by", metavar="event_type|aggregate_type|error", help="Group by."
+        "event_type",
+        "--by",
+        metavar="event_type|aggregate_type|destination|error",
+        help="Group by.",
     ),
     aggregate_type: str | None = _AGGREGATE_TYPE,
     event_type: str | None = _EVENT_TYPE,
@@ -239,12 +254,15 @@ def stats(
     until: str | None = _UNTIL,
     error_contains: str | None = _ERROR_CONTAINS,
     error_fingerprint: str | None = _FINGERPRINT,
+    destination: str | None = _DESTINATION,
     fmt: str = _FORMAT,
 ) -> None:
-    """Dead events counted by event type, aggregate type or normalised error."""
+    """Dead events counted by event type, aggregate type, destination or normalised error."""
     by = _choice("--by", by, GROUPINGS)
     fmt = _choice("--format", fmt, ("table", "json"))
-    flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    flt = _filter(
+        event_type, aggregate_type, since, until, error_contains, error_fingerprint, destination
+    )
     result = _repo(ctx).dead_event_stats(filter=flt, by=[by])
     if fmt == "json":
         _emit_json({"by": by, **result.to_json()})
@@ -275,12 +293,12 @@ def stats(
             below=[_cut(g.signature or "(no error recorded)", width - 4) for g in groups],
         )
         return
-    stat_groups = (result.by_event_type if by == "event_type" else result.by_aggregate_type) or []
-    key_w = min(48, max(len(by), *(len(g.key) for g in stat_groups)))
+    stat_groups = getattr(result, f"by_{by}") or []
+    key_w = min(48, max(len(by), *(len(g.key or "-") for g in stat_groups)))
     _table(
         [by.upper().replace("_", " "), "COUNT", "FIRST SEEN (UTC)", "LAST SEEN (UTC)"],
         [
-            [_cut(g.key, key_w), f"{g.count:,}", _when(g.first_seen), _when(g.last_seen)]
+            [_cut(g.key or "-", key_w), f"{g.count:,}", _when(g.first_seen), _when(g.last_seen)]
             for g in stat_groups
         ],
         right={1},
@@ -302,6 +320,7 @@ def _show_text(event: EventDetail) -> None:
         ("done at", _iso(event.done_at)),
         ("last error at", _iso(event.last_error_at)),
         ("error fingerprint", event.error_fingerprint or "-"),
+        ("destination", event.destination or "-"),
         ("redriven", f"{event.redrive_count} time(s)"),
         ("last redriven", f"{_iso(event.last_redriven_at)} by {event.last_redriven_by}")
         if event.last_redriven_at
@@ -407,6 +426,7 @@ def retry_batch(
     until: str | None = _UNTIL,
     error_contains: str | None = _ERROR_CONTAINS,
     error_fingerprint: str | None = _FINGERPRINT,
+    destination: str | None = _DESTINATION,
     limit: str | None = typer.Option(
         None, "--limit", metavar="N", help="With --all-matching: at most N events."
     ),
@@ -425,7 +445,15 @@ def retry_batch(
 ) -> None:
     """Redrive several dead events: the ids given, or --all-matching the filters, in batches."""
     ids = event_ids or []
-    filters = (event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    filters = (
+        event_type,
+        aggregate_type,
+        since,
+        until,
+        error_contains,
+        error_fingerprint,
+        destination,
+    )
     if ids and all_matching:
         usage_error("give event ids or --all-matching with filters, not both")
     if not ids and not all_matching:
@@ -564,10 +592,13 @@ def export(
     until: str | None = _UNTIL,
     error_contains: str | None = _ERROR_CONTAINS,
     error_fingerprint: str | None = _FINGERPRINT,
+    destination: str | None = _DESTINATION,
 ) -> None:
     """Stream matching dead events to a file or stdout (payloads as JSON; CSV formula-safe)."""
     kind = ExportFormat(_choice("--format", fmt, [f.value for f in ExportFormat]))
-    flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    flt = _filter(
+        event_type, aggregate_type, since, until, error_contains, error_fingerprint, destination
+    )
     repo = _repo(ctx)
     to_file = output != "-"
     # The output is opened first: an unwritable path fails before the database is asked anything.
@@ -604,12 +635,15 @@ def purge(
     until: str | None = _UNTIL,
     error_contains: str | None = _ERROR_CONTAINS,
     error_fingerprint: str | None = _FINGERPRINT,
+    destination: str | None = _DESTINATION,
     dry_run: bool = typer.Option(False, "--dry-run", help="Count only; change nothing."),
 ) -> None:
     """Move old dead events matching the filters to the archive: they can no longer be retried."""
     days = _int("--older-than-days", older_than_days, minimum=0, maximum=MAX_DAYS)
     assert days is not None
-    flt = _filter(event_type, aggregate_type, since, until, error_contains, error_fingerprint)
+    flt = _filter(
+        event_type, aggregate_type, since, until, error_contains, error_fingerprint, destination
+    )
     matching = "" if flt.is_empty else " matching the filters"
     repo = _repo(ctx)
     if dry_run:

@@ -28,6 +28,14 @@ def _on_off(flag: str, value: str) -> bool:
 def worker_command(
     ctx: typer.Context,
     app: str = typer.Option(..., "--app", help="MODULE:ATTR naming your Dispatcher."),
+    config_file: str | None = typer.Option(
+        None,
+        "--config",
+        envvar="DISPATCHBOX_WORKER_CONFIG",
+        metavar="FILE",
+        help="TOML file of routes and destinations to add to the Dispatcher (secrets come "
+        "from the environment variables it names; docs/en/destinations.md).",
+    ),
     processes: int = typer.Option(
         os.cpu_count() or 1,
         "--processes",
@@ -155,6 +163,7 @@ def worker_command(
         prepared_statements=not no_prepare,
         synchronous_commit=_on_off("--synchronous-commit", synchronous_commit),
         app_path=(os.getcwd(),),
+        routes_file=config_file,
         log_level=log_level.upper(),
     )
     config.validate()
@@ -166,7 +175,7 @@ def worker_command(
     # Fail fast, in the supervisor, on what would make every worker process fail, while the
     # forked processes wait at their gates.
     try:
-        dispatcher = load_dispatcher(config.app, config.app_path)
+        dispatcher = load_dispatcher(config.app, config.app_path, routes_file=config.routes_file)
         config.validate(dispatcher)
         with connect(config.dsn) as conn:
             migrations.check(conn)

@@ -48,7 +48,10 @@ class ObservabilityHooks(WorkerHooks):
         try:
             if self.metrics is not None:
                 self.metrics.went_dead(
-                    transition.event_type, transition.aggregate_type, transition.attempts
+                    transition.event_type,
+                    transition.aggregate_type,
+                    transition.attempts,
+                    transition.destination or "",
                 )
             if self.alerts is not None:
                 self.alerts.poke()

@@ -44,6 +44,8 @@ class WorkerConfig:
     flush_interval: float = 0.002
     # sys.path entries to add before importing the app (the CLI adds its working directory).
     app_path: tuple[str, ...] = ()
+    # A TOML file of routes and destinations added to the app's Dispatcher (--config).
+    routes_file: str | None = None
     log_level: str = "INFO"
 
     def backoff(self) -> BackoffPolicy:
@@ -87,6 +89,12 @@ class WorkerConfig:
                 "taken over while it still runs"
             )
         if dispatcher is not None:
+            for target in dispatcher.destinations().values():
+                if target.timeout is not None and target.timeout >= self.lease_seconds:
+                    raise ConfigurationError(
+                        f"destination {target.name!r} may take {target.timeout:g}s a batch, "
+                        f"not shorter than --lease-seconds ({self.lease_seconds:g}s)"
+                    )
             for spec in dispatcher.specs():
                 if spec.timeout is not None and spec.timeout >= self.lease_seconds:
                     raise ConfigurationError(

@@ -9,7 +9,10 @@ from dispatchbox.dispatcher import Dispatcher
 from dispatchbox.errors import ConfigurationError
 
 
-def load_dispatcher(ref: str, extra_path: tuple[str, ...] = ()) -> Dispatcher:
+def load_dispatcher(
+    ref: str, extra_path: tuple[str, ...] = (), *, routes_file: str | None = None
+) -> Dispatcher:
+    """The app's Dispatcher, with the routes of ``routes_file`` (``--config``) added."""
     for entry in reversed(extra_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -30,4 +33,8 @@ def load_dispatcher(ref: str, extra_path: tuple[str, ...] = ()) -> Dispatcher:
         raise ConfigurationError(
             f"{ref} is a {type(target).__name__}, not a dispatchbox.Dispatcher"
         )
+    if routes_file is not None:
+        from dispatchbox.destinations.config import apply_file
+
+        apply_file(target, routes_file)
     return target

@@ -41,7 +41,7 @@ import psycopg
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
-from dispatchbox.errors import BatchFailure, PermanentError
+from dispatchbox.errors import BatchFailure, PermanentError, RetryLater
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.claim_position import ClaimPositions
 from dispatchbox.worker.config import WorkerConfig
@@ -351,7 +351,7 @@ class WorkerProcess:
         specs = self.specs
         for item in batch:
             leased[item.id] = item.token
-            spec = specs.get(item.event_type)
+            spec = specs.get(item.event_type) or self._resolve(item.event_type)
             if spec is None:
                 exc = LookupError(f"no handler registered for event type {item.event_type!r}")
                 failure = self._failure(item, None, exc, time.monotonic(), traceback=False)
@@ -378,6 +378,15 @@ class WorkerProcess:
             self.lanes.submit(lanes)
         if self.completed or self.failed:
             self.results_ready.set()
+
+    def _resolve(self, event_type: str) -> HandlerSpec | None:
+        """A type with no handler of its own: a route's relay, if one matches; kept in the
+        per-event tables from then on."""
+        spec = self.dispatcher.get(event_type)
+        if spec is not None:
+            self.specs[event_type] = spec
+            self.timeouts[event_type] = spec.timeout or self.config.handler_timeout
+        return spec
 
     # -- running handlers -----------------------------------------------------------------------
 
@@ -572,7 +581,11 @@ class WorkerProcess:
             started=mono_start,
             finished=time.monotonic(),
             permanent=permanent,
-            delay=policy.delay(item.attempts),
+            # A handler that knows when to try again (a Retry-After) overrides the backoff.
+            delay=exc.retry_after
+            if isinstance(exc, RetryLater) and exc.retry_after is not None
+            else policy.delay(item.attempts),
+            destination=spec.destination if spec else None,
         )
 
     # -- writing outcomes -----------------------------------------------------------------------

@@ -51,6 +51,7 @@ class Failure:
     finished: float  # and when it ended (or was given up on)
     permanent: bool
     delay: float  # seconds until the next attempt, if one is left
+    destination: str | None = None  # the handler's destination, kept on the row (dead letters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Transition:
     event_type: str
     aggregate_type: str
     locked_by: str | None = None
+    destination: str | None = None  # where its last recorded failure was (migration 0007)
 
 
 async def claim(
@@ -144,6 +146,7 @@ async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> 
         "finished_ago": [max(0.0, now - f.finished) for f in failures],
         "permanent": [f.permanent for f in failures],
         "delays": [f.delay for f in failures],
+        "destinations": [f.destination for f in failures],
     }
     rows = await queries.afetch_tuples(conn, "worker_fail", params)
     return [Transition(*row) for row in rows if row[1] == "dead"]

@@ -69,7 +69,7 @@ def worker_main(
     from dispatchbox.worker.process import run_process
 
     try:
-        dispatcher = load_dispatcher(config.app, config.app_path)
+        dispatcher = load_dispatcher(config.app, config.app_path, routes_file=config.routes_file)
         hooks = None
         hook_factory = _hook_factory()
         if hook_factory is not None:

@@ -11,6 +11,7 @@
 --    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
 --            SELECT f.event_id FROM outbox_dead_fingerprint f
 --             WHERE f.fingerprint = %(error_fingerprint)s::text))
+--    AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
 --
 -- The repository runs these unprepared, so PostgreSQL plans each with the actual values: a NULL
 -- filter folds away and the partial indexes on dead rows serve what remains.
@@ -23,7 +24,7 @@ SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 -- One page of dead events in id order: OFFSET pages, or keyset pages with after_id.
 SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.headers, e.status,
        e.attempts, e.max_attempts, e.priority, e.last_error, e.last_error_at, e.created_at,
-       e.dead_at, e.redrive_count, e.last_redriven_at, e.last_redriven_by,
+       e.dead_at, e.redrive_count, e.last_redriven_at, e.last_redriven_by, e.destination,
        -- a lookup per row shown: a join would merge from the first id, not from after_id
        (SELECT fp.fingerprint FROM outbox_dead_fingerprint fp WHERE fp.event_id = e.id)
            AS error_fingerprint
@@ -38,6 +39,7 @@ SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.header
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
  ORDER BY e.id
  LIMIT %(limit)s OFFSET %(offset)s
 
@@ -54,6 +56,7 @@ SELECT count(*)
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
 
 -- name: dead_stats_totals
 -- Count, oldest and newest death of the dead events that match the filter.
@@ -68,22 +71,29 @@ SELECT count(*) AS total, min(e.dead_at) AS oldest_dead_at, max(e.dead_at) AS ne
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
 
 -- name: dead_stats_by_event_type
 -- Dead events per event type, most first, with first and last death (migration 0005's function).
 SELECT key, count, first_seen, last_seen
-  FROM dead_event_stats('event_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
+  FROM dead_event_stats('event_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
 -- name: dead_stats_by_aggregate_type
 -- Dead events per aggregate type, most first, with first and last death (migration 0005).
 SELECT key, count, first_seen, last_seen
-  FROM dead_event_stats('aggregate_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
+  FROM dead_event_stats('aggregate_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
+
+-- name: dead_stats_by_destination
+-- Dead events per destination (NULL: died before migration 0007, or of a lease that expired
+-- before any failure was recorded), most first, with first and last death (migration 0007).
+SELECT key, count, first_seen, last_seen
+  FROM dead_event_stats('destination', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
 -- name: dead_stats_by_error
 -- Dead events per error fingerprint, most first: count, first and last death, the lowest event id
 -- as an example and that event's normalised error (migration 0005's dead_event_stats).
 SELECT key AS fingerprint, count, first_seen, last_seen, example_id, signature, example_error
-  FROM dead_event_stats('error', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s)
+  FROM dead_event_stats('error', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
 -- name: event_get
 -- One event in any state, with its error fingerprint when dead.
@@ -91,7 +101,7 @@ SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.header
        e.attempts, e.max_attempts, e.priority, e.idempotency_key, e.next_attempt_at,
        e.locked_by, e.locked_until, e.last_error, e.last_error_at, e.created_at, e.updated_at,
        e.done_at, e.dead_at, e.redrive_count, e.last_redriven_at, e.last_redriven_by,
-       fp.fingerprint AS error_fingerprint
+       e.destination, fp.fingerprint AS error_fingerprint
   FROM outbox_event e
   LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
  WHERE e.id = %(id)s
@@ -139,7 +149,8 @@ SELECT id FROM redriven
 SELECT processed, skipped, failed, last_id
   FROM redrive_dead_events(%(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s,
                            max_events => %(batch_size)s, batch_size => %(batch_size)s,
-                           actor => %(actor)s, after_id => %(after_id)s)
+                           actor => %(actor)s, after_id => %(after_id)s,
+                           destination => %(destination)s)
 
 -- name: outbox_notify
 -- Wake idle workers after a redrive (a hint; they poll anyway).
@@ -159,6 +170,7 @@ SELECT '{"id":' || e.id
        || ',"aggregate_type":' || to_json(e.aggregate_type)::text
        || ',"aggregate_id":' || to_json(e.aggregate_id)::text
        || ',"event_type":' || to_json(e.event_type)::text
+       || ',"destination":' || coalesce(to_json(e.destination)::text, 'null')
        || ',"status":"dead"'
        || ',"attempts":' || e.attempts
        || ',"max_attempts":' || e.max_attempts
@@ -186,6 +198,7 @@ SELECT '{"id":' || e.id
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
  ORDER BY e.id
 
 -- name: dead_export_csv
@@ -196,6 +209,7 @@ SELECT e.id::text AS id,
        e.aggregate_type,
        e.aggregate_id,
        e.event_type,
+       e.destination,
        e.status,
        e.attempts::text AS attempts,
        e.max_attempts::text AS max_attempts,
@@ -222,6 +236,7 @@ SELECT e.id::text AS id,
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
  ORDER BY e.id
 
 -- name: dead_export_fetch
@@ -242,6 +257,7 @@ SELECT count(*)
    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
            SELECT f.event_id FROM outbox_dead_fingerprint f
             WHERE f.fingerprint = %(error_fingerprint)s::text))
+   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
 
 -- name: dead_purge_batch
 -- One batch of purge: dead events matching the filter that died before the cutoff move, with
@@ -261,6 +277,7 @@ WITH batch AS (
        AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
                SELECT f.event_id FROM outbox_dead_fingerprint f
                 WHERE f.fingerprint = %(error_fingerprint)s::text))
+       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
      ORDER BY e.dead_at
      LIMIT %(batch_size)s
        FOR UPDATE SKIP LOCKED
@@ -290,12 +307,12 @@ archived AS (
         id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
         max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
         lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
-        redrive_count, last_redriven_at, last_redriven_by
+        redrive_count, last_redriven_at, last_redriven_by, destination
     )
     SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
            max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
            lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
-           redrive_count, last_redriven_at, last_redriven_by
+           redrive_count, last_redriven_at, last_redriven_by, destination
       FROM events
     RETURNING 1
 )

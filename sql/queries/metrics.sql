@@ -23,6 +23,14 @@ SELECT event_type, aggregate_type, count(*) AS count
  GROUP BY event_type, aggregate_type
  ORDER BY count DESC, event_type, aggregate_type
 
+-- name: metrics_dead_by_destination
+-- Dead events now, per destination (migration 0007's partial index on dead rows serves it).
+SELECT destination, count(*) AS count
+  FROM outbox_event
+ WHERE status = 'dead'
+ GROUP BY destination
+ ORDER BY count DESC, destination
+
 -- name: metrics_dead_inflow
 -- Events that died in the last window seconds and are still dead, per error fingerprint.
 SELECT f.fingerprint, count(*) AS count

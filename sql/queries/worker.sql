@@ -96,16 +96,18 @@ UPDATE outbox_event e
 -- clock), so the history's times are the database's clock without a clock read per claim.
 -- Rows whose lease was taken over are skipped (pairwise id and token: each row carries its own
 -- error). The token implies running (see worker_complete); the join is by key, so the planner
--- hashes the input or looks each id up, never loops over the partial lease index. Returns every
+-- hashes the input or looks each id up, never loops over the partial lease index. The handler's
+-- destination is kept on the row, so dead letters can be listed per destination. Returns every
 -- event it moved, with its new status.
 WITH f AS (
     SELECT *
       FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(error_types)s::text[],
                   %(messages)s::text[], %(tracebacks)s::text[],
                   %(started_ago)s::double precision[], %(finished_ago)s::double precision[],
-                  %(permanent)s::boolean[], %(delays)s::double precision[])
+                  %(permanent)s::boolean[], %(delays)s::double precision[],
+                  %(destinations)s::text[])
            AS f(id, token, error_type, message, traceback, started_ago, finished_ago, permanent,
-                delay)
+                delay, destination)
 ),
 upd AS (
     UPDATE outbox_event e
@@ -118,13 +120,14 @@ upd AS (
                           THEN now() END,
            last_error = f.error_type || ': ' || f.message,
            last_error_at = now(),
+           destination = COALESCE(f.destination, e.destination),
            updated_at = now(),
            locked_by = NULL,
            locked_until = NULL,
            lease_token = NULL
       FROM f
      WHERE e.id = f.id AND e.lease_token = f.token  -- the token implies running
- RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type
+ RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, e.destination
 ),
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
@@ -133,7 +136,8 @@ history AS (
            now() - make_interval(secs => f.finished_ago), f.error_type, f.message, f.traceback
       FROM upd JOIN f ON f.id = upd.id
 )
-SELECT id, status, attempts, event_type, aggregate_type FROM upd
+SELECT id, status, attempts, event_type, aggregate_type, NULL::text AS locked_by, destination
+  FROM upd
 
 -- name: worker_release
 -- Give back claimed events whose handler never started (shutdown): pending again, the attempt
@@ -183,7 +187,7 @@ upd AS (
       FROM expired x
      WHERE e.id = x.id
  RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, x.locked_by,
-           x.locked_until
+           x.locked_until, e.destination
 ),
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
@@ -192,7 +196,7 @@ history AS (
            'lease held by ' || COALESCE(locked_by, '?') || ' expired at ' || locked_until::text
       FROM upd
 )
-SELECT id, status, attempts, event_type, aggregate_type, locked_by FROM upd
+SELECT id, status, attempts, event_type, aggregate_type, locked_by, destination FROM upd
 
 -- name: worker_session_utc
 -- Timestamps in UTC on the worker's connections (why: dispatchbox/worker/process.py, Connection).

@@ -123,7 +123,10 @@ def test_list_table_fits_100_columns_and_every_filter(conn: Conn, db_dsn: str) -
         (["list", "--limit", "0"], "--limit must be between 1 and 10000"),
         (["list", "--error-fingerprint", "zzz"], "12 lowercase hex digits"),
         (["list", "--event-type", ""], "event_type must not be empty"),
-        (["stats", "--by", "status"], "--by must be one of event_type, aggregate_type, error"),
+        (
+            ["stats", "--by", "status"],
+            "--by must be one of event_type, aggregate_type, destination, error",
+        ),
         (["stats", "--format", "yaml"], "--format must be one of"),
         (["show", "abc"], "event id must be a positive integer, got 'abc'"),
         (["show", "0"], "event id must be a positive integer"),

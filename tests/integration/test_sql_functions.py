@@ -49,7 +49,7 @@ def test_dead_event_stats_from_psql(db_dsn: str) -> None:
     assert by_error == [["3", "TimeoutError: gateway <n>s"]]
     with pytest.raises(subprocess.CalledProcessError) as bad:
         psql(db_dsn, "SELECT * FROM dead_event_stats('colour')")
-    assert "by must be event_type, aggregate_type or error" in bad.value.stderr
+    assert "by must be event_type, aggregate_type, destination or error" in bad.value.stderr
 
 
 def test_error_contains_is_literal_in_sql_too(db_dsn: str) -> None:

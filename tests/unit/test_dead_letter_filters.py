@@ -24,6 +24,7 @@ def test_empty_filter_and_params() -> None:
         "until": None,
         "error_like": None,
         "error_fingerprint": None,
+        "destination": None,
         "error_contains": None,
     }
     assert flt.to_json() == {}
@@ -149,7 +150,7 @@ def test_unknown_export_format() -> None:
 def test_every_copy_of_the_filter_block_in_dead_letters_sql_is_identical() -> None:
     text = (queries.sql_dir() / "queries" / "dead_letters.sql").read_text()
     documented = [line[2:].strip() for line in text.splitlines() if line.startswith("--    ")]
-    assert len(documented) == 8
+    assert len(documented) == 9
     blocks = {}
     for name, body in queries.parse(text).items():
         lines = [line.strip() for line in body.splitlines()]
