@@ -9,6 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dispatchbox.delivery.config import (
+    BreakerPolicy,
+    Classifier,
+    DestinationConfig,
+    HealthCheck,
+    is_transient,
+)
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.events import OutboxEvent
 
@@ -69,6 +76,52 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerSpec] = {}
+        self._destinations: dict[str, DestinationConfig] = {}
+
+    def destination(
+        self,
+        name: str,
+        *,
+        health_check: HealthCheck | None = None,
+        health_check_timeout: float = 5.0,
+        breaker: BreakerPolicy | None = BreakerPolicy(),  # frozen: one shared default is safe
+        rate_limit: float | None = None,
+        burst: float | None = None,
+        replay_dead_on_recovery: bool = False,
+        transient: Classifier = is_transient,
+        replay_rate: float = 500.0,
+    ) -> DestinationConfig:
+        """Configure the delivery controls of destination ``name`` (the ``destination=`` of
+        its handlers): a circuit breaker (``breaker=None``: none), its optional
+        ``health_check`` (sync or async, run with ``health_check_timeout`` when the breaker is
+        half-open; without one, one event is the probe), a rate limit in events per second
+        across all processes and hosts (``burst``: tokens the bucket holds, default one
+        second's worth), and whether dead events of the outage whose last error is transient
+        (``transient(last_error)``) are redriven when the breaker closes, at ``replay_rate``
+        events per second. A destination configured nowhere has no breaker and no limit."""
+        if not isinstance(name, str) or not _DESTINATION_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"destination name must be 1-100 letters, digits or . _ : -, got {name!r}"
+            )
+        if name in self._destinations:
+            raise ConfigurationError(f"destination {name!r} is already configured")
+        config = DestinationConfig(
+            name=name,
+            breaker=breaker,
+            health_check=health_check,
+            health_check_timeout=health_check_timeout,
+            rate_limit=rate_limit,
+            burst=burst,
+            replay_dead_on_recovery=replay_dead_on_recovery,
+            transient=transient,
+            replay_rate=replay_rate,
+        )
+        self._destinations[name] = config
+        return config
+
+    def destinations(self) -> list[DestinationConfig]:
+        """The destinations configured with destination(), by name."""
+        return [self._destinations[name] for name in sorted(self._destinations)]
 
     def handler(
         self,

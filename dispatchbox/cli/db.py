@@ -45,8 +45,11 @@ def status(ctx: typer.Context) -> None:
     with connection(ctx) as conn:
         st = migrations.status(conn)
         health = None
+        breakers = []
         if any(a.version == 1 for a in st.applied):
             health = queries.fetch_one(conn, "health")
+        if any(a.name == "delivery_controls" for a in st.applied):
+            breakers = queries.fetch_all(conn, "breaker_list")
     for a in st.applied:
         print(f"applied  {a.version:04d}_{a.name}  {a.applied_at.isoformat(timespec='seconds')}")
     for m in st.pending:
@@ -58,3 +61,9 @@ def status(ctx: typer.Context) -> None:
         print("outbox health")
         for key, value in health.items():
             print(f"  {key:<28} {value if value is not None else '-'}")
+    if breakers:
+        print()
+        print("circuit breakers")
+        for b in breakers:
+            since = f" since {b['changed_at'].isoformat(timespec='seconds')}"
+            print(f"  {b['destination']:<28} {b['state']}{since if b['state'] != 'closed' else ''}")

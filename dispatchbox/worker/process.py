@@ -40,10 +40,12 @@ import psycopg
 
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
+from dispatchbox.delivery.board import DeliveryBoard
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.config import WorkerConfig
+from dispatchbox.worker.delivery import WorkerDelivery
 from dispatchbox.worker.hooks import WorkerHooks
 from dispatchbox.worker.lanes import AsyncLanes
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
@@ -166,6 +168,15 @@ class WorkerProcess:
         )
         self.upkeep_conn = Connection(config.dsn, prepare=prepare, role="upkeep")
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
+        # Breakers and rate limits (dispatchbox.delivery): only when the app configured a
+        # destination, so that an app without any pays nothing for them.
+        self.delivery: WorkerDelivery | None = None
+        self.delivery_conn = Connection(config.dsn, prepare=prepare, role="delivery")
+        if dispatcher.destinations():
+            board = DeliveryBoard(
+                dispatcher, worker=self.name, probe_lease=config.handler_timeout + 5.0
+            )
+            self.delivery = WorkerDelivery(self, board)
 
         # Sync handlers' runs wait in the pool's queue, async ones' in the lanes'.
         self.pool: SyncPool[Run, Result] | None = None
@@ -234,6 +245,10 @@ class WorkerProcess:
             background.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="listener"))
+        if self.delivery is not None:
+            background.append(asyncio.create_task(self.delivery.loop(), name="delivery"))
+        if self.delivery is not None:  # the breakers' rows exist before the first outcome
+            await self._with_db(self.delivery_conn, self.delivery.board.ensure)
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         for task in (claimer, flusher, *background):
@@ -248,7 +263,15 @@ class WorkerProcess:
             for task in background:
                 task.cancel()
             await asyncio.gather(flusher, *background, return_exceptions=True)
-            for conn in (self.claim_conn, self.flush_conn, self.upkeep_conn, self.listen_conn):
+            if self.delivery is not None:
+                await self.delivery.close()
+            for conn in (
+                self.claim_conn,
+                self.flush_conn,
+                self.upkeep_conn,
+                self.listen_conn,
+                self.delivery_conn,
+            ):
                 await conn.close()
             self.pool.stop()
             await self.lanes.close()
@@ -322,12 +345,17 @@ class WorkerProcess:
                 self._route(batch)
             if batch is not None and len(batch) < limit:
                 # Nothing more is due: sleep until a notification or the poll interval.
+                wait = cfg.poll_interval
+                if self.delivery is not None:  # a rate-limited destination refills sooner
+                    wait = self.delivery.wait(wait)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), cfg.poll_interval)
+                    await asyncio.wait_for(self.wakeup.wait(), wait)
             elif self._queued() >= self.low_water:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
+        if self.delivery is not None:
+            return await self.delivery.claim(conn, limit)
         return await store.claim(
             conn, worker=self.name, limit=limit, lease_seconds=self.config.lease_seconds
         )
@@ -339,8 +367,14 @@ class WorkerProcess:
         grouped: dict[str, list[store.Claimed]] = {}  # events for batch handlers, by type
         leased = self.leased
         specs = self.specs
+        # A claim that raced a breaker opening: its events for that destination go back.
+        paused = self.delivery.board.paused_types if self.delivery is not None else ()
+        back: list[tuple[int, uuid.UUID]] = []
         for item in batch:
             leased[item.id] = item.token
+            if paused and item.event_type in paused:
+                back.append((item.id, item.token))
+                continue
             spec = specs.get(item.event_type)
             if spec is None:
                 exc = LookupError(f"no handler registered for event type {item.event_type!r}")
@@ -366,6 +400,8 @@ class WorkerProcess:
             self.pool.submit(sync)
         if lanes:
             self.lanes.submit(lanes)
+        if back and self.delivery is not None:
+            self.delivery.release(back)
         if self.completed or self.failed:
             self.results_ready.set()
 
@@ -594,6 +630,8 @@ class WorkerProcess:
                 await store.complete(conn, done)
             if failed:
                 dead = await store.fail(conn, worker=self.name, failures=[f for f, _ in failed])
+            if self.delivery is not None:  # breakers count this flush with one statement
+                await self.delivery.record(conn, done, failed)
 
         # Outcomes are retried through an outage until written; a lease that expires meanwhile
         # makes the write a no-op (the token no longer matches) and the event is redelivered.

@@ -62,17 +62,37 @@ class Transition:
     locked_by: str | None = None
 
 
-async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+async def claim(
+    conn: AsyncConn,
+    *,
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+    excluded_types: Sequence[str] = (),
+) -> list[Claimed]:
+    """Claim up to ``limit`` due events, none of ``excluded_types`` (see DeliveryBoard)."""
     token = uuid.uuid4()
     rows = await queries.afetch_tuples(
         conn,
         "worker_claim",
-        {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
+        {
+            "worker": worker,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "token": token,
+            "excluded_types": list(excluded_types),
+        },
         binary=True,  # a timestamp per row: binary is cheaper for the server and for us
     )
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
     # way to build one, and this runs once per claimed event.
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
+
+
+def claimed_rows(rows: list[tuple[Any, ...]], token: uuid.UUID) -> list[Claimed]:
+    """Claimed events from rows with worker_claim's columns (delivery_claim returns them too)."""
+    rows.sort(key=_POSITION)
     return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
 
 

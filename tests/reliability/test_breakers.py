@@ -1,0 +1,186 @@
+"""Circuit breakers, replay and rate limits with real worker processes (tests/breaker_app.py).
+
+The outage is real as far as the handler can tell: while a control file exists, the ledger's
+handler and health check get ConnectionRefusedError, in every worker process at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.worker_helpers import FAST, WorkerRun, publish, records, wait_for_workers, wait_until
+
+pytestmark = [pytest.mark.slow]
+
+APP = "tests.breaker_app:dispatcher"
+
+
+@pytest.fixture
+def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "control"
+    d.mkdir()
+    monkeypatch.setenv("DBX_CONTROL_DIR", str(d))
+    monkeypatch.setenv("DBX_COOLDOWN", "1")
+    return d
+
+
+def worker(dsn: str, record_dir: Path, tmp_path: Path, processes: int = 2) -> WorkerRun:
+    run = WorkerRun(
+        dsn,
+        record_dir,
+        "--app",  # the last --app wins: this one, not worker_helpers' default
+        APP,
+        "--processes",
+        str(processes),
+        "--concurrency",
+        "4",
+        "--batch-size",
+        "50",
+        *FAST,
+        log=tmp_path / f"worker-{time.time_ns()}.log",
+    )
+    return run
+
+
+def breaker(dsn: str, name: str) -> dict[str, Any]:
+    with psycopg.connect(dsn) as conn:
+        cur = conn.execute(
+            "SELECT state, manual, opened_at, transitions FROM outbox_breaker "
+            "WHERE destination = %s",
+            [name],
+        )
+        row = cur.fetchone()
+    assert row is not None, f"no breaker row for {name}"
+    return dict(zip(("state", "manual", "opened_at", "transitions"), row, strict=True))
+
+
+def by_status(dsn: str, event_type: str) -> Counter[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM outbox_event WHERE event_type = %s GROUP BY 1",
+            [event_type],
+        ).fetchall()
+    return Counter({s: n for s, n in rows})
+
+
+def attempts_of(dsn: str, event_type: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT COALESCE(sum(attempts), 0) FROM outbox_event WHERE event_type = %s",
+            [event_type],
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_outage_opens_the_breaker_others_flow_recovery_closes_and_replays(
+    db_dsn: str, record_dir: Path, tmp_path: Path, control: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DBX_HEALTH_CHECK", "1")
+    (control / "ledger.down").touch()
+    run = worker(db_dsn, record_dir, tmp_path)
+    try:
+        wait_for_workers(run, 2)
+        # Events that die at their first failure (max_attempts=1): the outage kills them before
+        # the breaker opens, and the recovery replays them. A permanent death is never replayed.
+        doomed = publish(db_dsn, "ledger.post", 20, max_attempts=1)
+        bad = publish(db_dsn, "ledger.bad", 3)
+        wait_until(lambda: breaker(db_dsn, "ledger")["state"] != "closed", 30, "ledger opens")
+        wait_until(lambda: by_status(db_dsn, "ledger.bad")["dead"] == 3, 30, "bad ones dead")
+        assert by_status(db_dsn, "ledger.post")["dead"] == 20
+        # While it is open: new ledger events stay pending with their attempts untouched, and
+        # the other destinations keep flowing.
+        ledger = publish(db_dsn, "ledger.post", 200)
+        t0 = time.monotonic()
+        mail = publish(db_dsn, "mail.send", 2000)
+        audit = publish(db_dsn, "audit.log", 500)
+        wait_until(lambda: by_status(db_dsn, "mail.send")["done"] == 2000, 60, "mail delivered")
+        wait_until(lambda: by_status(db_dsn, "audit.log")["done"] == 500, 60, "audit delivered")
+        flowing = time.monotonic() - t0
+        time.sleep(0)  # the figures below are read after the other destinations drained
+        assert by_status(db_dsn, "ledger.post")["pending"] == 200
+        before = attempts_of(db_dsn, "ledger.post")
+        # Several cool-downs (1 s, doubling to 4 s) pass with failing health checks...
+        wait_until(
+            lambda: breaker(db_dsn, "ledger")["transitions"] >= 5, 30, "probes fail, re-open"
+        )
+        # ...and no event spent an attempt: the health check is the probe.
+        assert attempts_of(db_dsn, "ledger.post") == before
+        assert by_status(db_dsn, "ledger.post")["pending"] == 200
+        print(
+            f"\noutage: 2,500 events of mail and audit delivered in {flowing:.2f}s "
+            f"({2500 / flowing:,.0f}/s) while ledger's 200 stayed pending, attempts {before}"
+        )
+        # Recovery: the next probe closes the breaker; the pending events and the replayed
+        # outage deaths are delivered; the permanent deaths stay dead.
+        (control / "ledger.down").unlink()
+        recovered = time.monotonic()
+        wait_until(lambda: breaker(db_dsn, "ledger")["state"] == "closed", 30, "ledger closes")
+        wait_until(
+            lambda: by_status(db_dsn, "ledger.post")["done"] == 220, 60, "ledger delivered"
+        )
+        print(f"recovery to all 220 ledger events done: {time.monotonic() - recovered:.2f}s")
+        assert by_status(db_dsn, "ledger.bad") == Counter({"dead": 3})
+        with psycopg.connect(db_dsn) as conn:
+            audit_rows = conn.execute(
+                "SELECT actor, affected, outcome FROM outbox_dead_letter_audit "
+                "WHERE action = 'replay'"
+            ).fetchall()
+        assert audit_rows == [("breaker:ledger", 20, "completed")]
+    finally:
+        code = run.stop()
+    assert code == 0, run.log()[-3000:]
+    delivered = Counter(i for kind, i, *_ in records(record_dir) if kind == "call")
+    assert all(delivered[i] >= 1 for i in doomed + ledger + mail + audit + bad)
+
+
+def test_without_a_health_check_one_event_is_the_probe(
+    db_dsn: str, record_dir: Path, tmp_path: Path, control: Path
+) -> None:
+    (control / "ledger.down").touch()
+    run = worker(db_dsn, record_dir, tmp_path, processes=2)
+    try:
+        wait_for_workers(run, 2)
+        publish(db_dsn, "ledger.post", 100, max_attempts=50)
+        wait_until(lambda: breaker(db_dsn, "ledger")["state"] != "closed", 30, "ledger opens")
+        time.sleep(0)
+        opened_attempts = attempts_of(db_dsn, "ledger.post")
+        # Each half-open period sends one probe event, which fails: at most one attempt each.
+        wait_until(lambda: breaker(db_dsn, "ledger")["transitions"] >= 5, 30, "two probes")
+        transitions = breaker(db_dsn, "ledger")["transitions"]
+        probes = (transitions - 1) // 2 + 1
+        assert attempts_of(db_dsn, "ledger.post") - opened_attempts <= probes
+        (control / "ledger.down").unlink()
+        wait_until(lambda: by_status(db_dsn, "ledger.post")["done"] == 100, 60, "all delivered")
+        assert breaker(db_dsn, "ledger")["state"] == "closed"
+    finally:
+        code = run.stop()
+    assert code == 0, run.log()[-3000:]
+
+
+def test_rate_limit_holds_across_four_processes(
+    db_dsn: str, record_dir: Path, tmp_path: Path, control: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rate = 200.0
+    monkeypatch.setenv("DBX_RATE", str(rate))
+    monkeypatch.setenv("DBX_BURST", "10")
+    run = worker(db_dsn, record_dir, tmp_path, processes=4)
+    try:
+        wait_for_workers(run, 4)
+        publish(db_dsn, "metered.send", 3000)
+        wait_until(lambda: by_status(db_dsn, "metered.send")["done"] == 3000, 60, "all metered")
+    finally:
+        code = run.stop()
+    assert code == 0, run.log()[-3000:]
+    calls = sorted(at for kind, _, _, _, at in records(record_dir) if kind == "call")
+    pids = {pid for kind, _, _, pid, _ in records(record_dir) if kind == "call"}
+    assert len(pids) == 4, "every process took a share"
+    # The burst (10) is spent at once; from then on the bucket sets the pace.
+    measured = (len(calls) - 11) / (calls[-1] - calls[10])
+    print(f"\nrate limit {rate:g}/s, 4 processes: {measured:.1f}/s over {len(calls)} events")
+    assert abs(measured - rate) / rate <= 0.10
