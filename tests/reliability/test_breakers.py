@@ -121,9 +121,7 @@ def test_outage_opens_the_breaker_others_flow_recovery_closes_and_replays(
         (control / "ledger.down").unlink()
         recovered = time.monotonic()
         wait_until(lambda: breaker(db_dsn, "ledger")["state"] == "closed", 30, "ledger closes")
-        wait_until(
-            lambda: by_status(db_dsn, "ledger.post")["done"] == 220, 60, "ledger delivered"
-        )
+        wait_until(lambda: by_status(db_dsn, "ledger.post")["done"] == 220, 60, "ledger delivered")
         print(f"recovery to all 220 ledger events done: {time.monotonic() - recovered:.2f}s")
         assert by_status(db_dsn, "ledger.bad") == Counter({"dead": 3})
         with psycopg.connect(db_dsn) as conn:
