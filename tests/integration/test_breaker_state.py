@@ -210,3 +210,22 @@ def test_transient_classification(error: str, expected: bool) -> None:
     always = DestinationConfig("ledger", transient=lambda _: True)
     assert replayable(always, error) is (not error.startswith("PermanentError"))
     assert is_transient("ConnectionError: x")
+
+
+def test_metrics_show_each_breaker_state_and_transitions(db_dsn: str) -> None:
+    from dispatchbox.observability.metrics import DatabaseCollector
+
+    _make(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        admin.open_breaker(conn, "ledger", actor="alice")
+    collector = DatabaseCollector(db_dsn, cache_seconds=0)
+    try:
+        families = {f.name: f for f in collector.collect()}
+    finally:
+        collector.close()
+    (state,) = families["dispatchbox_circuit_state"].samples
+    assert state.labels == {"destination": "ledger"} and state.value == 2
+    (moved,) = [
+        s for s in families["dispatchbox_circuit_transitions"].samples if s.name.endswith("_total")
+    ]
+    assert moved.value == 1
