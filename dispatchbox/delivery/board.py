@@ -17,6 +17,7 @@ destination is configured the worker does not create a board at all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import uuid
@@ -28,7 +29,8 @@ import psycopg
 
 from dispatchbox import queries
 from dispatchbox.delivery.config import DestinationConfig
-from dispatchbox.dispatcher import Dispatcher
+from dispatchbox.dispatcher import Dispatcher, HandlerSpec
+from dispatchbox.errors import PermanentError
 
 logger = logging.getLogger("dispatchbox.delivery")
 
@@ -42,6 +44,12 @@ REFRESH = 0.5
 RATE_POLL_MIN = 0.02
 RATE_POLL_MAX = 0.25
 MAX_ERROR = 500  # characters of the last error kept on the breaker
+
+
+class DestinationPaused(Exception):
+    """Raised in place of a handler call: the destination's breaker is not closed, or this
+    process just saw it fail its threshold's worth of times in a row. The event is given back
+    (pending again, the attempt not spent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,15 @@ class DeliveryBoard:
         self.probe_wanted: set[str] = set()
         # Half-open probes by event this process holds: their event is not given back.
         self.probing: set[str] = set()
+        # Destinations whose handlers must not start now (read by handler threads: only ever
+        # changed in place, by single set operations). A process that sees a destination fail
+        # `failures` times in a row stops at once ("tripped"), before the shared breaker says
+        # so: its local queue would otherwise spend attempts for the milliseconds until its
+        # next flush comes back. The shared state then confirms (open) or clears it (closed).
+        self.blocked: set[str] = set()
+        self.tripped: set[str] = set()
+        self._streak: dict[str, int] = {}
+        self._dirty = False
         self._excluded: list[str] = []
         self.paused_types: frozenset[str] = frozenset()
         self._rebuild()
@@ -114,18 +131,77 @@ class DeliveryBoard:
 
     def excluded(self) -> list[str]:
         """Event types worker_claim must not claim."""
+        if self._dirty:  # a handler thread tripped a destination
+            self._rebuild()
         return self._excluded
 
     def _rebuild(self) -> None:
+        self._dirty = False
+        stopped = {n for n, s in self.state.items() if s != "closed"} | self.tripped
         out = {t for n in self.rated for t in self.types[n]}
-        out |= {t for n, s in self.state.items() if s != "closed" for t in self.types[n]}
+        out |= {t for n in stopped for t in self.types[n]}
         self._excluded = sorted(out)
-        self.paused_types = frozenset(
-            t
-            for n, s in self.state.items()
-            if s != "closed" and n not in self.probing
-            for t in self.types[n]
-        )
+        blocked = stopped - self.probing
+        self.paused_types = frozenset(t for n in blocked for t in self.types[n])
+        self.blocked -= self.blocked - blocked
+        self.blocked |= blocked
+
+    def guard(self, spec: HandlerSpec) -> HandlerSpec:
+        """The handler wrapped so that it does not start while its destination is blocked,
+        and counts its own run of failures (a PermanentError is the event's fault: not
+        counted). Handlers of destinations without a breaker are returned as they are."""
+        name = spec.destination
+        cfg = self.configs.get(name)
+        if cfg is None or cfg.breaker is None:
+            return spec
+        threshold = cfg.breaker.failures
+        blocked, streak, func = self.blocked, self._streak, spec.func
+
+        def failed() -> None:
+            n = streak[name] = streak.get(name, 0) + 1
+            if n >= threshold and name not in blocked:
+                self.tripped.add(name)
+                blocked.add(name)
+                self._dirty = True
+
+        if spec.is_async:
+
+            async def guarded_async(arg: Any) -> Any:
+                if name in blocked:
+                    raise DestinationPaused(name)
+                try:
+                    result = await func(arg)
+                except PermanentError:
+                    raise
+                except Exception:
+                    failed()
+                    raise
+                streak[name] = 0
+                return result
+
+            return dataclasses.replace(spec, func=guarded_async)
+
+        def guarded(arg: Any) -> Any:
+            if name in blocked:
+                raise DestinationPaused(name)
+            try:
+                result = func(arg)
+            except PermanentError:
+                raise
+            except Exception:
+                failed()
+                raise
+            streak[name] = 0
+            return result
+
+        return dataclasses.replace(spec, func=guarded)
+
+    def _untrip(self, name: str) -> None:
+        """The shared breaker is closed: a local trip was this process's alone."""
+        if name in self.tripped:
+            self.tripped.discard(name)
+            self._streak[name] = 0
+            self._dirty = True
 
     def wants_extra(self) -> bool:
         return bool(self.rated or self.probe_wanted)
@@ -224,6 +300,10 @@ class DeliveryBoard:
             if new != "half_open":
                 self.probe_wanted.discard(name)
                 self.probing.discard(name)
+            if new == "closed":
+                self._untrip(name)
+            else:
+                self.tripped.discard(name)  # the shared state stops it now
             old = self.state.get(name, "closed")
             if old == new:
                 continue
@@ -237,7 +317,7 @@ class DeliveryBoard:
                 self.worker,
                 (row.get("last_error") or "-")[:200],
             )
-        if changes:
+        if changes or self._dirty:
             self._rebuild()
         return changes
 
@@ -252,6 +332,8 @@ class DeliveryBoard:
         changes = []
         for row in rows:
             name = row["destination"]
+            if row["state"] == "closed":
+                self._untrip(name)
             if self.state.get(name) != row["state"]:
                 changes.append(Change(name, self.state.get(name, "closed"), row["state"]))
                 self.state[name] = row["state"]
@@ -260,7 +342,7 @@ class DeliveryBoard:
                 if name in self.probing:
                     self.probing.discard(name)
                     self._rebuild()
-        if changes:
+        if changes or self._dirty:
             self._rebuild()
         if any(s != "closed" for s in self.state.values()):
             changes += await self._probes(conn)

@@ -40,7 +40,7 @@ import psycopg
 
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
-from dispatchbox.delivery.board import DeliveryBoard
+from dispatchbox.delivery.board import DeliveryBoard, DestinationPaused
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import BatchFailure, PermanentError
 from dispatchbox.worker import decode, store
@@ -177,6 +177,8 @@ class WorkerProcess:
                 dispatcher, worker=self.name, probe_lease=config.handler_timeout + 5.0
             )
             self.delivery = WorkerDelivery(self, board)
+            # Handlers of destinations with a breaker do not start while it stops them.
+            self.specs = {t: board.guard(spec) for t, spec in self.specs.items()}
 
         # Sync handlers' runs wait in the pool's queue, async ones' in the lanes'.
         self.pool: SyncPool[Run, Result] | None = None
@@ -191,6 +193,7 @@ class WorkerProcess:
         self.leased: dict[int, uuid.UUID] = {}
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
+        self.released: list[store.Claimed] = []  # not started (breaker): given back
         self.results_ready = asyncio.Event()
         self.flush_lock = asyncio.Lock()
         self.low_water = max(1, config.batch_size // 2)
@@ -418,6 +421,8 @@ class WorkerProcess:
         spec = self.specs[item.event_type]
         try:
             spec.func(decode.event(item))  # type: ignore[arg-type]  # a one-event handler
+        except DestinationPaused:
+            return Outcome(item, "released", 0.0)
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             return Outcome(item, "permanent", time.monotonic() - start, failure)
@@ -443,6 +448,8 @@ class WorkerProcess:
         """Each event's outcome when a batch handler raised: a BatchFailure fails the events it
         names, any other exception all of them. A traceback is formatted once per exception."""
         seconds = time.monotonic() - start
+        if isinstance(exc, DestinationPaused):
+            return [Outcome(item, "released", 0.0) for item in batch.items]
         if isinstance(exc, BatchFailure):
             errors: dict[int, BaseException] = exc.failures
             unknown = errors.keys() - {item.id for item in batch.items}
@@ -495,6 +502,10 @@ class WorkerProcess:
         if isinstance(run, Batch):
             self._settle_batch(self._batch_outcomes(run, spec, exc, start))
             return
+        if isinstance(exc, DestinationPaused):
+            self._settle(Outcome(run, "released", 0.0))
+            self.results_ready.set()
+            return
         permanent = isinstance(exc, PermanentError)
         failure = self._failure(run, spec, exc, start, permanent=permanent)
         label = "permanent" if permanent else "failed"
@@ -540,6 +551,9 @@ class WorkerProcess:
                 self._settle(result)
 
     def _settle(self, outcome: Outcome) -> None:
+        if outcome.label == "released":  # its breaker stopped it before it started
+            self.released.append(outcome.item)
+            return
         if outcome.failure is None:
             self.completed.append(outcome.item)
         else:
@@ -620,7 +634,8 @@ class WorkerProcess:
     async def _flush_locked(self) -> None:
         done, self.completed = self.completed, []
         failed, self.failed = self.failed, []
-        if not done and not failed:
+        released, self.released = self.released, []
+        if not done and not failed and not released:
             return
         dead: list[store.Transition] = []
 
@@ -632,6 +647,8 @@ class WorkerProcess:
                 dead = await store.fail(conn, worker=self.name, failures=[f for f, _ in failed])
             if self.delivery is not None:  # breakers count this flush with one statement
                 await self.delivery.record(conn, done, failed)
+            if released:
+                await store.release(conn, [(item.id, item.token) for item in released])
 
         # Outcomes are retried through an outage until written; a lease that expires meanwhile
         # makes the write a no-op (the token no longer matches) and the event is redelivered.
@@ -649,13 +666,13 @@ class WorkerProcess:
                 type(exc).__name__,
                 redact(" ".join(str(exc).split()))[:300],
             )
-            for item in done:
+            for item in [*done, *released]:
                 self.leased.pop(item.id, None)  # stop renewing: let the leases run out
             for f, _ in failed:
                 self.leased.pop(f.id, None)
             return
         leased = self.leased
-        for item in done:
+        for item in [*done, *released]:
             leased.pop(item.id, None)
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:
