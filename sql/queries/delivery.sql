@@ -341,8 +341,7 @@ SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(opened_at)), 0)::double precision
  WHERE state <> 'closed'
 
 -- name: metrics_breakers
--- Each breaker's state and transition count, for dispatchbox_circuit_state and
--- dispatchbox_circuit_transitions_total.
+-- Each breaker's state and transition count, for the circuit metrics (observability/metrics.py).
 SELECT destination, state, transitions
   FROM outbox_breaker
  ORDER BY destination
