@@ -249,9 +249,9 @@ class WorkerProcess:
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="listener"))
         if self.delivery is not None:
-            background.append(asyncio.create_task(self.delivery.loop(), name="delivery"))
-        if self.delivery is not None:  # the breakers' rows exist before the first outcome
+            # The breakers' rows exist before the first outcome is counted against them.
             await self._with_db(self.delivery_conn, self.delivery.board.ensure)
+            background.append(asyncio.create_task(self.delivery.loop(), name="delivery"))
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         for task in (claimer, flusher, *background):
