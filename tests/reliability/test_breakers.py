@@ -217,11 +217,24 @@ def test_an_operator_opens_and_closes_a_breaker_under_running_workers(
         closed = run_cli("breakers", "close", "ledger", dsn=db_dsn)
         assert closed.code == 0, closed.stderr
         wait_until(lambda: by_status(db_dsn, "ledger.post")["done"] == 50, 60, "ledger delivered")
+        # A close is a recovery: ledger replays its outage's deaths (none: nothing died).
+        wait_until(
+            lambda: ("replay", 0, "completed") in audit_trail(db_dsn), 30, "the replay, audited"
+        )
     finally:
         code = run.stop()
     assert code == 0, run.log()[-3000:]
-    with psycopg.connect(db_dsn) as conn:
-        actions = [r[0] for r in conn.execute(
-            "SELECT action FROM outbox_dead_letter_audit ORDER BY id").fetchall()]  # fmt: skip
-    assert actions == ["breaker_open", "breaker_close"]
+    assert audit_trail(db_dsn) == [
+        ("breaker_open", 1, "completed"),
+        ("breaker_close", 1, "completed"),
+        ("replay", 0, "completed"),
+    ]
     assert {i for kind, i, *_ in records(record_dir) if kind == "call"} >= set(ledger)
+
+
+def audit_trail(dsn: str) -> list[tuple[str, int, str]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT action, affected, outcome FROM outbox_dead_letter_audit ORDER BY id"
+        ).fetchall()
+    return [(a, n, o) for a, n, o in rows]
