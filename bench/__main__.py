@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "destinations"]
+EXTRA = [
+    "archive",
+    "dead_letters",
+    "instructions",
+    "peers",
+    "startup",
+    "ceiling",
+    "destinations",
+    "breakers",
+]
 
 
 def _machine() -> dict[str, Any]:

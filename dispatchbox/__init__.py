@@ -1,5 +1,6 @@
 """dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
 
+from dispatchbox.delivery.config import BreakerPolicy
 from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
 from dispatchbox.errors import BatchFailure, PermanentError, RetryLater
 from dispatchbox.events import EventStatus, OutboxEvent
@@ -9,6 +10,7 @@ from dispatchbox.repository import OutboxRepository
 __all__ = [
     "BackoffPolicy",
     "BatchFailure",
+    "BreakerPolicy",
     "Dispatcher",
     "EventStatus",
     "OutboxEvent",

@@ -6,10 +6,17 @@ import inspect
 import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from dispatchbox.delivery.config import (
+    BreakerPolicy,
+    Classifier,
+    DestinationConfig,
+    HealthCheck,
+    is_transient,
+)
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.events import OutboxEvent
 
@@ -93,6 +100,7 @@ class Dispatcher:
         self._routes: list[Route] = []
         self._routed: dict[str, HandlerSpec | None] = {}  # event type -> its route's spec
         self._targets: dict[str, RouteTarget] = {}  # destination name -> target
+        self._destinations: dict[str, DestinationConfig] = {}  # as destination() set them
 
     def route(self, pattern: str, *, to: RouteTarget, backoff: BackoffPolicy | None = None) -> None:
         """Relay every event whose type matches ``pattern`` (fnmatch: ``order.*``,
@@ -131,10 +139,65 @@ class Dispatcher:
     def routes(self) -> list[Route]:
         return list(self._routes)
 
-    def destinations(self) -> dict[str, RouteTarget]:
-        """The routed destinations by name: the hook through which a health check (a circuit
-        breaker's replay probe) reaches each one's ``health_check()``."""
+    def route_targets(self) -> dict[str, RouteTarget]:
+        """The routed destinations by name."""
         return dict(self._targets)
+
+    def destination(
+        self,
+        name: str,
+        *,
+        health_check: HealthCheck | None = None,
+        health_check_timeout: float = 5.0,
+        breaker: BreakerPolicy | None = BreakerPolicy(),  # frozen: one shared default is safe
+        rate_limit: float | None = None,
+        burst: float | None = None,
+        replay_dead_on_recovery: bool = False,
+        transient: Classifier = is_transient,
+        replay_rate: float = 500.0,
+    ) -> DestinationConfig:
+        """Configure the delivery controls of destination ``name`` (the ``destination=`` of
+        its handlers): a circuit breaker (``breaker=None``: none), its optional
+        ``health_check`` (sync or async, run with ``health_check_timeout`` when the breaker is
+        half-open; without one, one event is the probe), a rate limit in events per second
+        across all processes and hosts (``burst``: tokens the bucket holds, default one
+        second's worth), and whether dead events of the outage whose last error is transient
+        (``transient(last_error)``) are redriven when the breaker closes, at ``replay_rate``
+        events per second. A destination configured nowhere has no breaker and no limit."""
+        if not isinstance(name, str) or not _DESTINATION_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"destination name must be 1-100 letters, digits or . _ : -, got {name!r}"
+            )
+        if name in self._destinations:
+            raise ConfigurationError(f"destination {name!r} is already configured")
+        config = DestinationConfig(
+            name=name,
+            breaker=breaker,
+            health_check=health_check,
+            health_check_timeout=health_check_timeout,
+            rate_limit=rate_limit,
+            burst=burst,
+            replay_dead_on_recovery=replay_dead_on_recovery,
+            transient=transient,
+            replay_rate=replay_rate,
+        )
+        self._destinations[name] = config
+        return config
+
+    def destinations(self) -> list[DestinationConfig]:
+        """The destinations with delivery controls, by name: those configured with
+        destination(), and every routed destination, which gets a breaker by default. A routed
+        destination's own ``health_check()`` is its breaker's probe unless destination() gave
+        another."""
+        configs = dict(self._destinations)
+        for name, target in self._targets.items():
+            check = getattr(target, "health_check", None)
+            known = configs.get(name)
+            if known is None:
+                configs[name] = DestinationConfig(name=name, health_check=check)
+            elif known.health_check is None and check is not None:
+                configs[name] = replace(known, health_check=check)
+        return [configs[name] for name in sorted(configs)]
 
     def handler(
         self,

@@ -22,6 +22,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         ["publish", "publish_many", "Dispatcher", "OutboxEvent", "EventStatus", "BackoffPolicy"],
     ),
     ("dispatchbox", "Dead letters", ["OutboxRepository"]),
+    ("dispatchbox", "Delivery controls", ["BreakerPolicy"]),
+    ("dispatchbox.delivery.config", "Delivery controls: replay", ["is_transient"]),
     ("dispatchbox.filters", "Filters", ["DeadEventFilter"]),
     (
         "dispatchbox.destinations",
@@ -108,11 +110,10 @@ def _signature(name: str, obj: Any, *, is_class: bool = False) -> str:
         if param.annotation is not param.empty:
             text += f": {_annotation(param.annotation)}"
         if param.default is not param.empty:
-            text += (
-                f" = {param.default!r}"
-                if param.annotation is not param.empty
-                else (f"={param.default!r}")
-            )
+            default = param.default
+            # A function default shows as its name, not as a repr with a memory address.
+            shown = default.__name__ if inspect.isfunction(default) else repr(default)
+            text += f" = {shown}" if param.annotation is not param.empty else f"={shown}"
         parts.append(text)
     returns = ""
     if not is_class and sig.return_annotation is not sig.empty:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatchbox import __version__, db, migrations
 from dispatchbox.api.auth import ApiTokens
+from dispatchbox.api.breakers import breaker_router
 from dispatchbox.api.models import (
     FINGERPRINT_SCHEMA,
     ISO_SCHEMA,
@@ -325,6 +326,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         done = repo.retry_dead_events(flt, body.limit, actor=who)
         return RetryBatchOut(retried=done, dry_run=False)
 
+    api.include_router(breaker_router(pool, actor))
     app.include_router(api)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from dispatchbox import migrations
@@ -50,6 +52,9 @@ def status(ctx: typer.Context) -> None:
             health = queries.fetch_one(conn, "health")
         if any(a.version == 7 for a in st.applied):
             by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
+        breakers: list[dict[str, Any]] = []
+        if any(a.name == "delivery_controls" for a in st.applied):
+            breakers = queries.fetch_all(conn, "breaker_list")
     for a in st.applied:
         print(f"applied  {a.version:04d}_{a.name}  {a.applied_at.isoformat(timespec='seconds')}")
     for m in st.pending:
@@ -61,9 +66,24 @@ def status(ctx: typer.Context) -> None:
         print("outbox health")
         for key, value in health.items():
             print(f"  {key:<28} {value if value is not None else '-'}")
-    # Destinations with dead events; their breaker state joins this at merge (issue 14).
-    if by_destination:
-        print()
-        print("dead events by destination")
-        for row in by_destination:
-            print(f"  {row['destination'] or '(none recorded)':<28} {row['count']}")
+    if by_destination or breakers:
+        _print_destinations(by_destination, breakers)
+
+
+def _print_destinations(dead: list[dict[str, Any]], breakers: list[dict[str, Any]]) -> None:
+    """One line a destination: its breaker's state (its health, as the workers see it) and its
+    dead events."""
+    dead_by_name = {row["destination"]: row["count"] for row in dead}
+    state = {b["destination"]: b for b in breakers}
+    print()
+    print("destinations (breaker, dead events)")
+    for name in sorted(set(state) | {n for n in dead_by_name if n}):
+        b = state.get(name)
+        health = "no breaker"
+        if b is not None:
+            health = b["state"]
+            if b["state"] != "closed":
+                health += f" since {b['changed_at'].isoformat(timespec='seconds')}"
+        print(f"  {name:<28} {health:<40} {dead_by_name.get(name, 0)} dead")
+    if dead_by_name.get(None):
+        print(f"  {'(none recorded)':<28} {'-':<40} {dead_by_name[None]} dead")

@@ -43,9 +43,10 @@ app.command("publish")(publish_command)
 
 def _register_optional() -> None:
     # Command groups added by later modules register here, so the core stays importable alone.
-    from dispatchbox.cli import archive, dead_events, demo, worker
+    from dispatchbox.cli import archive, breakers, dead_events, demo, worker
 
     app.add_typer(dead_events.app, name="dead-events")
+    app.add_typer(breakers.app, name="breakers")
     app.add_typer(archive.app, name="archive")
     app.command("worker")(worker.worker_command)
     app.command("demo")(demo.demo_command)

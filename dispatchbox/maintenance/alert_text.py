@@ -22,7 +22,7 @@ Action = Literal["trigger", "resolve", "notify"]
 class Notice:
     """One alert message, as every channel receives it."""
 
-    alert: str  # dead_events | dead_count | dead_age | pending_age
+    alert: str  # dead_events | dead_count | dead_age | pending_age | breaker_open
     # trigger: an incident opened; resolve: it ended; notify: deaths, which never "resolve"
     action: Action
     text: str  # Slack mrkdwn
@@ -165,6 +165,12 @@ def firing_message(
             f"{int(health.get('dead') or 0):,} events are dead. Retry or purge them: "
             "`dispatchbox dead-events stats --by error`."
         )
+    if alert == "breaker_open":
+        return (
+            f":electric_plug: *{label}*: a circuit breaker has been open for {duration(value)}, "
+            f"more than {duration(threshold)}: a destination is down and its events wait "
+            f"({where}). See `dispatchbox breakers list`."
+        )
     return (
         f":hourglass: *{label}*: the oldest due pending event has waited "
         f"{duration(value)}, more than {duration(threshold)}: the dispatcher is stuck or "
@@ -189,6 +195,12 @@ def resolved_message(
             f"the oldest dead event died {duration(value)} ago"
             if value > 0
             else "no dead event is left"
+        )
+    elif alert == "breaker_open":
+        what = (
+            f"the longest-open circuit breaker has been open {duration(value)}"
+            if value > 0
+            else "every circuit breaker is closed"
         )
     else:
         what = f"the oldest due pending event has waited {duration(value)}"

@@ -278,6 +278,7 @@ class _Snapshot:
     redriven: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_by_destination: list[dict[str, Any]] = field(default_factory=list)
+    breakers: list[dict[str, Any]] = field(default_factory=list)
 
 
 REDRIVE_OUTCOMES = {
@@ -368,6 +369,7 @@ class DatabaseCollector:
                 redriven = queries.fetch_all(conn, "metrics_redriven")
                 alerts = queries.fetch_all(conn, "metrics_alert_state")
                 by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
+                breakers = queries.fetch_all(conn, "metrics_breakers")
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._disconnect()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
@@ -388,6 +390,7 @@ class DatabaseCollector:
             redriven=redriven,
             alerts=alerts,
             dead_by_destination=by_destination,
+            breakers=breakers,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -410,6 +413,7 @@ class DatabaseCollector:
         yield self._inflow(snap.inflow)
         yield self._redriven(snap.redriven)
         yield from self._alerts(snap.alerts)
+        yield from _breakers(snap.breakers)
 
     @staticmethod
     def _health(health: dict[str, Any]) -> Iterable[Metric]:
@@ -529,6 +533,27 @@ class DatabaseCollector:
             sent.add_metric(labels, row["messages_sent"])
             failed.add_metric(labels, row["send_failures"])
         return (active, sent, failed)
+
+
+# dispatchbox_circuit_state's values (dispatchbox.delivery.admin.STATE_VALUES).
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def _breakers(rows: list[dict[str, Any]]) -> Iterable[Metric]:
+    state = GaugeMetricFamily(
+        "dispatchbox_circuit_state",
+        "Each destination's circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=["destination"],
+    )
+    transitions = CounterMetricFamily(
+        "dispatchbox_circuit_transitions",
+        "State changes of each destination's breaker, by every process and host.",
+        labels=["destination"],
+    )
+    for row in rows:
+        state.add_metric([row["destination"]], CIRCUIT_STATES.get(row["state"], 2))
+        transitions.add_metric([row["destination"]], row["transitions"])
+    return (state, transitions)
 
 
 class _WorkerCounters:

@@ -45,6 +45,10 @@ class ClaimPositions:
             return None
         return self._after
 
+    def restart(self) -> None:
+        """Start the next claim from the beginning (events were skipped on purpose)."""
+        self._full_at = -float("inf")
+
     def claimed(self, batch: Sequence[Claimed], *, full: bool, started: float) -> None:
         """Remember where a claim ended at each priority; ``full`` when it started at the
         beginning, ``started`` its time.monotonic() before it ran."""

@@ -89,7 +89,7 @@ class WorkerConfig:
                 "taken over while it still runs"
             )
         if dispatcher is not None:
-            for target in dispatcher.destinations().values():
+            for target in dispatcher.route_targets().values():
                 if target.timeout is not None and target.timeout >= self.lease_seconds:
                     raise ConfigurationError(
                         f"destination {target.name!r} may take {target.timeout:g}s a batch, "

@@ -40,11 +40,13 @@ import psycopg
 
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
+from dispatchbox.delivery.board import DeliveryBoard, DestinationPaused
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import BatchFailure, PermanentError, RetryLater
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.claim_position import ClaimPositions
 from dispatchbox.worker.config import WorkerConfig
+from dispatchbox.worker.delivery import WorkerDelivery
 from dispatchbox.worker.hooks import WorkerHooks
 from dispatchbox.worker.lanes import AsyncLanes
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
@@ -167,6 +169,17 @@ class WorkerProcess:
         )
         self.upkeep_conn = Connection(config.dsn, prepare=prepare, role="upkeep")
         self.listen_conn = Connection(config.dsn, prepare=False, role="listen")
+        # Breakers and rate limits (dispatchbox.delivery): only when the app configured a
+        # destination, so that an app without any pays nothing for them.
+        self.delivery: WorkerDelivery | None = None
+        self.delivery_conn = Connection(config.dsn, prepare=prepare, role="delivery")
+        if dispatcher.destinations():
+            board = DeliveryBoard(
+                dispatcher, worker=self.name, probe_lease=config.handler_timeout + 5.0
+            )
+            self.delivery = WorkerDelivery(self, board)
+            # Handlers of destinations with a breaker do not start while it stops them.
+            self.specs = {t: board.guard(spec) for t, spec in self.specs.items()}
 
         # Sync handlers' runs wait in the pool's queue, async ones' in the lanes'.
         self.pool: SyncPool[Run, Result] | None = None
@@ -180,8 +193,10 @@ class WorkerProcess:
         # Everything this process holds a lease on: id -> token.
         self.leased: dict[int, uuid.UUID] = {}
         self.positions = ClaimPositions()  # where the next claim resumes
+        self.excluded: list[str] = []  # event types the last claim left out
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
+        self.released: list[store.Claimed] = []  # not started (breaker): given back
         self.results_ready = asyncio.Event()
         self.flush_lock = asyncio.Lock()
         self.low_water = max(1, config.batch_size // 2)
@@ -236,6 +251,10 @@ class WorkerProcess:
             background.append(asyncio.create_task(self._reaper_loop(), name="reaper"))
         if self.config.listen:
             background.append(asyncio.create_task(self._listen_loop(), name="listener"))
+        if self.delivery is not None:
+            # The breakers' rows exist before the first outcome is counted against them.
+            await self._with_db(self.delivery_conn, self.delivery.board.ensure)
+            background.append(asyncio.create_task(self.delivery.loop(), name="delivery"))
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         for task in (claimer, flusher, *background):
@@ -250,7 +269,15 @@ class WorkerProcess:
             for task in background:
                 task.cancel()
             await asyncio.gather(flusher, *background, return_exceptions=True)
-            for conn in (self.claim_conn, self.flush_conn, self.upkeep_conn, self.listen_conn):
+            if self.delivery is not None:
+                await self.delivery.close()
+            for conn in (
+                self.claim_conn,
+                self.flush_conn,
+                self.upkeep_conn,
+                self.listen_conn,
+                self.delivery_conn,
+            ):
                 await conn.close()
             self.pool.stop()
             await self.lanes.close()
@@ -324,13 +351,24 @@ class WorkerProcess:
                 self._route(batch)
             if batch is not None and len(batch) < limit:
                 # Nothing more is due: sleep until a notification or the poll interval.
+                wait = cfg.poll_interval
+                if self.delivery is not None:  # a rate-limited destination refills sooner
+                    wait = self.delivery.wait(wait)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wakeup.wait(), cfg.poll_interval)
+                    await asyncio.wait_for(self.wakeup.wait(), wait)
             elif self._queued() >= self.low_water:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
         started = time.monotonic()
+        excluded: list[str] = []
+        if self.delivery is not None:
+            excluded = self.delivery.excluded()
+            if excluded != self.excluded:
+                # A destination's events skipped while its breaker was open now lie behind
+                # the places claims resume from: start the next claim from the beginning.
+                self.positions.restart()
+                self.excluded = excluded
         after = self.positions.after(started)
         batch = await store.claim(
             conn,
@@ -338,8 +376,11 @@ class WorkerProcess:
             limit=limit,
             lease_seconds=self.config.lease_seconds,
             after=after,
+            excluded_types=excluded,
         )
         self.positions.claimed(batch, full=after is None, started=started)
+        if self.delivery is not None:
+            batch += await self.delivery.claim_extra(conn, limit)
         return batch
 
     def _route(self, batch: list[store.Claimed]) -> None:
@@ -349,8 +390,14 @@ class WorkerProcess:
         grouped: dict[str, list[store.Claimed]] = {}  # events for batch handlers, by type
         leased = self.leased
         specs = self.specs
+        # A claim that raced a breaker opening: its events for that destination go back.
+        paused = self.delivery.board.paused_types if self.delivery is not None else ()
+        back: list[tuple[int, uuid.UUID]] = []
         for item in batch:
             leased[item.id] = item.token
+            if paused and item.event_type in paused:
+                back.append((item.id, item.token))
+                continue
             spec = specs.get(item.event_type) or self._resolve(item.event_type)
             if spec is None:
                 exc = LookupError(f"no handler registered for event type {item.event_type!r}")
@@ -376,6 +423,8 @@ class WorkerProcess:
             self.pool.submit(sync)
         if lanes:
             self.lanes.submit(lanes)
+        if back and self.delivery is not None:
+            self.delivery.release(back)
         if self.completed or self.failed:
             self.results_ready.set()
 
@@ -401,6 +450,8 @@ class WorkerProcess:
         spec = self.specs[item.event_type]
         try:
             spec.func(decode.event(item))  # type: ignore[arg-type]  # a one-event handler
+        except DestinationPaused:
+            return Outcome(item, "released", 0.0)
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             return Outcome(item, "permanent", time.monotonic() - start, failure)
@@ -426,6 +477,8 @@ class WorkerProcess:
         """Each event's outcome when a batch handler raised: a BatchFailure fails the events it
         names, any other exception all of them. A traceback is formatted once per exception."""
         seconds = time.monotonic() - start
+        if isinstance(exc, DestinationPaused):
+            return [Outcome(item, "released", 0.0) for item in batch.items]
         if isinstance(exc, BatchFailure):
             errors: dict[int, BaseException] = exc.failures
             unknown = errors.keys() - {item.id for item in batch.items}
@@ -478,6 +531,10 @@ class WorkerProcess:
         if isinstance(run, Batch):
             self._settle_batch(self._batch_outcomes(run, spec, exc, start))
             return
+        if isinstance(exc, DestinationPaused):
+            self._settle(Outcome(run, "released", 0.0))
+            self.results_ready.set()
+            return
         permanent = isinstance(exc, PermanentError)
         failure = self._failure(run, spec, exc, start, permanent=permanent)
         label = "permanent" if permanent else "failed"
@@ -523,6 +580,9 @@ class WorkerProcess:
                 self._settle(result)
 
     def _settle(self, outcome: Outcome) -> None:
+        if outcome.label == "released":  # its breaker stopped it before it started
+            self.released.append(outcome.item)
+            return
         if outcome.failure is None:
             self.completed.append(outcome.item)
         else:
@@ -607,7 +667,8 @@ class WorkerProcess:
     async def _flush_locked(self) -> None:
         done, self.completed = self.completed, []
         failed, self.failed = self.failed, []
-        if not done and not failed:
+        released, self.released = self.released, []
+        if not done and not failed and not released:
             return
         dead: list[store.Transition] = []
 
@@ -617,6 +678,10 @@ class WorkerProcess:
                 await store.complete(conn, done)
             if failed:
                 dead = await store.fail(conn, worker=self.name, failures=[f for f, _ in failed])
+            if self.delivery is not None:  # breakers count this flush with one statement
+                await self.delivery.record(conn, done, failed)
+            if released:
+                await store.release(conn, [(item.id, item.token) for item in released])
 
         # Outcomes are retried through an outage until written; a lease that expires meanwhile
         # makes the write a no-op (the token no longer matches) and the event is redelivered.
@@ -634,13 +699,13 @@ class WorkerProcess:
                 type(exc).__name__,
                 redact(" ".join(str(exc).split()))[:300],
             )
-            for item in done:
+            for item in [*done, *released]:
                 self.leased.pop(item.id, None)  # stop renewing: let the leases run out
             for f, _ in failed:
                 self.leased.pop(f.id, None)
             return
         leased = self.leased
-        for item in done:
+        for item in [*done, *released]:
             leased.pop(item.id, None)
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:

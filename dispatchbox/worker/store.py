@@ -74,16 +74,19 @@ async def claim(
     limit: int,
     lease_seconds: float,
     after: Sequence[tuple[int, int] | None] | None = None,
+    excluded_types: Sequence[str] = (),
 ) -> list[Claimed]:
-    """Claim up to ``limit`` due events, most urgent first: from the start of the claim order,
-    or, given ``after`` (a place per priority 1-10: next_attempt_us and id, None where there is
-    none), resumed after each priority's place (see worker_claim_after)."""
+    """Claim up to ``limit`` due events, most urgent first, none of ``excluded_types`` (see
+    DeliveryBoard): from the start of the claim order, or, given ``after`` (a place per priority
+    1-10: next_attempt_us and id, None where there is none), resumed after each priority's place
+    (see worker_claim_after)."""
     token = uuid.uuid4()
     params: dict[str, Any] = {
         "worker": worker,
         "limit": limit,
         "lease_seconds": lease_seconds,
         "token": token,
+        "excluded_types": list(excluded_types),
     }
     name = "worker_claim"
     if after is not None:
@@ -95,6 +98,12 @@ async def claim(
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's fields but the token, in order: unpacking them is the
     # cheapest way to build one, and this runs once per claimed event.
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # eleven columns
+
+
+def claimed_rows(rows: list[tuple[Any, ...]], token: uuid.UUID) -> list[Claimed]:
+    """Claimed events from rows with worker_claim's columns (delivery_claim returns them too)."""
+    rows.sort(key=_POSITION)
     return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # eleven columns
 
 

@@ -18,6 +18,10 @@ UPDATE outbox_event e
            SELECT id
              FROM outbox_event
             WHERE status = 'pending' AND next_attempt_at <= now()
+              -- Delivery controls (dispatchbox/delivery): event types of destinations whose
+              -- breaker is not closed stay pending, attempts untouched; rate-limited ones are
+              -- claimed by delivery_claim against their token bucket. Usually an empty array.
+              AND event_type <> ALL (%(excluded_types)s::text[])
             ORDER BY priority, next_attempt_at, id
             LIMIT %(limit)s
               FOR UPDATE SKIP LOCKED)) WITH ORDINALITY AS claimed (id, position)
@@ -55,6 +59,7 @@ UPDATE outbox_event e
                     FROM outbox_event
                    WHERE status = 'pending' AND next_attempt_at <= now()
                      AND priority = f.priority::smallint
+                     AND event_type <> ALL (%(excluded_types)s::text[])  -- as worker_claim
                      AND (next_attempt_at, id) > (
                              COALESCE('epoch'::timestamptz + f.after_us * interval '1 microsecond',
                                       '-infinity'),

@@ -128,6 +128,7 @@ def seed(dsn: str) -> dict[str, list[int]]:
         conn.execute(
             "UPDATE outbox_event SET status = 'done', done_at = now() WHERE id = %s", [done]
         )
+        conn.execute("INSERT INTO outbox_breaker (destination) VALUES ('ledger')")
     return {"pay": pay, "mail": mail, "pending": [pending], "done": [done]}
 
 
@@ -168,6 +169,8 @@ API_ROUTES = [
     ("GET", "/api/dead-events/{id}", None),
     ("POST", "/api/dead-events/{id}/retry", None),
     ("POST", "/api/dead-events/retry-batch", {"ids": ["{other}"]}),
+    ("GET", "/api/breakers", None),
+    ("POST", "/api/breakers/ledger/reset", None),
 ]
 
 
@@ -312,6 +315,24 @@ def test_retry_one_event_records_the_token_name(server: Server, db_dsn: str) -> 
     error(server.client.post(f"/api/dead-events/{ids['done'][0]}/retry", headers=AUTH), 409)
     error(server.client.post("/api/dead-events/424242/retry", headers=AUTH), 404)
     assert audit(db_dsn) == [("ops", "retry", 1)], "failed retries are not audited"
+
+
+def test_breakers_over_http_are_audited_with_the_token_name(server: Server, db_dsn: str) -> None:
+    seed(db_dsn)
+    (ledger,) = ok(server.client.get("/api/breakers", headers=AUTH))
+    assert (ledger["destination"], ledger["state"]) == ("ledger", "closed")
+    opened = ok(server.client.post("/api/breakers/ledger/open", headers=AUTH))
+    assert opened == {"destination": "ledger", "action": "open", "state": "open"}
+    assert "already open" in error(
+        server.client.post("/api/breakers/ledger/open", headers=AUTH), 409
+    )
+    assert ok(server.client.post("/api/breakers/ledger/close", headers=AUTH))["state"] == "closed"
+    assert "already closed" in error(
+        server.client.post("/api/breakers/ledger/close", headers=AUTH), 409
+    )
+    assert "no breaker" in error(server.client.post("/api/breakers/nope/open", headers=AUTH), 404)
+    error(server.client.post("/api/breakers/ledger/explode", headers=AUTH), 400)
+    assert audit(db_dsn) == [("ops", "breaker_open", 1), ("ops", "breaker_close", 1)]
 
 
 def test_retry_batch_by_ids_is_all_or_nothing(server: Server, db_dsn: str) -> None:
@@ -494,6 +515,8 @@ def test_fuzzing_the_openapi_document_finds_no_server_error(
         "/api/dead-events/{event_id}",
         "/api/dead-events/{event_id}/retry",
         "/api/dead-events/retry-batch",
+        "/api/breakers",
+        "/api/breakers/{name}/{action}",
         "/healthz",
         "/readyz",
         "/metrics",

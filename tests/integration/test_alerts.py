@@ -340,6 +340,28 @@ def test_pending_age_says_the_dispatcher_is_stuck_then_resolves(
     assert "resolved after" in resolved
 
 
+def test_breaker_open_too_long_fires_then_resolves_when_it_closes(
+    db_dsn: str, slack: FakeSlack
+) -> None:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox_breaker (destination, state, opened_at) "
+            "VALUES ('ledger', 'open', now() - interval '10 minutes')"
+        )
+    ev = evaluator(db_dsn, slack, dead_window=-1, breaker_open=300)
+    try:
+        rounds_until(ev, lambda: len(slack.texts()) == 1)
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE outbox_breaker SET state = 'closed'")
+        rounds_until(ev, lambda: len(slack.texts()) == 2)
+    finally:
+        ev.stop()
+    fired, resolved = slack.texts()
+    assert "circuit breaker has been open for 10m" in fired and "more than 5m" in fired
+    assert "dispatchbox breakers list" in fired
+    assert "resolved after" in resolved and "every circuit breaker is closed" in resolved
+
+
 # -- one message across processes ----------------------------------------------------------------
 
 
@@ -585,7 +607,7 @@ def test_configuration_from_the_environment() -> None:
         }
     )
     assert config.dead_threshold == 50 and config.label == "prod-eu"
-    assert config.enabled() == ["dead_events", "dead_count", "dead_age"]
+    assert config.enabled() == ["dead_events", "dead_count", "dead_age", "breaker_open"]
     with pytest.raises(ConfigurationError, match="DISPATCHBOX_ALERT_INTERVAL_SECONDS"):
         AlertConfig.from_env({"DISPATCHBOX_ALERT_INTERVAL_SECONDS": "soon"})
 

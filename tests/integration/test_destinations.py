@@ -199,8 +199,8 @@ def test_webhook_statuses_retry_after_and_dead_letters_per_destination(
     lines = out.read_text().splitlines()
     assert "destination" in lines[0].split(",") and len(lines) == 1 + len(permanent)
     status = run_cli("db", "status", dsn=db_dsn)
-    assert "dead events by destination" in status.stdout
-    assert re.search(rf"billing-hooks\s+{len(permanent)}\b", status.stdout), status.stdout
+    assert "destinations (breaker, dead events)" in status.stdout
+    assert re.search(rf"billing-hooks\s+.*\s{len(permanent)} dead", status.stdout), status.stdout
     retried = run_cli(
         "dead-events", "retry-batch", "--all-matching", "--destination", "billing-hooks",
         "--yes", dsn=db_dsn,

@@ -240,7 +240,13 @@ def test_claim_and_complete_plans_are_key_lookups(db_dsn: str) -> None:
         claim = _plan(
             conn,
             "worker_claim",
-            {"worker": "w", "limit": 1000, "lease_seconds": 60, "token": uuid.uuid4()},
+            {
+                "worker": "w",
+                "limit": 1000,
+                "lease_seconds": 60,
+                "token": uuid.uuid4(),
+                "excluded_types": [],
+            },
         )
         ids = list(range(1, 1001))
         complete = _plan(conn, "worker_complete", {"ids": ids, "tokens": [token] * 1000})

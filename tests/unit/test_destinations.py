@@ -79,7 +79,7 @@ def test_route_exact_handler_wins_then_first_matching_route() -> None:
     assert shipped is not None and shipped.destination == "second"
     assert shipped.max_batch == second.max_batch
     assert d.get("invoice.issued") is None
-    assert set(d.destinations()) == {"first", "second"}
+    assert set(d.route_targets()) == {"first", "second"}
 
 
 def test_route_configuration_errors() -> None:
@@ -191,7 +191,7 @@ to = "billing"
     order, invoice = d.get("order.paid"), d.get("invoice.issued")
     assert order is not None and order.destination == "orders"
     assert invoice is not None and invoice.destination == "billing"
-    billing = d.destinations()["billing"]
+    billing = d.route_targets()["billing"]
     assert isinstance(billing, Webhook) and billing.key == secret_key(SECRET)
 
 
