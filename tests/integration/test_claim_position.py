@@ -136,7 +136,13 @@ def test_under_a_held_snapshot_a_resumed_claim_does_not_walk_the_dead(db_dsn: st
                 return batch[-1].next_attempt_us, batch[-1].id
 
             place = asyncio.run(drain())
-            common = {"worker": "B", "limit": 100, "lease_seconds": 60, "token": uuid.uuid4()}
+            common = {
+                "worker": "B",
+                "limit": 100,
+                "lease_seconds": 60,
+                "token": uuid.uuid4(),
+                "excluded_types": [],
+            }
             full = _buffers(conn, "worker_claim", common)
             after: list[tuple[int, int] | None] = [None] * 10
             after[4] = place
