@@ -1,21 +1,25 @@
 """dispatchbox: a transactional outbox for PostgreSQL with a complete dead-letter lifecycle."""
 
+from dispatchbox.delivery.backpressure import set_backlog_limit
 from dispatchbox.dispatcher import BackoffPolicy, Dispatcher
-from dispatchbox.errors import BatchFailure, PermanentError
+from dispatchbox.errors import BacklogFullError, BatchFailure, EventExpired, PermanentError
 from dispatchbox.events import EventStatus, OutboxEvent
 from dispatchbox.publish import publish, publish_many
 from dispatchbox.repository import OutboxRepository
 
 __all__ = [
+    "BacklogFullError",
     "BackoffPolicy",
     "BatchFailure",
     "Dispatcher",
+    "EventExpired",
     "EventStatus",
     "OutboxEvent",
     "OutboxRepository",
     "PermanentError",
     "publish",
     "publish_many",
+    "set_backlog_limit",
 ]
 
 __version__ = "0.1.0"

@@ -34,6 +34,7 @@ class Claimed:
     attempts: int
     created_at: datetime
     position: int  # 1-based place in its claim, most urgent first
+    expires_at: datetime | None  # publish(expires_at=...): undelivered then, it goes dead
     token: uuid.UUID
 
 
@@ -62,18 +63,40 @@ class Transition:
     locked_by: str | None = None
 
 
-async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: float) -> list[Claimed]:
+async def claim(
+    conn: AsyncConn,
+    *,
+    worker: str,
+    limit: int,
+    lease_seconds: float,
+    ordered: dict[str, list[str]] | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due events. ``ordered`` (delivery.ordering.OrderingPlan.params):
+    the ordered claim, serialised across processes by a transaction-scoped lock."""
     token = uuid.uuid4()
-    rows = await queries.afetch_tuples(
-        conn,
-        "worker_claim",
-        {"worker": worker, "limit": limit, "lease_seconds": lease_seconds, "token": token},
-        binary=True,  # a timestamp per row: binary is cheaper for the server and for us
-    )
+    params: dict[str, Any] = {
+        "worker": worker,
+        "limit": limit,
+        "lease_seconds": lease_seconds,
+        "token": token,
+    }
+    if ordered is None:
+        rows = await queries.afetch_tuples(
+            conn,
+            "worker_claim",
+            params,
+            binary=True,  # a timestamp per row: binary is cheaper for the server and for us
+        )
+    else:
+        async with conn.transaction():
+            await queries.aexecute(conn, "ordering_claim_lock")
+            rows = await queries.afetch_tuples(
+                conn, "worker_claim_ordered", {**params, **ordered}, binary=True
+            )
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
     # way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # ten columns
 
 
 _POSITION = itemgetter(8)
