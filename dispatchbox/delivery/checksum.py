@@ -13,6 +13,7 @@ Events written before migration 0009 have NULL: unknown, never reported as a mis
 from __future__ import annotations
 
 import hashlib
+import logging
 from decimal import Decimal
 from json.encoder import encode_basestring
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 import psycopg
 
 from dispatchbox import queries
+
+logger = logging.getLogger("dispatchbox.repository")
 
 
 def payload_sha256(payload: Any) -> str:
@@ -92,3 +95,26 @@ def mismatched(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
     if not ids:
         return []
     return [int(r["id"]) for r in queries.fetch_all(conn, "checksum_mismatch_ids", {"ids": ids})]
+
+
+def mismatched_dead(
+    conn: psycopg.Connection[Any], filter_params: dict[str, Any], limit: int = 1000
+) -> list[int]:
+    """Dead events matching a dead-event filter whose payload no longer matches (at most
+    ``limit`` ids, lowest first): what a redrive by filter is about to send again."""
+    rows = queries.fetch_all(conn, "checksum_mismatch_dead", {**filter_params, "limit": limit})
+    return [int(r["id"]) for r in rows]
+
+
+def report(action: str, ids: list[int]) -> dict[str, Any]:
+    """Log events whose payload changed since publish; the audit details that record them
+    (empty when none)."""
+    if not ids:
+        return {}
+    logger.warning(
+        "payload_checksum_mismatch action=%s count=%d ids=%s: payload changed since publish",
+        action,
+        len(ids),
+        ids[:20],
+    )
+    return {"payload_mismatch": ids[:100], "payload_mismatch_count": len(ids)}

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from dispatchbox import db, queries
+from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
 
 logger = logging.getLogger("dispatchbox.metrics")
@@ -273,6 +274,7 @@ class _Snapshot:
     inflow: list[dict[str, Any]] = field(default_factory=list)
     redriven: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    blocked: dict[str, int] = field(default_factory=dict)
 
 
 REDRIVE_OUTCOMES = {
@@ -362,6 +364,7 @@ class DatabaseCollector:
                 )
                 redriven = queries.fetch_all(conn, "metrics_redriven")
                 alerts = queries.fetch_all(conn, "metrics_alert_state")
+                blocked = ordering.blocked_aggregates(conn)
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._disconnect()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
@@ -381,6 +384,7 @@ class DatabaseCollector:
             inflow=inflow,
             redriven=redriven,
             alerts=alerts,
+            blocked=blocked,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -402,6 +406,15 @@ class DatabaseCollector:
         yield self._inflow(snap.inflow)
         yield self._redriven(snap.redriven)
         yield from self._alerts(snap.alerts)
+        blocked = GaugeMetricFamily(
+            "dispatchbox_ordering_blocked_aggregates",
+            "Aggregates whose later events wait behind a failing one: state waiting (it waits "
+            "for a retry) or parked (it is dead and holds parked events; ordering=park).",
+            labels=["state"],
+        )
+        for state in ("waiting", "parked"):
+            blocked.add_metric([state], float(snap.blocked.get(state, 0)))
+        yield blocked
 
     @staticmethod
     def _health(health: dict[str, Any]) -> Iterable[Metric]:
