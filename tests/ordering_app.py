@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 
-from dispatchbox import Dispatcher, OutboxEvent, PermanentError
+from dispatchbox import BatchFailure, Dispatcher, OutboxEvent, PermanentError
 
 dispatcher = Dispatcher()
 
@@ -64,8 +64,14 @@ async def ordered_async(event: OutboxEvent) -> None:
 
 @dispatcher.batch_handler("ord.batch", ordering="block", max_batch=20)
 def ordered_batch(events: list[OutboxEvent]) -> None:
+    failures: dict[int, BaseException] = {}
     for event in events:
-        _work(event)
+        try:
+            _work(event)
+        except Exception as exc:
+            failures[event.id] = exc
+    if failures:
+        raise BatchFailure(failures)
 
 
 @dispatcher.handler("plain.ok")

@@ -5,9 +5,8 @@ waiting; block, skip and park behind a failing event; expired events never deliv
 from __future__ import annotations
 
 import itertools
-import os
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +165,7 @@ def test_expired_events_are_dead_and_never_delivered(
     later = now + timedelta(hours=1)
     kept = _publish(db_dsn, [{**_event(str(i), "plain.ok"), "expires_at": later} for i in range(3)])
     ttl = _publish(db_dsn, [_event(str(i), "ttl.short") for i in range(4)])
-    # Claimed in time, then waiting behind a slow call in the one thread past their expiry.
-    soon = datetime.now(UTC) + timedelta(seconds=1.5)
-    slow = _publish(
-        db_dsn,
-        [{**_event("slow", "exp.slow", sleep=3), "expires_at": soon}]
-        + [{**_event(str(i), "exp.slow"), "expires_at": soon} for i in range(4)],
-    )
-    with psycopg.connect(db_dsn) as conn:  # the ttl (0.5 s) has passed before any worker runs
+    with psycopg.connect(db_dsn, autocommit=True) as conn:  # the ttl (0.5 s) passes first
         wait_until(
             lambda: conn.execute("SELECT now() > max(created_at) + interval '0.6 s'"
                                  " FROM outbox_event").fetchone()[0],  # type: ignore[index]
@@ -181,6 +173,15 @@ def test_expired_events_are_dead_and_never_delivered(
         )  # fmt: skip
     run = _run(db_dsn, record_dir, tmp_path, "--processes", "1", "--concurrency", "1")
     try:
+        wait_for_workers(run, 1)
+        # Claimed in time, then waiting behind a slow call in the one thread past their expiry.
+        with psycopg.connect(db_dsn) as conn:
+            soon = conn.execute("SELECT now() + interval '1 s'").fetchone()[0]  # type: ignore[index]
+        slow = _publish(
+            db_dsn,
+            [{**_event("slow", "exp.slow", sleep=2.5), "expires_at": soon}]
+            + [{**_event(str(i), "exp.slow"), "expires_at": soon} for i in range(4)],
+        )
         total = len(past + kept + ttl + slow)
         wait_until(lambda: _all_finished(db_dsn, total), 60, "every event finished")
     finally:
@@ -192,8 +193,3 @@ def test_expired_events_are_dead_and_never_delivered(
     assert set(dead) == {*past, *ttl, *slow[1:]}
     assert all(err.startswith("expired: not delivered") for err in dead.values())
     assert "ttl of 0.5s" in dead[ttl[0]] and "expires_at" in dead[past[0]]
-
-
-def test_worker_app_file_is_importable() -> None:
-    # The app module the tests above start: a syntax error there would read as a worker crash.
-    assert os.path.exists(Path(__file__).resolve().parents[1] / "ordering_app.py")
