@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling"]
+EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "ordering"]
 
 
 def _machine() -> dict[str, Any]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from decimal import Decimal
-from json.encoder import encode_basestring
+from json.encoder import (  # type: ignore[attr-defined]
+    c_make_encoder,
+    encode_basestring,
+)
 from typing import Any
 
 import psycopg
@@ -28,7 +31,67 @@ logger = logging.getLogger("dispatchbox.repository")
 def payload_sha256(payload: Any) -> str:
     """Hex SHA-256 of ``payload`` as jsonb text; the payload must already be JSON-serialisable
     (publish checks that first)."""
-    return hashlib.sha256(jsonb_text(payload).encode("utf-8")).hexdigest()
+    fast = encode(payload)
+    text = jsonb_text(payload) if fast is None else fast[0]
+    if fast is not None:
+        return fast[1]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def encode(payload: Any) -> tuple[str, str] | None:
+    """The fast path of publish: ``(payload as jsonb text, its hex SHA-256)``, or None when the
+    payload needs the slow path (a float in exponent form or -0.0, a key that is not a string,
+    a subclass, NaN, something not JSON at all): the payload with its objects in jsonb's key
+    order, written by the json module's C encoder in jsonb's layout. publish sends this text,
+    so one encoding serves both the row and the checksum."""
+    try:
+        text = "".join(_C_ENCODE(_jsonb_ordered(payload), 0))
+    except (_Unusual, ValueError, RecursionError):
+        return None
+    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class _Unusual(Exception):
+    """A value the C encoder would not write as jsonb does (a float in exponent form or -0.0,
+    a key that is not a string, a subclass): jsonb_text handles it."""
+
+
+def _refuse(value: Any) -> Any:
+    raise _Unusual
+
+
+_C_ENCODE = c_make_encoder(None, _refuse, encode_basestring, None, ": ", ", ", False, False, False)
+_PLAIN = (str, int, bool, type(None))
+
+
+def _jsonb_ordered(value: Any) -> Any:
+    """``value`` with every object's keys in jsonb's order (byte length, then bytes), or
+    _Unusual when the C encoder's output would differ from jsonb's text."""
+    t = type(value)
+    if t in _PLAIN:
+        return value
+    if t is dict:
+        keys = tuple(value)
+        order = _ORDERS.get(keys, _UNSEEN)
+        if order is _UNSEEN:
+            order = _order(keys)
+        if order is None:  # already in jsonb's order: rebuild only if a value needs it
+            for item in value.values():
+                if type(item) not in _PLAIN:
+                    return {key: _jsonb_ordered(item) for key, item in value.items()}
+            return value
+        return {
+            key: item if type(item := value[key]) in _PLAIN else _jsonb_ordered(item)
+            for key in order
+        }
+    if t is list or t is tuple:
+        return [item if type(item) in _PLAIN else _jsonb_ordered(item) for item in value]
+    if t is float:
+        text = float.__repr__(value)
+        if "e" in text or (value == 0 and text.startswith("-")):
+            raise _Unusual
+        return value
+    raise _Unusual
 
 
 def jsonb_text(value: Any) -> str:
@@ -59,6 +122,27 @@ def jsonb_text(value: Any) -> str:
     if isinstance(value, float):
         return _numeric(float.__repr__(value))
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# Key order per key tuple: payloads of one event type share their keys, so the sort runs once.
+# None: the keys are in jsonb's order already. Bounded, so odd payloads cannot grow it forever.
+_ORDERS: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
+_ORDERS_MAX = 10_000
+_UNSEEN: Any = object()
+
+
+def _order(keys: tuple[Any, ...]) -> tuple[str, ...] | None:
+    try:
+        ascii_keys = "".join(keys).isascii()  # one C call; TypeError: a key is not a str
+    except TypeError:
+        raise _Unusual from None
+    # ASCII: characters are bytes, so (length, text) is jsonb's order, from two C sorts.
+    order = tuple(sorted(sorted(keys), key=len) if ascii_keys else sorted(keys, key=_key_order))
+    result = None if order == keys else order
+    if len(_ORDERS) >= _ORDERS_MAX:
+        _ORDERS.clear()
+    _ORDERS[keys] = result
+    return result
 
 
 def _key(key: Any) -> str:

@@ -142,10 +142,8 @@ SELECT t, 0, '-infinity'::timestamptz FROM unnest(%(event_types)s::text[]) AS t
 ON CONFLICT (event_type) DO NOTHING
 
 -- name: backlog_read
--- The backlog estimate of every event type, with its age in seconds.
-SELECT event_type, pending,
-       EXTRACT(EPOCH FROM now() - refreshed_at)::double precision AS age_seconds
-  FROM outbox_backlog
+-- The backlog estimate of every event type (0 for a type registered but not counted yet).
+SELECT event_type, pending FROM outbox_backlog
 
 -- name: checksum_mismatch_ids
 -- Of the given events, those whose stored checksum no longer matches their payload (NULL
