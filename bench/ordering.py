@@ -115,58 +115,69 @@ class _NoChecksum:
         return publish_module._json("payload", payload), ""
 
 
-def _timed(dsn: str, work: Callable[[psycopg.Connection[Any]], None]) -> float:
+def _timed(dsn: str, work: Callable[[psycopg.Connection[Any]], None]) -> tuple[float, float]:
+    """Wall-clock and this process's CPU seconds of one run (the CPU figure is the publisher's
+    own cost, steadier than the wall clock on a busy host)."""
     with psycopg.connect(dsn) as conn:
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         work(conn)
         conn.commit()
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def publish_costs(db: BenchDatabase, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each variant once per round, the variants of a pair alternating within the round, so that
+    drift on a shared host falls on both; each row is its median round."""
     dsn = db.fresh()
     real = vars(publish_module)["checksum"]
-    rows: list[dict[str, Any]] = []
+    events = [_event(i) for i in range(args.publish)]
+
+    def many(conn: psycopg.Connection[Any]) -> None:
+        publish_many(conn, events)
+
+    def single(conn: psycopg.Connection[Any]) -> None:
+        for i in range(args.single):
+            publish(conn, **_event(i))
+
+    def with_checksum(on: bool) -> None:
+        setattr(publish_module, "checksum", real if on else _NoChecksum)  # noqa: B010
+
+    def with_limit(on: bool) -> None:
+        backpressure.clear()
+        if on:
+            backpressure.set_backlog_limit("order.created", 10**9)
+
+    variants: list[tuple[str, Callable[[psycopg.Connection[Any]], None], int, Any, bool]] = [
+        ("publish_many, with checksum", many, args.publish, with_checksum, True),
+        ("publish_many, without checksum", many, args.publish, with_checksum, False),
+        ("publish (one transaction), with checksum", single, args.single, with_checksum, True),
+        ("publish (one transaction), without checksum", single, args.single, with_checksum, False),
+        ("publish (one transaction), backlog limit set", single, args.single, with_limit, True),
+        ("publish (one transaction), no backlog limit", single, args.single, with_limit, False),
+    ]
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
     try:
-        events = [_event(i) for i in range(args.publish)]
-
-        def many(conn: psycopg.Connection[Any]) -> None:
-            publish_many(conn, events)
-
-        def single(conn: psycopg.Connection[Any]) -> None:
-            for i in range(args.single):
-                publish(conn, **_event(i))
-
-        variants: list[tuple[str, Callable[[psycopg.Connection[Any]], None], int]] = [
-            ("publish_many", many, args.publish),
-            ("publish (one transaction)", single, args.single),
-        ]
-        for name, work, n in variants:
-            for label, module in (("with checksum", real), ("without checksum", _NoChecksum)):
-                setattr(publish_module, "checksum", module)  # noqa: B010
+        for _ in range(max(1, args.repeat)):
+            for name, work, _n, setup, on in variants:
+                setup(on)
                 try:
-                    seconds = sorted(_timed(dsn, work) for _ in range(args.repeat))[
-                        args.repeat // 2
-                    ]
+                    runs[name].append(_timed(dsn, work))
                 finally:
-                    setattr(publish_module, "checksum", real)  # noqa: B010
-                rows.append({"scenario": f"{name}, {label}", "events": n,
-                             "seconds": seconds, "events_per_s": n / seconds})  # fmt: skip
-        for label, limit in (("backlog limit set", 10**9), ("no backlog limit", None)):
-            backpressure.set_backlog_limit("order.created", limit)
-            try:
-                seconds = sorted(_timed(dsn, single) for _ in range(args.repeat))[args.repeat // 2]
-            finally:
-                backpressure.clear()
-            rows.append({"scenario": f"publish (one transaction), {label}", "events": args.single,
-                         "seconds": seconds, "events_per_s": args.single / seconds})  # fmt: skip
+                    with_checksum(True)
+                    backpressure.clear()
     finally:
         db.drop(dsn)
+    rows = []
+    for name, _work, n, _setup, _on in variants:
+        wall = sorted(w for w, _ in runs[name])[len(runs[name]) // 2]
+        cpu = sorted(c for _, c in runs[name])[len(runs[name]) // 2]
+        rows.append({"scenario": name, "events": n, "seconds": wall, "events_per_s": n / wall,
+                     "client_cpu_us_per_event": cpu / n * 1e6})  # fmt: skip
     return rows
 
 
-def _ratio(rows: list[dict[str, Any]], a: str, b: str) -> float:
-    by = {r["scenario"]: float(r["seconds"]) for r in rows}
+def _ratio(rows: list[dict[str, Any]], a: str, b: str, key: str = "seconds") -> float:
+    by = {r["scenario"]: float(r[key]) for r in rows}
     return by[a] / by[b]
 
 
@@ -179,44 +190,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--publish", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=5000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, help="rounds (default 3; 1 with --quick)")
+    parser.add_argument("--publish-only", action="store_true", help="skip the drains")
     args = parser.parse_args(argv)
     if args.quick:
-        args.per_aggregate, args.publish, args.single, args.repeat = 2, 20_000, 1000, 1
+        args.per_aggregate, args.publish, args.single = 2, 20_000, 1000
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     db = BenchDatabase()
     try:
-        drains = []
-        for _ in range(max(1, args.repeat)):  # alternate, so drift hits both alike
-            drains.append((drain(db, args, ordered=False), drain(db, args, ordered=True)))
-        plain = median_of([p for p, _ in drains])
-        ordered = median_of([o for _, o in drains])
-        ordered["in_order"] = all(o["in_order"] for _, o in drains)
-        ratio = ordered["events_per_s"] / plain["events_per_s"]
-        print_table(f"ordering ({db.where})", [plain, ordered])
-        print(f"ordered / plain drain rate: {ratio:.2f} (target >= 0.50)", flush=True)
+        drain_rows: list[dict[str, Any]] = []
+        ratio = float("nan")
+        if not args.publish_only:
+            drains = []
+            for _ in range(max(1, args.repeat)):  # alternate, so drift hits both alike
+                drains.append((drain(db, args, ordered=False), drain(db, args, ordered=True)))
+            plain = median_of([p for p, _ in drains])
+            ordered = median_of([o for _, o in drains])
+            ordered["in_order"] = all(o["in_order"] for _, o in drains)
+            ratio = ordered["events_per_s"] / plain["events_per_s"]
+            drain_rows = [plain, ordered]
+            print_table(f"ordering ({db.where})", drain_rows)
+            print(f"ordered / plain drain rate: {ratio:.2f} (target >= 0.50)", flush=True)
         publishing = publish_costs(db, args)
     finally:
         db.close()
     print_table("publish costs", publishing)
-    ratios = {
-        "ordered_over_plain_drain": ratio,
-        "publish_many_checksum_cost": _ratio(
-            publishing, "publish_many, with checksum", "publish_many, without checksum"
-        ),
-        "publish_checksum_cost": _ratio(
-            publishing,
+    ratios = {"ordered_over_plain_drain": ratio}
+    pairs = {
+        "publish_many_checksum": ("publish_many, with checksum", "publish_many, without checksum"),
+        "publish_checksum": (
             "publish (one transaction), with checksum",
             "publish (one transaction), without checksum",
         ),
-        "publish_backlog_limit_cost": _ratio(
-            publishing,
+        "publish_backlog_limit": (
             "publish (one transaction), backlog limit set",
             "publish (one transaction), no backlog limit",
         ),
     }
+    for name, (a, b) in pairs.items():
+        ratios[f"{name}_wall_ratio"] = _ratio(publishing, a, b)
+        ratios[f"{name}_client_cpu_ratio"] = _ratio(publishing, a, b, "client_cpu_us_per_event")
     for name, value in ratios.items():
         print(f"{name}: {value:.3f}")
-    result = {"where": db.where, "drain": [plain, ordered], "publish": publishing, **ratios}
+    result = {"where": db.where, "drain": drain_rows, "publish": publishing, **ratios}
     emit_json("ordering", result)
     return result
 

@@ -22,12 +22,19 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         ["publish", "publish_many", "Dispatcher", "OutboxEvent", "EventStatus", "BackoffPolicy"],
     ),
     ("dispatchbox", "Dead letters", ["OutboxRepository"]),
+    (
+        "dispatchbox.delivery.backpressure",
+        "Backpressure",
+        ["set_backlog_limit", "set_cache_seconds"],
+    ),
     ("dispatchbox.filters", "Filters", ["DeadEventFilter"]),
     (
         "dispatchbox.errors",
         "Errors",
         [
             "PermanentError",
+            "EventExpired",
+            "BacklogFullError",
             "BatchFailure",
             "DispatchboxError",
             "ConfigurationError",
