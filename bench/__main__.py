@@ -32,6 +32,7 @@ EXTRA = [
     "destinations",
     "breakers",
 ]
+EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "ordering"]
 
 
 def _machine() -> dict[str, Any]:

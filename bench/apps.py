@@ -43,3 +43,13 @@ def latency(event: OutboxEvent) -> None:
     if _probe_fd is None:
         _probe_fd = os.open(os.environ["DBX_LATENCY_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(_probe_fd, f"{event.id} {now:.6f}\n".encode())
+
+
+# The ordering benchmark's app (bench/ordering.py): the same no-op, delivered in order per
+# aggregate. A dispatcher of its own, so that bench.apps:dispatcher keeps the plain claim.
+ordered = Dispatcher()
+
+
+@ordered.handler("bench.ordered", ordering="block")
+def ordered_noop(event: OutboxEvent) -> None:
+    """Does nothing, one event of an aggregate at a time, in publish order."""

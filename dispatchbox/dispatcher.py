@@ -26,6 +26,7 @@ H = TypeVar("H", bound=Handler)
 # Destination names appear in CLI flags, metric labels and URLs: keep them plain.
 _DESTINATION_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 B = TypeVar("B", bound=BatchHandler)
+ORDERING_MODES = ("block", "skip", "park")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,10 @@ class HandlerSpec:
     # The system this handler talks to: breakers, rate limits and dead letters are kept per
     # destination. Handlers that name none each get their own, named after the event type.
     destination: str = ""
+    # Per-aggregate ordering ("block", "skip", "park" or None) and time to live in seconds,
+    # counted from publish (None: only the event's own expires_at); docs: delivery-controls.md.
+    ordering: str | None = None
+    ttl: float | None = None
 
 
 @runtime_checkable
@@ -206,13 +211,23 @@ class Dispatcher:
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
         destination: str | None = None,
+        ordering: str | None = None,
+        ttl: float | None = None,
     ) -> Callable[[H], H]:
         """Decorator: run the function for every event of ``event_type``. ``destination`` names
-        the system it delivers to (default: the event type)."""
+        the system it delivers to (default: the event type). ``ordering`` ("block", "skip" or
+        "park") delivers the events of one aggregate one at a time in publish order; ``ttl``
+        (seconds after publish) dead-letters events not delivered by then as expired."""
 
         def register(func: H) -> H:
             self.register(
-                event_type, func, timeout=timeout, backoff=backoff, destination=destination
+                event_type,
+                func,
+                timeout=timeout,
+                backoff=backoff,
+                destination=destination,
+                ordering=ordering,
+                ttl=ttl,
             )
             return func
 
@@ -226,11 +241,14 @@ class Dispatcher:
         timeout: float | None = None,
         backoff: BackoffPolicy | None = None,
         destination: str | None = None,
+        ordering: str | None = None,
+        ttl: float | None = None,
     ) -> Callable[[B], B]:
         """Decorator: run the function once for a list of events of ``event_type`` (at most
         ``max_batch``, from one claim, most urgent first). Returning means every event of the
         list is done; raising BatchFailure fails the events it names; any other exception fails
-        them all. ``timeout`` is for the whole call."""
+        them all. ``timeout`` is for the whole call. ``ordering`` and ``ttl`` as for ``handler``
+        (with ordering, one call holds at most one event of an aggregate)."""
 
         def register(func: B) -> B:
             self.register(
@@ -240,6 +258,8 @@ class Dispatcher:
                 backoff=backoff,
                 max_batch=max_batch,
                 destination=destination,
+                ordering=ordering,
+                ttl=ttl,
             )
             return func
 
@@ -254,6 +274,8 @@ class Dispatcher:
         backoff: BackoffPolicy | None = None,
         max_batch: int | None = None,
         destination: str | None = None,
+        ordering: str | None = None,
+        ttl: float | None = None,
     ) -> None:
         if not isinstance(event_type, str) or not event_type:
             raise ConfigurationError("event_type must be a non-empty string")
@@ -273,6 +295,15 @@ class Dispatcher:
                 f"destination for {event_type!r} must be 1-100 letters, digits or . _ : -, "
                 f"got {destination!r}"
             )
+        if ordering is not None and ordering not in ORDERING_MODES:
+            raise ConfigurationError(
+                f"ordering for {event_type!r} must be one of {', '.join(ORDERING_MODES)} or None, "
+                f"got {ordering!r}"
+            )
+        if ttl is not None and (
+            isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
+        ):
+            raise ConfigurationError(f"ttl for {event_type!r} must be a positive number of seconds")
         self._handlers[event_type] = HandlerSpec(
             event_type=event_type,
             func=func,
@@ -281,6 +312,8 @@ class Dispatcher:
             backoff=backoff,
             max_batch=max_batch,
             destination=destination or event_type,
+            ordering=ordering,
+            ttl=None if ttl is None else float(ttl),
         )
 
     def get(self, event_type: str) -> HandlerSpec | None:

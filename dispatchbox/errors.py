@@ -61,6 +61,17 @@ class RetryLater(Exception):
         self.retry_after = retry_after
 
 
+class EventExpired(PermanentError):
+    """The event's expires_at or its handler's ttl passed before delivery: dead, never run."""
+
+    # What the event's last_error starts with ("expired: ..."), rather than the class name.
+    error_type = "expired"
+
+
+class BacklogFullError(DispatchboxError):
+    """publish refused the event: the pending backlog of its event type is above its limit."""
+
+
 class BatchFailure(Exception):
     """Raised by a batch handler: these events of the batch failed, each with its own error
     (a PermanentError dead-letters its event at once); every other event of the batch is done.

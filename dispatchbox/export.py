@@ -55,6 +55,8 @@ CSV_COLUMNS = (
     "last_redriven_by",
     "headers",
     "payload",
+    "payload_sha256",
+    "payload_intact",
 )
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from dispatchbox import queries
+from dispatchbox.delivery import backpressure, checksum
 from dispatchbox.errors import InvalidEvent
 
 # publish_many sends this many events per statement: big enough to amortise the round trip,
@@ -30,6 +31,7 @@ _FIELDS = frozenset(
         "priority",
         "max_attempts",
         "available_at",
+        "expires_at",
     }
 )
 _REQUIRED = ("aggregate_type", "aggregate_id", "event_type", "payload")
@@ -49,6 +51,8 @@ class _Row:
     priority: int
     max_attempts: int
     available_at: datetime | None
+    expires_at: datetime | None
+    checksum: str  # hex SHA-256 of the payload as jsonb text (delivery/checksum.py)
 
 
 def _text(name: str, value: Any, *, allow_int: bool = False) -> str:
@@ -112,19 +116,29 @@ def _validate(
     priority: Any = 5,
     max_attempts: Any = 5,
     available_at: Any = None,
+    expires_at: Any = None,
 ) -> _Row:
     if headers is not None and not isinstance(headers, Mapping):
         raise InvalidEvent(f"headers must be a mapping, got {type(headers).__name__}")
-    if available_at is not None:
-        if not isinstance(available_at, datetime):
-            raise InvalidEvent("available_at must be a datetime")
-        if available_at.tzinfo is None:
-            raise InvalidEvent("available_at must be timezone-aware")
+    for name, when in (("available_at", available_at), ("expires_at", expires_at)):
+        if when is not None:
+            if not isinstance(when, datetime):
+                raise InvalidEvent(f"{name} must be a datetime")
+            if when.tzinfo is None:
+                raise InvalidEvent(f"{name} must be timezone-aware")
+    # One encoding for the row and the checksum when the payload allows (nearly always); else
+    # the compact encoding, which also refuses what is not JSON, and the checksum's slow path.
+    fast = checksum.encode(payload)
+    if fast is None:
+        text = _json("payload", payload)
+        digest = checksum.payload_sha256(payload)
+    else:
+        text, digest = fast
     return _Row(
         aggregate_type=_text("aggregate_type", aggregate_type),
         aggregate_id=_text("aggregate_id", aggregate_id, allow_int=True),
         event_type=_text("event_type", event_type),
-        payload=_json("payload", payload),
+        payload=text,
         headers=_json("headers", dict(headers)) if headers else "{}",
         idempotency_key=None
         if idempotency_key is None
@@ -132,6 +146,8 @@ def _validate(
         priority=_int("priority", priority, 1, 10),
         max_attempts=_int("max_attempts", max_attempts, 1, math.inf),
         available_at=available_at,
+        expires_at=expires_at,
+        checksum=digest,
     )
 
 
@@ -147,11 +163,14 @@ def publish(
     priority: int = 5,
     max_attempts: int = 5,
     available_at: datetime | None = None,
+    expires_at: datetime | None = None,
 ) -> int:
     """Write one event in the caller's transaction; return its id.
 
     When ``idempotency_key`` was used before, nothing is written and the existing event's id is
-    returned. The event becomes visible to workers when the caller commits.
+    returned. The event becomes visible to workers when the caller commits. An event not
+    delivered by ``expires_at`` goes dead as expired. BacklogFullError when a backlog limit is
+    set for ``event_type`` (``set_backlog_limit``) and its pending backlog is above it.
     """
     row = _validate(
         aggregate_type=aggregate_type,
@@ -163,7 +182,9 @@ def publish(
         priority=priority,
         max_attempts=max_attempts,
         available_at=available_at,
+        expires_at=expires_at,
     )
+    backpressure.check(conn, (row.event_type,))
     params = {
         "aggregate_type": row.aggregate_type,
         "aggregate_id": row.aggregate_id,
@@ -174,6 +195,8 @@ def publish(
         "priority": row.priority,
         "max_attempts": row.max_attempts,
         "available_at": row.available_at,
+        "expires_at": row.expires_at,
+        "payload_sha256": row.checksum,
     }
     new_id = queries.fetch_value(conn, "publish_one", params)
     if new_id is None:
@@ -224,9 +247,14 @@ def _copy_batch(conn: psycopg.Connection[Any], batch: list[_Row]) -> list[int]:
     return ids
 
 
+# The COPY's columns' types, in publish_copy's order.
+_COPY_TYPES = ["int8", "text", "text", "text", "bytea", "bytea", "int2", "int4"]
+_COPY_TYPES += ["text", "timestamptz"]  # payload_sha256, expires_at
+
+
 def _copy_rows(cur: psycopg.Cursor[Any], ids: list[int], batch: list[_Row]) -> None:
     with cur.copy(queries.query("publish_copy")) as copy:
-        copy.set_types(["int8", "text", "text", "text", "bytea", "bytea", "int2", "int4"])
+        copy.set_types(_COPY_TYPES)
         for event_id, r in zip(ids, batch, strict=True):
             copy.write_row(
                 (
@@ -238,6 +266,8 @@ def _copy_rows(cur: psycopg.Cursor[Any], ids: list[int], batch: list[_Row]) -> N
                     _EMPTY_JSONB if r.headers == "{}" else _JSONB_VERSION + r.headers.encode(),
                     r.priority,
                     r.max_attempts,
+                    r.checksum,
+                    r.expires_at,
                 )
             )
 
@@ -258,6 +288,7 @@ def publish_many(
     rows = _validate_many(events)
     if not rows:
         return []
+    backpressure.check(conn, {r.event_type for r in rows})
     if all(r.idempotency_key is None and r.available_at is None for r in rows):
         return _copy_batch(conn, rows)
     ids: list[int] = []
@@ -273,6 +304,8 @@ def publish_many(
             "priority": [r.priority for r in batch],
             "max_attempts": [r.max_attempts for r in batch],
             "available_at": [r.available_at for r in batch],
+            "expires_at": [r.expires_at for r in batch],
+            "payload_sha256": [r.checksum for r in batch],
         }
         result = queries.fetch_all(conn, "publish_many", params)
         skipped = {batch[i].idempotency_key for i, row in enumerate(result) if not row["inserted"]}

@@ -31,6 +31,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from dispatchbox import db, queries
+from dispatchbox.delivery import checksum
 from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
 from dispatchbox.export import ExportFormat, Writer
 from dispatchbox.filters import DeadEventFilter
@@ -61,6 +62,12 @@ _PREFETCH = 2
 _MAX_BIGINT = 2**63 - 1
 
 Progress = Callable[[int], None]
+
+
+def _changed(row: dict[str, Any]) -> bool:
+    """An exported row whose payload no longer matches its checksum (json: a boolean column,
+    csv: its text)."""
+    return row.get("payload_intact") in (False, "false")
 
 
 def _valid_id(value: Any) -> bool:
@@ -361,7 +368,14 @@ class OutboxRepository:
                     conn, "dead_redrive_ids", {"ids": [event_id], "actor": who}
                 )
                 if done:
-                    self._audit(conn, actor=who, action="retry", affected=1, event_ids=[event_id])
+                    self._audit(
+                        conn,
+                        actor=who,
+                        action="retry",
+                        affected=1,
+                        event_ids=[event_id],
+                        details=checksum.report("retry", checksum.mismatched(conn, [event_id])),
+                    )
                     queries.execute(conn, "outbox_notify")
             if done:
                 return True
@@ -436,7 +450,11 @@ class OutboxRepository:
                 action="retry_batch",
                 affected=len(redriven),
                 event_ids=redriven,
-                details={"requested": len(wanted), "skipped": missing + not_dead + changed},
+                details={
+                    "requested": len(wanted),
+                    "skipped": missing + not_dead + changed,
+                    **checksum.report("retry_batch", checksum.mismatched(conn, redriven)),
+                },
             )
             if redriven:
                 queries.execute(conn, "outbox_notify")
@@ -483,13 +501,15 @@ class OutboxRepository:
             raise InvalidFilter(f"rate must be a positive number of events per second, not {rate}")
         who = actor or default_actor()
         size = self.batch_size if rate is None else max(1, min(self.batch_size, int(rate)))
-        details = {"limit": limit, "rate": rate, "batch_size": size}
+        details: dict[str, Any] = {"limit": limit, "rate": rate, "batch_size": size}
         params: dict[str, Any] = {**flt.params(), "actor": who}
         total = skipped = failed = 0
         after_id = 0
         audit_id: int | None = None
         started = time.monotonic()
         with self._connection() as conn:
+            mismatched = checksum.mismatched_dead(conn, flt.params())
+            details.update(checksum.report("retry_filter", mismatched))
             try:
                 while limit is None or total < limit:
                     params["after_id"] = after_id
@@ -580,8 +600,10 @@ class OutboxRepository:
                 "dead_export_csv" if fmt is ExportFormat.CSV else "dead_export_json",
                 flt.params(),
             )
+            mismatched: list[int] = []
             for chunk in _prefetched(conn, "dead_export_fetch"):
                 writer.write_chunk(chunk)
+                mismatched += [int(r["id"]) for r in chunk if _changed(r)]
                 if progress is not None:
                     progress(writer.count)
             writer.end()
@@ -591,7 +613,11 @@ class OutboxRepository:
                 action="export",
                 affected=writer.count,
                 filter=flt,
-                details={"format": fmt.value, "destination": destination},
+                details={
+                    "format": fmt.value,
+                    "destination": destination,
+                    **checksum.report("export", mismatched),
+                },
             )
         return writer.count
 

@@ -24,6 +24,11 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("dispatchbox", "Dead letters", ["OutboxRepository"]),
     ("dispatchbox", "Delivery controls", ["BreakerPolicy"]),
     ("dispatchbox.delivery.config", "Delivery controls: replay", ["is_transient"]),
+    (
+        "dispatchbox.delivery.backpressure",
+        "Backpressure",
+        ["set_backlog_limit", "set_cache_seconds"],
+    ),
     ("dispatchbox.filters", "Filters", ["DeadEventFilter"]),
     (
         "dispatchbox.destinations",
@@ -36,6 +41,8 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         [
             "PermanentError",
             "RetryLater",
+            "EventExpired",
+            "BacklogFullError",
             "BatchFailure",
             "DispatchboxError",
             "ConfigurationError",

@@ -1,12 +1,14 @@
-"""Delivery controls per destination: circuit breakers, health probes, replay of what died in an
-outage, and rate limits.
+"""Delivery controls: what may be delivered, when, at what pace and in which order.
 
-Owns: the policies users configure with ``Dispatcher.destination()`` (``config``), what a worker
-process does with them (``board``: claim exclusions, outcome counting, probes, token buckets),
-the operator's actions on breakers (``admin``) and the replay after a recovery (``replay``).
-The shared state lives in PostgreSQL (``outbox_breaker``, ``outbox_rate_limit``; SQL in
-sql/queries/delivery.sql), never in one process.
+Owns, per destination: circuit breakers with health probes, the replay of what died in an outage
+and rate limits (``config``: what users set with ``Dispatcher.destination()``; ``board``: what a
+worker process does with them; ``admin``: the operator's actions on breakers; ``replay``). And
+per event: ordering per aggregate (``ordering``), expiry (``expiry``), backpressure on publish
+(``backpressure``) and payload checksums (``checksum``). Shared state lives in PostgreSQL
+(migrations 0008 and 0009; SQL in sql/queries/delivery.sql and delivery_order.sql), never in one
+process.
 
-May import only downward: ``dispatchbox.dispatcher``, ``dispatchbox.errors``,
-``dispatchbox.queries`` and psycopg; never the CLI, the API or observability (they import this).
+May import only downward: ``dispatchbox.errors``, ``dispatchbox.events``,
+``dispatchbox.queries`` and psycopg (``dispatchbox.dispatcher`` imports ``config``); never the
+worker, the CLI, the API or observability (they import this).
 """

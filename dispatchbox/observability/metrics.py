@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from dispatchbox import db, queries
+from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
 
 logger = logging.getLogger("dispatchbox.metrics")
@@ -279,6 +280,7 @@ class _Snapshot:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_by_destination: list[dict[str, Any]] = field(default_factory=list)
     breakers: list[dict[str, Any]] = field(default_factory=list)
+    blocked: dict[str, int] = field(default_factory=dict)
 
 
 REDRIVE_OUTCOMES = {
@@ -370,6 +372,7 @@ class DatabaseCollector:
                 alerts = queries.fetch_all(conn, "metrics_alert_state")
                 by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
                 breakers = queries.fetch_all(conn, "metrics_breakers")
+                blocked = ordering.blocked_aggregates(conn)
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._disconnect()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
@@ -391,6 +394,7 @@ class DatabaseCollector:
             alerts=alerts,
             dead_by_destination=by_destination,
             breakers=breakers,
+            blocked=blocked,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -414,6 +418,15 @@ class DatabaseCollector:
         yield self._redriven(snap.redriven)
         yield from self._alerts(snap.alerts)
         yield from _breakers(snap.breakers)
+        blocked = GaugeMetricFamily(
+            "dispatchbox_ordering_blocked_aggregates",
+            "Aggregates whose later events wait behind a failing one: state waiting (it waits "
+            "for a retry) or parked (it is dead and holds parked events; ordering=park).",
+            labels=["state"],
+        )
+        for state in ("waiting", "parked"):
+            blocked.add_metric([state], float(snap.blocked.get(state, 0)))
+        yield blocked
 
     @staticmethod
     def _health(health: dict[str, Any]) -> Iterable[Metric]:

@@ -40,9 +40,12 @@ import psycopg
 
 from dispatchbox import queries
 from dispatchbox.db import connect_async, redact
+from dispatchbox.delivery import backpressure
 from dispatchbox.delivery.board import DeliveryBoard, DestinationPaused
+from dispatchbox.delivery.expiry import Expiry
+from dispatchbox.delivery.ordering import OrderingPlan
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
-from dispatchbox.errors import BatchFailure, PermanentError, RetryLater
+from dispatchbox.errors import BatchFailure, EventExpired, PermanentError, RetryLater
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.claim_position import ClaimPositions
 from dispatchbox.worker.config import WorkerConfig
@@ -158,6 +161,10 @@ class WorkerProcess:
         )
         self.name = name or worker_name()
         self.backoff = config.backoff()
+        # Delivery controls (dispatchbox/delivery): the ordered claim when a handler asked for
+        # ordering, and the expiry check at claim and at handler start.
+        self.ordering = OrderingPlan.of(dispatcher)
+        self.expiry = Expiry(dispatcher)
         self.outage = OutageTracker(self.name)
         prepare = config.prepared_statements
         sync = config.synchronous_commit
@@ -255,6 +262,7 @@ class WorkerProcess:
             # The breakers' rows exist before the first outcome is counted against them.
             await self._with_db(self.delivery_conn, self.delivery.board.ensure)
             background.append(asyncio.create_task(self.delivery.loop(), name="delivery"))
+        background.append(asyncio.create_task(self._backlog_loop(), name="backlog"))
         claimer = asyncio.create_task(self._claim_loop(), name="claimer")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         for task in (claimer, flusher, *background):
@@ -360,6 +368,7 @@ class WorkerProcess:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
+        await self.expiry.sync_clock(conn)
         started = time.monotonic()
         excluded: list[str] = []
         if self.delivery is not None:
@@ -369,7 +378,8 @@ class WorkerProcess:
                 # the places claims resume from: start the next claim from the beginning.
                 self.positions.restart()
                 self.excluded = excluded
-        after = self.positions.after(started)
+        # The ordered claim always starts from the beginning (see worker_claim_ordered).
+        after = self.positions.after(started) if self.ordering is None else None
         batch = await store.claim(
             conn,
             worker=self.name,
@@ -377,6 +387,7 @@ class WorkerProcess:
             lease_seconds=self.config.lease_seconds,
             after=after,
             excluded_types=excluded,
+            ordered=None if self.ordering is None else self.ordering.params(),
         )
         self.positions.claimed(batch, full=after is None, started=started)
         if self.delivery is not None:
@@ -393,6 +404,7 @@ class WorkerProcess:
         # A claim that raced a breaker opening: its events for that destination go back.
         paused = self.delivery.board.paused_types if self.delivery is not None else ()
         back: list[tuple[int, uuid.UUID]] = []
+        ttls = self.expiry.ttls
         for item in batch:
             leased[item.id] = item.token
             if paused and item.event_type in paused:
@@ -403,6 +415,10 @@ class WorkerProcess:
                 exc = LookupError(f"no handler registered for event type {item.event_type!r}")
                 failure = self._failure(item, None, exc, time.monotonic(), traceback=False)
                 self._settle(Outcome(item, "failed", 0.0, failure))
+            elif (item.expires_at is not None or item.event_type in ttls) and self._expired(
+                item, spec
+            ):
+                pass  # settled as expired: never delivered
             elif spec.max_batch is not None:
                 grouped.setdefault(item.event_type, []).append(item)
             elif spec.is_async:
@@ -437,6 +453,18 @@ class WorkerProcess:
             self.timeouts[event_type] = spec.timeout or self.config.handler_timeout
         return spec
 
+    def _expired(self, item: store.Claimed, spec: HandlerSpec) -> bool:
+        """Settle the event as expired if its time is up (it is not delivered)."""
+        try:
+            self.expiry.check(item)
+        except EventExpired as exc:
+            failure = self._failure(
+                item, spec, exc, time.monotonic(), permanent=True, traceback=False
+            )
+            self._settle(Outcome(item, "expired", 0.0, failure))
+            return True
+        return False
+
     # -- running handlers -----------------------------------------------------------------------
 
     def _timeout_of(self, item: Run) -> float:
@@ -449,9 +477,13 @@ class WorkerProcess:
         start = time.monotonic()
         spec = self.specs[item.event_type]
         try:
+            self.expiry.check(item)  # claimed just before its expiry, it may have waited past it
             spec.func(decode.event(item))  # type: ignore[arg-type]  # a one-event handler
         except DestinationPaused:
             return Outcome(item, "released", 0.0)
+        except EventExpired as exc:
+            failure = self._failure(item, spec, exc, start, permanent=True, traceback=False)
+            return Outcome(item, "expired", time.monotonic() - start, failure)
         except PermanentError as exc:
             failure = self._failure(item, spec, exc, start, permanent=True)
             return Outcome(item, "permanent", time.monotonic() - start, failure)
@@ -516,6 +548,7 @@ class WorkerProcess:
             batch_spec = self.specs[run.event_type]
             return batch_spec.func([decode.event(item) for item in run.items])  # type: ignore[arg-type,no-any-return]
         spec = self.specs[run.event_type]
+        self.expiry.check(run)  # type: ignore[arg-type]  # one event; raises EventExpired
         return spec.func(decode.event(run))  # type: ignore[arg-type,no-any-return]  # one event
 
     def _async_done(self, run: Run, seconds: float) -> None:
@@ -536,8 +569,9 @@ class WorkerProcess:
             self.results_ready.set()
             return
         permanent = isinstance(exc, PermanentError)
-        failure = self._failure(run, spec, exc, start, permanent=permanent)
-        label = "permanent" if permanent else "failed"
+        expired = isinstance(exc, EventExpired)
+        failure = self._failure(run, spec, exc, start, permanent=permanent, traceback=not expired)
+        label = "expired" if expired else "permanent" if permanent else "failed"
         self._settle(Outcome(run, label, time.monotonic() - start, failure))
         self.results_ready.set()
 
@@ -634,7 +668,7 @@ class WorkerProcess:
         return store.Failure(
             id=item.id,
             token=item.token,
-            error_type=type(exc).__name__,
+            error_type=exc.error_type if isinstance(exc, EventExpired) else type(exc).__name__,
             message=_text((str(exc) or type(exc).__name__)[:MAX_MESSAGE]),
             traceback=None if tb is None else _text(tb),
             # Monotonic readings; the fail statement turns them into the database's clock.
@@ -678,6 +712,8 @@ class WorkerProcess:
                 await store.complete(conn, done)
             if failed:
                 dead = await store.fail(conn, worker=self.name, failures=[f for f, _ in failed])
+                if dead and self.ordering is not None:
+                    await self.ordering.park_behind(conn, [t.id for t in dead])
             if self.delivery is not None:  # breakers count this flush with one statement
                 await self.delivery.record(conn, done, failed)
             if released:
@@ -707,6 +743,11 @@ class WorkerProcess:
         leased = self.leased
         for item in [*done, *released]:
             leased.pop(item.id, None)
+        if self.ordering is not None:
+            # A finished event may be what held its aggregate's next one: claim again now
+            # rather than at the next poll.
+            self.wakeup.set()
+            self.want_more.set()
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:
             self.leased.pop(f.id, None)
@@ -741,6 +782,10 @@ class WorkerProcess:
             await asyncio.sleep(self.config.reaper_interval)
             while True:
                 moved = await self._with_db(self.upkeep_conn, store.reap)
+                plan = self.ordering
+                if moved and plan is not None and any(t.status == "dead" for t in moved):
+                    dead_ids = [t.id for t in moved if t.status == "dead"]
+                    await self._with_db(self.upkeep_conn, partial(plan.park_behind_conn, dead_ids))
                 for t in moved or []:
                     logger.warning(
                         "lease_expired id=%d event_type=%s held_by=%s attempts=%d now=%s",
@@ -763,6 +808,13 @@ class WorkerProcess:
                         self.hooks.dead(t, "LeaseExpired")
                 if not moved or len(moved) < 1000:
                     break
+
+    async def _backlog_loop(self) -> None:
+        """Keep the backlog estimate that publish's backpressure reads (one process at a time
+        does the count; the others find it fresh and skip)."""
+        while True:
+            await asyncio.sleep(backpressure.REFRESH_SECONDS)
+            await self._with_db(self.upkeep_conn, backpressure.refresh)
 
     # -- wake-up --------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Claimed:
     priority: int
     next_attempt_us: int  # next_attempt_at, microseconds since the epoch: with priority and id,
     # the event's place in the claim order
+    expires_at: datetime | None  # publish(expires_at=...): undelivered then, it goes dead
     token: uuid.UUID
 
 
@@ -75,11 +76,13 @@ async def claim(
     lease_seconds: float,
     after: Sequence[tuple[int, int] | None] | None = None,
     excluded_types: Sequence[str] = (),
+    ordered: dict[str, list[str]] | None = None,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due events, most urgent first, none of ``excluded_types`` (see
     DeliveryBoard): from the start of the claim order, or, given ``after`` (a place per priority
     1-10: next_attempt_us and id, None where there is none), resumed after each priority's place
-    (see worker_claim_after)."""
+    (see worker_claim_after). ``ordered`` (delivery.ordering.OrderingPlan.params): the ordered
+    claim instead, serialised across processes by a transaction-scoped lock, from the start."""
     token = uuid.uuid4()
     params: dict[str, Any] = {
         "worker": worker,
@@ -88,23 +91,28 @@ async def claim(
         "token": token,
         "excluded_types": list(excluded_types),
     }
-    name = "worker_claim"
-    if after is not None:
-        name = "worker_claim_after"
+    # binary: a timestamp per row is cheaper for the server and for us
+    if ordered is not None:
+        async with conn.transaction():
+            await queries.aexecute(conn, "ordering_claim_lock")
+            rows = await queries.afetch_tuples(
+                conn, "worker_claim_ordered", {**params, **ordered}, binary=True
+            )
+    elif after is not None:
         params["after_us"] = [p[0] if p else None for p in after]
         params["after_ids"] = [p[1] if p else None for p in after]
-    # binary: a timestamp per row is cheaper for the server and for us
-    rows = await queries.afetch_tuples(conn, name, params, binary=True)
-    rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
-    # The row's columns are Claimed's fields but the token, in order: unpacking them is the
-    # cheapest way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # eleven columns
+        rows = await queries.afetch_tuples(conn, "worker_claim_after", params, binary=True)
+    else:
+        rows = await queries.afetch_tuples(conn, "worker_claim", params, binary=True)
+    return claimed_rows(rows, token)
 
 
 def claimed_rows(rows: list[tuple[Any, ...]], token: uuid.UUID) -> list[Claimed]:
-    """Claimed events from rows with worker_claim's columns (delivery_claim returns them too)."""
-    rows.sort(key=_POSITION)
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # eleven columns
+    """Claimed events from rows with worker_claim's columns (every claim returns them)."""
+    rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
+    # The row's columns are Claimed's fields but the token, in order: unpacking them is the
+    # cheapest way to build one, and this runs once per claimed event.
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # twelve columns
 
 
 _POSITION = itemgetter(8)

@@ -165,8 +165,12 @@ SET LOCAL TIME ZONE 'UTC'
 -- exports); read with dead_export_fetch inside the same transaction. The object is built by
 -- concatenation: json_build_object looks up every argument's type on every row (a third of the
 -- export's time); to_json quotes and escapes each value, jsonb::text is JSON already.
+-- payload_sha256 is the checksum taken at publish and payload_intact whether the payload still
+-- matches it (null when unknown: events from before migration 0009); the id and payload_intact
+-- columns beside doc let the repository report mismatches without parsing the documents.
 DECLARE dispatchbox_export NO SCROLL CURSOR FOR
-SELECT '{"id":' || e.id
+SELECT e.id, k.payload_intact,
+       '{"id":' || e.id
        || ',"aggregate_type":' || to_json(e.aggregate_type)::text
        || ',"aggregate_id":' || to_json(e.aggregate_id)::text
        || ',"event_type":' || to_json(e.event_type)::text
@@ -186,9 +190,14 @@ SELECT '{"id":' || e.id
        || ',"last_redriven_by":' || coalesce(to_json(e.last_redriven_by)::text, 'null')
        || ',"headers":' || e.headers::text
        || ',"payload":' || e.payload::text
+       || ',"payload_sha256":' || coalesce(to_json(e.payload_sha256)::text, 'null')
+       || ',"payload_intact":' || coalesce(k.payload_intact::text, 'null')
        || '}' AS doc
   FROM outbox_event e
   LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
+ CROSS JOIN LATERAL (SELECT CASE WHEN e.payload_sha256 IS NOT NULL
+                                 THEN outbox_payload_sha256(e.payload) = e.payload_sha256
+                            END AS payload_intact) k
  WHERE e.status = 'dead'
    AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
    AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
@@ -203,7 +212,8 @@ SELECT '{"id":' || e.id
 
 -- name: dead_export_csv
 -- Open the export cursor over dead events as text columns named as in export.CSV_COLUMNS, in id
--- order; timestamps in ISO 8601, payload and headers as JSON text.
+-- order; timestamps in ISO 8601, payload and headers as JSON text; payload_intact 'true',
+-- 'false' or empty (see dead_export_json).
 DECLARE dispatchbox_export NO SCROLL CURSOR FOR
 SELECT e.id::text AS id,
        e.aggregate_type,
@@ -224,9 +234,14 @@ SELECT e.id::text AS id,
        to_json(e.last_redriven_at) #>> '{}' AS last_redriven_at,
        e.last_redriven_by,
        e.headers::text AS headers,
-       e.payload::text AS payload
+       e.payload::text AS payload,
+       e.payload_sha256,
+       k.payload_intact::text AS payload_intact
   FROM outbox_event e
   LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
+ CROSS JOIN LATERAL (SELECT CASE WHEN e.payload_sha256 IS NOT NULL
+                                 THEN outbox_payload_sha256(e.payload) = e.payload_sha256
+                            END AS payload_intact) k
  WHERE e.status = 'dead'
    AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
    AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)

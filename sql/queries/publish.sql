@@ -2,10 +2,11 @@
 -- Insert one event; with an idempotency key already used, insert nothing (see publish_existing).
 INSERT INTO outbox_event (
     aggregate_type, aggregate_id, event_type, payload, headers, idempotency_key,
-    priority, max_attempts, next_attempt_at
+    priority, max_attempts, next_attempt_at, expires_at, payload_sha256
 ) VALUES (
     %(aggregate_type)s, %(aggregate_id)s, %(event_type)s, %(payload)s::jsonb, %(headers)s::jsonb,
-    %(idempotency_key)s, %(priority)s, %(max_attempts)s, COALESCE(%(available_at)s, now())
+    %(idempotency_key)s, %(priority)s, %(max_attempts)s, COALESCE(%(available_at)s, now()),
+    %(expires_at)s, %(payload_sha256)s
 )
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
@@ -26,18 +27,20 @@ WITH input AS MATERIALIZED (
                %(aggregate_type)s::text[], %(aggregate_id)s::text[], %(event_type)s::text[],
                %(payload)s::text[], %(headers)s::text[], %(idempotency_key)s::text[],
                %(priority)s::smallint[], %(max_attempts)s::integer[],
-               %(available_at)s::timestamptz[]
+               %(available_at)s::timestamptz[], %(expires_at)s::timestamptz[],
+               %(payload_sha256)s::text[]
            ) WITH ORDINALITY
            AS t(aggregate_type, aggregate_id, event_type, payload, headers, idempotency_key,
-                priority, max_attempts, available_at, ord)
+                priority, max_attempts, available_at, expires_at, payload_sha256, ord)
 ),
 inserted AS (
     INSERT INTO outbox_event (
         id, aggregate_type, aggregate_id, event_type, payload, headers, idempotency_key,
-        priority, max_attempts, next_attempt_at
+        priority, max_attempts, next_attempt_at, expires_at, payload_sha256
     ) OVERRIDING SYSTEM VALUE
     SELECT new_id, aggregate_type, aggregate_id, event_type, payload::jsonb, headers::jsonb,
-           idempotency_key, priority, max_attempts, COALESCE(available_at, now())
+           idempotency_key, priority, max_attempts, COALESCE(available_at, now()), expires_at,
+           payload_sha256
       FROM input
      ORDER BY ord
     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -58,5 +61,5 @@ SELECT nextval('outbox_event_id_seq'::regclass) AS id FROM generate_series(1, %(
 -- name: publish_copy
 -- The fast path of publish_many: binary COPY of a batch whose ids were drawn beforehand.
 COPY outbox_event (id, aggregate_type, aggregate_id, event_type, payload, headers, priority,
-                   max_attempts)
+                   max_attempts, payload_sha256, expires_at)
 FROM STDIN (FORMAT BINARY)

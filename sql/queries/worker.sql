@@ -28,7 +28,8 @@ UPDATE outbox_event e
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
-          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us
+          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
+          e.expires_at
 
 -- name: worker_claim_after
 -- worker_claim, resumed per priority after the last event this process claimed at that
@@ -71,7 +72,8 @@ UPDATE outbox_event e
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
-          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us
+          (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
+          e.expires_at
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.
