@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox import queries, roles
 from dispatchbox.errors import MigrationError, SchemaNotCurrent
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -128,6 +128,15 @@ def migrate(conn: psycopg.Connection[Any], *, dry_run: bool = False) -> list[Mig
                     f"{' '.join(str(exc).split())}"
                 ) from None
             applied.append(migration)
+        # After every run, not only when a migration ran: a grants.sql line added by a new
+        # version reaches databases that were already current.
+        try:
+            roles.grant_if_allowed(conn)
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"migrations applied, but granting the dispatchbox roles failed: "
+                f"{' '.join(str(exc).split())} (run `dispatchbox db grant` as the tables' owner)"
+            ) from None
         return applied
     finally:
         queries.fetch_value(conn, "migrations_unlock")
