@@ -17,7 +17,8 @@
 GRANT USAGE ON SCHEMA public TO dispatchbox_worker, dispatchbox_operator, dispatchbox_reader;
 
 -- worker
-GRANT SELECT ON dispatchbox_schema_version, outbox_health TO dispatchbox_worker;
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_worker;
 GRANT SELECT, UPDATE ON outbox_event TO dispatchbox_worker;
 GRANT INSERT ON outbox_event_error TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE ON outbox_dead_fingerprint TO dispatchbox_worker;
@@ -25,7 +26,8 @@ GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_worker;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_worker;
 
 -- operator
-GRANT SELECT ON dispatchbox_schema_version, outbox_health TO dispatchbox_operator;
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_operator;
 GRANT SELECT, UPDATE, DELETE ON outbox_event TO dispatchbox_operator;
 GRANT SELECT, INSERT, DELETE ON outbox_event_error TO dispatchbox_operator;
 GRANT SELECT, INSERT, DELETE ON outbox_event_archive TO dispatchbox_operator;
@@ -36,7 +38,8 @@ GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_operator;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_operator;
 
 -- reader
-GRANT SELECT ON dispatchbox_schema_version, outbox_health TO dispatchbox_reader;
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_reader;
 GRANT SELECT ON outbox_event, outbox_event_error, outbox_event_archive TO dispatchbox_reader;
 GRANT SELECT ON outbox_event_error_archive, outbox_dead_fingerprint TO dispatchbox_reader;
 GRANT SELECT ON outbox_dead_letter_audit, outbox_alert_state TO dispatchbox_reader;

@@ -69,9 +69,11 @@ def status(ctx: typer.Context) -> None:
 
     with connection(ctx) as conn:
         st = migrations.status(conn)
-        health = None
+        health = cleanup = None
         if any(a.version == 1 for a in st.applied):
             health = queries.fetch_one(conn, "health")
+        if any(a.version == 10 for a in st.applied):
+            cleanup = queries.fetch_one(conn, "cleanup_horizon")
     for a in st.applied:
         print(f"applied  {a.version:04d}_{a.name}  {a.applied_at.isoformat(timespec='seconds')}")
     for m in st.pending:
@@ -82,6 +84,11 @@ def status(ctx: typer.Context) -> None:
         print()
         print("outbox health")
         for key, value in health.items():
+            print(f"  {key:<28} {value if value is not None else '-'}")
+    if cleanup is not None:
+        print()
+        print("cleanup (what holds back vacuum of the outbox)")
+        for key, value in cleanup.items():
             print(f"  {key:<28} {value if value is not None else '-'}")
 
 

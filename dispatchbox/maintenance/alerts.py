@@ -10,6 +10,8 @@ channel (migrations 0004 and 0006):
 * ``dead_age``: the oldest dead event died more than ``dead_age`` seconds ago: nobody looked.
 * ``pending_age``: the oldest due pending event has waited more than ``pending_age`` seconds:
   the dispatcher is stuck or far behind.
+* ``cleanup_held``: a snapshot or prepared transaction has held back vacuum of the outbox for
+  more than ``cleanup_held`` seconds (the view outbox_cleanup_horizon, migration 0010).
 
 The last three are incidents: one message when one opens (trigger), one when it clears
 (resolve), both carrying the same incident key.
@@ -65,6 +67,7 @@ _MEASURES = {
     "dead_count": "alert_dead_count",
     "dead_age": "alert_oldest_dead_age",
     "pending_age": "alert_oldest_pending_age",
+    "cleanup_held": "alert_cleanup_held",
 }
 
 

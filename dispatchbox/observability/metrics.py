@@ -273,6 +273,29 @@ class _Snapshot:
     inflow: list[dict[str, Any]] = field(default_factory=list)
     redriven: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    cleanup: dict[str, Any] = field(default_factory=dict)
+
+
+def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
+    """What holds back vacuum of the outbox (the view outbox_cleanup_horizon)."""
+    for name, text, key in (
+        (
+            "dispatchbox_cleanup_held_seconds",
+            "Age of the oldest snapshot or prepared transaction holding back vacuum (0: none).",
+            "held_seconds",
+        ),
+        (
+            "dispatchbox_cleanup_held_xids",
+            "Transactions since the oldest xmin held by a snapshot, prepared xact or slot.",
+            "held_xids",
+        ),
+        (
+            "dispatchbox_outbox_dead_tuples",
+            "Dead row versions in outbox_event not yet vacuumed (pg_stat_user_tables).",
+            "outbox_dead_tuples",
+        ),
+    ):
+        yield GaugeMetricFamily(name, text, value=float(row.get(key) or 0))
 
 
 REDRIVE_OUTCOMES = {
@@ -362,6 +385,7 @@ class DatabaseCollector:
                 )
                 redriven = queries.fetch_all(conn, "metrics_redriven")
                 alerts = queries.fetch_all(conn, "metrics_alert_state")
+                cleanup = queries.fetch_one(conn, "cleanup_horizon") or {}
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._disconnect()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
@@ -381,6 +405,7 @@ class DatabaseCollector:
             inflow=inflow,
             redriven=redriven,
             alerts=alerts,
+            cleanup=cleanup,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -402,6 +427,7 @@ class DatabaseCollector:
         yield self._inflow(snap.inflow)
         yield self._redriven(snap.redriven)
         yield from self._alerts(snap.alerts)
+        yield from cleanup_gauges(snap.cleanup)
 
     @staticmethod
     def _health(health: dict[str, Any]) -> Iterable[Metric]:

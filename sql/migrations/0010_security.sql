@@ -50,3 +50,45 @@ ALTER TABLE outbox_alert_state
     ADD CONSTRAINT outbox_alert_state_alert_check
         CHECK (alert IN ('dead_events', 'dead_count', 'dead_age', 'pending_age',
                          'cleanup_held'));
+
+-- What holds back vacuum of the outbox: the oldest snapshot (a session's backend_xmin, e.g. a
+-- REPEATABLE READ transaction left open), prepared transaction or replication slot, and the
+-- outbox's dead tuples. Read by `db status`, the metrics and the 'cleanup_held' alert. Other
+-- sessions' backend_xmin is visible to superusers and members of pg_read_all_stats only.
+CREATE VIEW outbox_cleanup_horizon AS
+WITH snapshots AS (
+    SELECT pid, usename, application_name, state, backend_xmin,
+           EXTRACT(EPOCH FROM now() - COALESCE(xact_start, backend_start))::double precision
+               AS age_seconds
+      FROM pg_stat_activity
+     WHERE backend_xmin IS NOT NULL
+       AND pid <> pg_backend_pid()
+       AND backend_type <> 'autovacuum worker'
+),
+prepared AS (
+    SELECT gid, transaction,
+           EXTRACT(EPOCH FROM now() - prepared)::double precision AS age_seconds
+      FROM pg_prepared_xacts
+),
+oldest AS (
+    SELECT 'session ' || pid || ' (' || COALESCE(NULLIF(application_name, ''), '-') || ', '
+           || COALESCE(usename::text, '-') || ', ' || COALESCE(state, '-') || ')' AS holder,
+           age_seconds
+      FROM snapshots
+    UNION ALL
+    SELECT 'prepared transaction ' || gid, age_seconds FROM prepared
+     ORDER BY age_seconds DESC
+     LIMIT 1
+)
+SELECT COALESCE((SELECT age_seconds FROM oldest), 0)::double precision AS held_seconds,
+       (SELECT holder FROM oldest) AS held_by,
+       COALESCE(GREATEST((SELECT max(age(backend_xmin)) FROM snapshots),
+                         (SELECT max(age(transaction)) FROM prepared),
+                         (SELECT max(GREATEST(age(xmin), age(catalog_xmin)))
+                            FROM pg_replication_slots)), 0)::bigint AS held_xids,
+       (SELECT string_agg(slot_name::text, ', ' ORDER BY slot_name) FROM pg_replication_slots
+         WHERE xmin IS NOT NULL OR catalog_xmin IS NOT NULL) AS slots_holding,
+       COALESCE((SELECT n_dead_tup FROM pg_stat_user_tables
+                  WHERE relid = 'outbox_event'::regclass), 0)::bigint AS outbox_dead_tuples,
+       COALESCE((SELECT n_live_tup FROM pg_stat_user_tables
+                  WHERE relid = 'outbox_event'::regclass), 0)::bigint AS outbox_live_tuples;
