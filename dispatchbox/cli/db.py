@@ -18,10 +18,16 @@ app.add_typer(rls_app, name="rls")
 def migrate(
     ctx: typer.Context,
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be applied."),
+    lock_timeout: float = typer.Option(
+        migrations.DEFAULT_LOCK_TIMEOUT,
+        "--lock-timeout",
+        min=0.001,
+        help="Seconds a migration waits for a table lock before it fails and is rolled back.",
+    ),
 ) -> None:
     """Apply pending migrations in order, each in its own transaction."""
     with connection(ctx, autocommit=True) as conn:
-        result = migrations.migrate(conn, dry_run=dry_run)
+        result = migrations.migrate(conn, dry_run=dry_run, lock_timeout=lock_timeout)
     verb = "would apply" if dry_run else "applied"
     for m in result:
         print(f"{verb} {m.version:04d}_{m.name}")
