@@ -915,7 +915,7 @@ ALTER TABLE outbox_alert_state
                          'cleanup_held'));
 -- What holds back vacuum of the outbox: the oldest snapshot (a session's backend_xmin, e.g. a
 -- REPEATABLE READ transaction left open), prepared transaction or replication slot, and the
--- outbox's dead tuples. Read by `db status`, the metrics and the 'cleanup_held' alert. Other
+-- outbox's dead tuples, for this database. Read by `db status`, the metrics and the 'cleanup_held' alert. Other
 -- sessions' backend_xmin is visible to superusers and members of pg_read_all_stats only.
 CREATE VIEW outbox_cleanup_horizon AS
 WITH snapshots AS (
@@ -926,11 +926,14 @@ WITH snapshots AS (
      WHERE backend_xmin IS NOT NULL
        AND pid <> pg_backend_pid()
        AND backend_type <> 'autovacuum worker'
+       -- a snapshot holds back this database's tables; a standby's feedback (walsender) all
+       AND (datname = current_database() OR backend_type = 'walsender')
 ),
 prepared AS (
     SELECT gid, transaction,
            EXTRACT(EPOCH FROM now() - prepared)::double precision AS age_seconds
       FROM pg_prepared_xacts
+     WHERE database = current_database()
 ),
 oldest AS (
     SELECT 'session ' || pid || ' (' || COALESCE(NULLIF(application_name, ''), '-') || ', '
