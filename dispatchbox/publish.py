@@ -62,7 +62,7 @@ class _Row:
 
 
 def _text(name: str, value: Any, *, allow_int: bool = False, limit: int = MAX_NAME_CHARS) -> str:
-    if type(value) is str and 0 < len(value) <= limit and value.isprintable():
+    if type(value) is str and 0 < len(value) <= limit and value.isprintable() and value.strip():
         return value  # the common case, first (printable: no NUL, no lone surrogate)
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
