@@ -6,8 +6,10 @@ dead_letters (the 1,000,000-row benchmarks of archival and the dead-letter tools
 (the worker's own instructions per event, under valgrind), peers (the other PostgreSQL queues
 side by side), startup (from `dispatchbox worker` launched to the first event done), ceiling (the
 per-row raw loop beside a log read by position), destinations (relays to RabbitMQ, NATS, Redis and
-a webhook against their plain client libraries). One scenario takes its own options after its
-name: `python -m bench peers --quick`, `python -m bench drain --help`.
+a webhook against their plain client libraries), breakers (one destination down among three,
+recovery, a long outage), ordering (ordered against unordered drains), held_snapshot (drain
+rounds beside a held REPEATABLE READ transaction, and without it). One scenario takes its own
+options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ EXTRA = [
     "ceiling",
     "destinations",
     "breakers",
+    "ordering",
+    "held_snapshot",
 ]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "ordering"]
 
 
 def _machine() -> dict[str, Any]:

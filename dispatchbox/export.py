@@ -16,6 +16,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from dispatchbox import redaction
 from dispatchbox.errors import ExportError
 
 
@@ -74,9 +75,12 @@ def neutralise(cell: str | None) -> str:
 class Writer:
     """Writes one export to a text stream: begin(), any number of write_chunk(), end()."""
 
-    def __init__(self, out: TextIO, fmt: ExportFormat) -> None:
+    def __init__(self, out: TextIO, fmt: ExportFormat, *, role: str | None = None) -> None:
         self.out = out
         self.format = fmt
+        # Who reads the export: DISPATCHBOX_REDACT's paths are masked unless it may see payloads.
+        self.role = role
+        self._redacting = redaction.configured().applies_to(role)
         self.count = 0
         self._csv = csv.writer(out, lineterminator="\n") if fmt is ExportFormat.CSV else None
 
@@ -89,10 +93,18 @@ class Writer:
     def write_chunk(self, rows: Sequence[Mapping[str, str | None]]) -> None:
         """Rows of dead_export_csv (columns in CSV_COLUMNS order) or of dead_export_json."""
         if self._csv is not None:
+            if self._redacting:
+                rows = [
+                    {k: redaction.redact_cell(k, v, self.role) for k, v in row.items()}
+                    for row in rows
+                ]
             self._csv.writerows([neutralise(cell) for cell in row.values()] for row in rows)
             self.count += len(rows)
         else:
-            self.write_docs([str(row["doc"]) for row in rows])
+            docs = [str(row["doc"]) for row in rows]
+            if self._redacting:
+                docs = [redaction.redact_json(doc, self.role) for doc in docs]
+            self.write_docs(docs)
 
     def write_docs(self, docs: Sequence[str]) -> None:
         """json / jsonl: JSON documents, one per event."""

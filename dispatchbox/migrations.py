@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,8 +12,12 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox import queries, roles
 from dispatchbox.errors import MigrationError, SchemaNotCurrent
+
+logger = logging.getLogger("dispatchbox.migrations")
+# Seconds a migration waits for a table lock before it gives up (and is rolled back).
+DEFAULT_LOCK_TIMEOUT = 10.0
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -93,16 +99,25 @@ def check(conn: psycopg.Connection[Any]) -> None:
         raise SchemaNotCurrent(f"database schema is not current; missing migrations: {names}")
 
 
-def migrate(conn: psycopg.Connection[Any], *, dry_run: bool = False) -> list[Migration]:
-    """Apply every pending migration; return what was (or, with dry_run, would be) applied.
+def migrate(
+    conn: psycopg.Connection[Any],
+    *,
+    dry_run: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    target: int | None = None,
+) -> list[Migration]:
+    """Apply every pending migration (up to ``target`` when given); return what was (or, with
+    dry_run, would be) applied.
 
     The connection must be in autocommit mode: the advisory lock is held by the session across
     the per-migration transactions, so two `migrate` runs at the same moment apply each migration
-    once.
+    once. A migration waits at most ``lock_timeout`` seconds for each table lock it needs: a lock
+    request queued behind a long transaction would otherwise stop every worker queued behind it.
+    Past that it fails, is rolled back, and can be run again.
     """
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
-    shipped = available()
+    shipped = [m for m in available() if target is None or m.version <= target]
     queries.fetch_value(conn, "migrations_lock")
     try:
         if dry_run:
@@ -115,7 +130,11 @@ def migrate(conn: psycopg.Connection[Any], *, dry_run: bool = False) -> list[Mig
             if migration.version in done:
                 continue
             try:
+                started = time.perf_counter()
                 with conn.transaction():
+                    queries.fetch_value(
+                        conn, "migrations_lock_timeout", {"ms": f"{int(lock_timeout * 1000)}ms"}
+                    )
                     queries.execute_script(conn, migration.sql())
                     queries.execute(
                         conn,
@@ -128,6 +147,23 @@ def migrate(conn: psycopg.Connection[Any], *, dry_run: bool = False) -> list[Mig
                     f"{' '.join(str(exc).split())}"
                 ) from None
             applied.append(migration)
+            # Its locks were held at most this long: the transaction's whole life.
+            logger.info(
+                "migration_applied name=%s seconds=%.3f",
+                migration.path.name,
+                time.perf_counter() - started,
+            )
+        if target is not None and target < len(available()):
+            return applied  # the grants name tables of later migrations
+        # After every run, not only when a migration ran: a grants.sql line added by a new
+        # version reaches databases that were already current.
+        try:
+            roles.grant_if_allowed(conn)
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"migrations applied, but granting the dispatchbox roles failed: "
+                f"{' '.join(str(exc).split())} (run `dispatchbox db grant` as the tables' owner)"
+            ) from None
         return applied
     finally:
         queries.fetch_value(conn, "migrations_unlock")

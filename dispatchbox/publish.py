@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,15 @@ _FIELDS = frozenset(
         "expires_at",
     }
 )
+# Limits a publish checks, so that a bad event is refused at once with a clear message instead
+# of failing in the database (and aborting the caller's transaction) or later in a worker: a
+# name longer than a btree index entry allows fails when the event goes dead and is indexed.
+# Event and aggregate types, aggregate ids and idempotency keys: characters.
+MAX_NAME_CHARS = 255
+MAX_KEY_CHARS = 1024
+# Payload and headers, each, as JSON text (non-ASCII escaped).
+MAX_JSON_BYTES = int(os.environ.get("DISPATCHBOX_MAX_PAYLOAD_BYTES") or 1024 * 1024)
+
 _REQUIRED = ("aggregate_type", "aggregate_id", "event_type", "payload")
 _REQUIRED_SET = frozenset(_REQUIRED)
 
@@ -55,16 +65,45 @@ class _Row:
     checksum: str  # hex SHA-256 of the payload as jsonb text (delivery/checksum.py)
 
 
-def _text(name: str, value: Any, *, allow_int: bool = False) -> str:
-    if type(value) is str and value and not value.isspace():
-        return value  # the common case, first
+def _text(name: str, value: Any, *, allow_int: bool = False, limit: int = MAX_NAME_CHARS) -> str:
+    if type(value) is str and 0 < len(value) <= limit and value.isprintable() and value.strip():
+        return value  # the common case, first (printable: no NUL, no lone surrogate)
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
         raise InvalidEvent(f"{name} must be a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidEvent(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidEvent(f"{name} is {len(value):,} characters long; at most {limit:,}")
+    _check_text(name, value)
     return value
+
+
+def _check_text(name: str, value: str) -> None:
+    """PostgreSQL text holds neither NUL nor a lone UTF-16 surrogate: refuse them here, before
+    a server error would abort the caller's transaction."""
+    if "\x00" in value:
+        raise InvalidEvent(f"{name} contains a NUL character (\\u0000), which PostgreSQL refuses")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(
+            f"{name} contains an unpaired surrogate, which is not valid Unicode text"
+        ) from None
+
+
+def _check_json_strings(name: str, value: Any) -> None:
+    """Every string (keys included) of a decoded JSON document, checked as _check_text does."""
+    if isinstance(value, str):
+        _check_text(name, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(name, key)
+            _check_json_strings(name, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_strings(name, item)
 
 
 # jsonb rejects NaN and Infinity; refuse them here rather than at the server.
@@ -87,13 +126,21 @@ _C_ENCODE = (
 
 def _json(name: str, value: Any) -> str:
     try:
-        if _C_ENCODE is None:
-            return _ENCODER.encode(value)
-        return "".join(_C_ENCODE(value, 0))
+        text = _ENCODER.encode(value) if _C_ENCODE is None else "".join(_C_ENCODE(value, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         if isinstance(exc, RecursionError):
             exc = ValueError("nested too deeply, or a reference cycle")
         raise InvalidEvent(f"{name} is not JSON-serialisable: {exc}") from None
+    if len(text) > MAX_JSON_BYTES:  # ASCII-escaped: characters are bytes
+        raise InvalidEvent(
+            f"{name} is {len(text):,} bytes as JSON; at most {MAX_JSON_BYTES:,} "
+            "(DISPATCHBOX_MAX_PAYLOAD_BYTES)"
+        )
+    # The text is ASCII (non-ASCII escaped), so NUL and surrogates appear as escapes; only then
+    # is the document walked to tell them from an escaped backslash followed by "u0000".
+    if "\\u0000" in text or "\\ud" in text:
+        _check_json_strings(name, json.loads(text))
+    return text
 
 
 def _int(name: str, value: Any, low: int, high: float) -> int:
@@ -136,13 +183,13 @@ def _validate(
         text, digest = fast
     return _Row(
         aggregate_type=_text("aggregate_type", aggregate_type),
-        aggregate_id=_text("aggregate_id", aggregate_id, allow_int=True),
+        aggregate_id=_text("aggregate_id", aggregate_id, allow_int=True, limit=MAX_KEY_CHARS),
         event_type=_text("event_type", event_type),
         payload=text,
         headers=_json("headers", dict(headers)) if headers else "{}",
         idempotency_key=None
         if idempotency_key is None
-        else _text("idempotency_key", idempotency_key),
+        else _text("idempotency_key", idempotency_key, limit=MAX_KEY_CHARS),
         priority=_int("priority", priority, 1, 10),
         max_attempts=_int("max_attempts", max_attempts, 1, math.inf),
         available_at=available_at,

@@ -591,7 +591,7 @@ class OutboxRepository:
         fmt = format if isinstance(format, ExportFormat) else ExportFormat.parse(format)
         flt = self._filter(filter)
         who = actor or default_actor()
-        writer = Writer(out, fmt)
+        writer = Writer(out, fmt, role=who)
         with self._connection() as conn, conn.transaction():
             queries.execute(conn, "export_utc")
             writer.begin()

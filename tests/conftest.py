@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,9 +14,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import conninfo, sql
 
 from dispatchbox import migrations
+from tests import secret_scan
 from tests.pg import PgServer, skip_outside_ci, start_server
 
 TEMPLATE = "dispatchbox_template"
@@ -25,9 +27,30 @@ def _require_pg_cron() -> bool:
     return os.environ.get("DISPATCHBOX_REQUIRE_PG_CRON") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def secrets_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session: no secret in any output the suite captured (tests/secret_scan.py
+    says what is and is not covered)."""
+    handler = secret_scan.CaptureHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+    secret_scan.files_under(tmp_path_factory.getbasetemp())
+    found = secret_scan.leaks()
+    assert not found, "secrets leaked into outputs: " + "; ".join(found[:20])
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     server = start_server()
+    if server.cluster is not None:
+        # Every DSN of the session carries a distinctive password (trust authentication ignores
+        # it): the secrets scan looks for it in every output.
+        server.admin_dsn = conninfo.make_conninfo(
+            server.admin_dsn, password=secret_scan.DSN_PASSWORD
+        )
     try:
         if _require_pg_cron() and not server.pg_cron:
             pytest.fail(
@@ -134,4 +157,5 @@ def run_cli(
         input=input,
         timeout=timeout,
     )
+    secret_scan.capture(f"dispatchbox {' '.join(args)[:80]}", proc.stdout + proc.stderr)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)

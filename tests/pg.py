@@ -146,6 +146,9 @@ _CATALOG_QUERIES = {
         SELECT sequencename, data_type, start_value, increment_by, cycle
           FROM pg_sequences WHERE schemaname = 'public' ORDER BY 1""",
     "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
+    "policies": """
+        SELECT tablename, policyname, permissive, roles::text, cmd, qual, with_check
+          FROM pg_policies WHERE schemaname = 'public' ORDER BY 1, 2""",
 }
 
 

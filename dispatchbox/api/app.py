@@ -60,6 +60,7 @@ from dispatchbox.observability.metrics import (
     build_registry,
     multiprocess_dir,
 )
+from dispatchbox.redaction import redact_record
 from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
 
 logger = logging.getLogger("dispatchbox.api")
@@ -235,6 +236,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         error_contains: str | None = _contains(),
         error_fingerprint: str | None = _fingerprint(),
         destination: str | None = _destination(),
+        who: str = Depends(actor),
     ) -> DeadEventPage:
         flt = _filter(
             event_type=event_type,
@@ -248,7 +250,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         events = repo.fetch_dead_events(limit=limit, offset=offset, after_id=after_id, filter=flt)
         total = repo.count_dead_events(filter=flt)
         return DeadEventPage(
-            items=[DeadEventOut.model_validate(e) for e in events],
+            items=[DeadEventOut.model_validate(redact_record(e, who)) for e in events],
             total=total,
             limit=limit,
             offset=offset,
@@ -291,11 +293,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         responses=_responses(404),
         summary="One event (any status) with its whole error history",
     )
-    def get_dead_event(event_id: int = Path(ge=1)) -> EventDetailOut:
+    def get_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> EventDetailOut:
         event = repo.get_event(event_id)
         if event is None:
             raise ApiError(404, f"no event with id {event_id}")
-        return EventDetailOut.model_validate(event)
+        return EventDetailOut.model_validate(redact_record(event, who))
 
     @api.post(
         "/dead-events/{event_id:int}/retry",

@@ -27,6 +27,7 @@ from dispatchbox.errors import EventNotFound
 from dispatchbox.export import ExportFormat
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.records import AuditEntry, DeadEvent, EventDetail, default_actor
+from dispatchbox.redaction import redact_record
 from dispatchbox.repository import GROUPINGS, MAX_PAGE, OutboxRepository
 
 app = typer.Typer(
@@ -227,6 +228,7 @@ def list_command(
     )
     repo = _repo(ctx)
     events = repo.fetch_dead_events(limit=page or 100, offset=skip or 0, after_id=after, filter=flt)
+    events = [redact_record(e, default_actor()) for e in events]
     if fmt == "json":
         _emit_json([e.to_json() for e in events])
         return
@@ -362,6 +364,7 @@ def show(
     event = _repo(ctx).get_event(ident)
     if event is None:
         raise EventNotFound(f"no event with id {ident}")
+    event = redact_record(event, default_actor())
     if fmt == "json":
         _emit_json(event.to_json())
     else:

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from dispatchbox import redaction
 from dispatchbox.api.auth import TOKEN_ENV, ApiTokens
 from dispatchbox.cli.common import fail, state, usage_error
 from dispatchbox.db import describe
@@ -59,6 +60,7 @@ def serve_command(
         )
     tokens = ApiTokens.parse(raw) if raw.strip() else None
     alerting = alerts.check_env()
+    redaction.configured()  # a malformed DISPATCHBOX_REDACT stops serve here, in one line
     # fastapi and uvicorn come with the `api` extra: a worker-only install does without them.
     try:
         import uvicorn

@@ -15,8 +15,8 @@ from dispatchbox.errors import ConfigurationError
 
 # Evaluation order. "dead_events" is a notification (no resolve); the others are incidents that
 # open and resolve.
-ALERTS = ("dead_events", "dead_count", "dead_age", "pending_age", "breaker_open")
-INCIDENTS = ("dead_count", "dead_age", "pending_age", "breaker_open")
+ALERTS = ("dead_events", "dead_count", "dead_age", "pending_age", "breaker_open", "cleanup_held")
+INCIDENTS = ("dead_count", "dead_age", "pending_age", "breaker_open", "cleanup_held")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class AlertConfig:
     # "Destination down": an incident while a circuit breaker has been open (or half-open)
     # longer than this. -1 disables (DISPATCHBOX_ALERT_BREAKER_OPEN_SECONDS).
     breaker_open: float = 300.0
+    # "Cleanup held back": an incident while a snapshot (a transaction left open) or a prepared
+    # transaction has kept vacuum from cleaning the outbox for longer than this: dead rows pile
+    # up and every claim slows down. -1 disables (DISPATCHBOX_ALERT_CLEANUP_HELD_SECONDS).
+    cleanup_held: float = 1800.0
     # After a threshold incident resolves, a new one is not announced for this long, so a value
     # hovering around its threshold does not page every minute
     # (DISPATCHBOX_ALERT_COOLDOWN_SECONDS).
@@ -67,6 +71,7 @@ class AlertConfig:
             ("DISPATCHBOX_ALERT_DEAD_AGE_SECONDS", self.dead_age),
             ("DISPATCHBOX_ALERT_PENDING_AGE_SECONDS", self.pending_age),
             ("DISPATCHBOX_ALERT_BREAKER_OPEN_SECONDS", self.breaker_open),
+            ("DISPATCHBOX_ALERT_CLEANUP_HELD_SECONDS", self.cleanup_held),
         ):
             if value != -1 and value < 0:
                 raise ConfigurationError(f"{name} must be -1 (off) or at least 0, got {value}")
@@ -83,6 +88,7 @@ class AlertConfig:
             "dead_age": self.dead_age != -1,
             "pending_age": self.pending_age != -1,
             "breaker_open": self.breaker_open != -1,
+            "cleanup_held": self.cleanup_held != -1,
         }
         return [a for a in ALERTS if on[a]]
 
@@ -94,6 +100,7 @@ class AlertConfig:
                 "dead_age": self.dead_age,
                 "pending_age": self.pending_age,
                 "breaker_open": self.breaker_open,
+                "cleanup_held": self.cleanup_held,
             }[alert]
         )
 
@@ -118,6 +125,7 @@ class AlertConfig:
             dead_age=number("DISPATCHBOX_ALERT_DEAD_AGE_SECONDS", base.dead_age),
             pending_age=number("DISPATCHBOX_ALERT_PENDING_AGE_SECONDS", base.pending_age),
             breaker_open=number("DISPATCHBOX_ALERT_BREAKER_OPEN_SECONDS", base.breaker_open),
+            cleanup_held=number("DISPATCHBOX_ALERT_CLEANUP_HELD_SECONDS", base.cleanup_held),
             cooldown=number("DISPATCHBOX_ALERT_COOLDOWN_SECONDS", base.cooldown),
             top_errors=number("DISPATCHBOX_ALERT_TOP_ERRORS", base.top_errors, int),
             ids_per_error=number("DISPATCHBOX_ALERT_IDS_PER_ERROR", base.ids_per_error, int),

@@ -22,7 +22,7 @@ Action = Literal["trigger", "resolve", "notify"]
 class Notice:
     """One alert message, as every channel receives it."""
 
-    alert: str  # dead_events | dead_count | dead_age | pending_age | breaker_open
+    alert: str  # dead_events | dead_count | dead_age | pending_age | breaker_open | cleanup_held
     # trigger: an incident opened; resolve: it ended; notify: deaths, which never "resolve"
     action: Action
     text: str  # Slack mrkdwn
@@ -171,6 +171,12 @@ def firing_message(
             f"more than {duration(threshold)}: a destination is down and its events wait "
             f"({where}). See `dispatchbox breakers list`."
         )
+    if alert == "cleanup_held":
+        return (
+            f":broom: *{label}*: a transaction has held back vacuum of the outbox for "
+            f"{duration(value)}, more than {duration(threshold)} ({where}): dead rows pile up "
+            "and claims slow down. `dispatchbox db status` names the session; end it."
+        )
     return (
         f":hourglass: *{label}*: the oldest due pending event has waited "
         f"{duration(value)}, more than {duration(threshold)}: the dispatcher is stuck or "
@@ -202,6 +208,8 @@ def resolved_message(
             if value > 0
             else "every circuit breaker is closed"
         )
+    elif alert == "cleanup_held":
+        what = f"the oldest snapshot holding back vacuum is {duration(value)} old"
     else:
         what = f"the oldest due pending event has waited {duration(value)}"
     return f":white_check_mark: *{label}*: resolved{after}: {what} ({where})."

@@ -12,6 +12,8 @@ channel (migrations 0004 and 0006):
   the dispatcher is stuck or far behind.
 * ``breaker_open``: a destination's circuit breaker has been open longer than ``breaker_open``
   seconds: its events wait (dispatchbox.delivery).
+* ``cleanup_held``: a snapshot or prepared transaction has held back vacuum of the outbox for
+  more than ``cleanup_held`` seconds (the view outbox_cleanup_horizon, migration 0010).
 
 The last three are incidents: one message when one opens (trigger), one when it clears
 (resolve), both carrying the same incident key.
@@ -68,6 +70,7 @@ _MEASURES = {
     "dead_age": "alert_oldest_dead_age",
     "pending_age": "alert_oldest_pending_age",
     "breaker_open": "alert_breaker_open_age",
+    "cleanup_held": "alert_cleanup_held",
 }
 
 

@@ -281,6 +281,29 @@ class _Snapshot:
     dead_by_destination: list[dict[str, Any]] = field(default_factory=list)
     breakers: list[dict[str, Any]] = field(default_factory=list)
     blocked: dict[str, int] = field(default_factory=dict)
+    cleanup: dict[str, Any] = field(default_factory=dict)
+
+
+def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
+    """What holds back vacuum of the outbox (the view outbox_cleanup_horizon)."""
+    for name, text, key in (
+        (
+            "dispatchbox_cleanup_held_seconds",
+            "Age of the oldest snapshot or prepared transaction holding back vacuum (0: none).",
+            "held_seconds",
+        ),
+        (
+            "dispatchbox_cleanup_held_xids",
+            "Transactions since the oldest xmin held by a snapshot, prepared xact or slot.",
+            "held_xids",
+        ),
+        (
+            "dispatchbox_outbox_dead_tuples",
+            "Dead row versions in outbox_event not yet vacuumed (pg_stat_user_tables).",
+            "outbox_dead_tuples",
+        ),
+    ):
+        yield GaugeMetricFamily(name, text, value=float(row.get(key) or 0))
 
 
 REDRIVE_OUTCOMES = {
@@ -373,6 +396,7 @@ class DatabaseCollector:
                 by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
                 breakers = queries.fetch_all(conn, "metrics_breakers")
                 blocked = ordering.blocked_aggregates(conn)
+                cleanup = queries.fetch_one(conn, "cleanup_horizon") or {}
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._disconnect()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
@@ -395,6 +419,7 @@ class DatabaseCollector:
             dead_by_destination=by_destination,
             breakers=breakers,
             blocked=blocked,
+            cleanup=cleanup,
         )
 
     def collect(self) -> Iterator[Metric]:
@@ -427,6 +452,7 @@ class DatabaseCollector:
         for state in ("waiting", "parked"):
             blocked.add_metric([state], float(snap.blocked.get(state, 0)))
         yield blocked
+        yield from cleanup_gauges(snap.cleanup)
 
     @staticmethod
     def _health(health: dict[str, Any]) -> Iterable[Metric]:

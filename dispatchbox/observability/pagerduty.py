@@ -32,7 +32,12 @@ logger = logging.getLogger("dispatchbox.pagerduty")
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 # PagerDuty's severities, by alert: a stuck dispatcher stops all delivery.
-SEVERITY = {"pending_age": "critical", "dead_count": "error", "dead_age": "warning"}
+SEVERITY = {
+    "pending_age": "critical",
+    "dead_count": "error",
+    "dead_age": "warning",
+    "cleanup_held": "warning",
+}
 
 
 @dataclass(frozen=True)

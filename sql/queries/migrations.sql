@@ -25,3 +25,7 @@ SELECT version, name, applied_at FROM dispatchbox_schema_version ORDER BY versio
 -- name: migrations_record
 -- Record one applied migration (same transaction as the migration itself).
 INSERT INTO dispatchbox_schema_version (version, name) VALUES (%(version)s, %(name)s)
+
+-- name: migrations_lock_timeout
+-- How long this migration's transaction waits for a lock before it fails (e.g. '10000ms').
+SELECT set_config('lock_timeout', %(ms)s, true)

@@ -21,6 +21,7 @@ import pytest
 
 from dispatchbox import publish_many
 from dispatchbox.tempcluster import free_port
+from tests import secret_scan
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,12 @@ SECRET = secrets.token_hex(16)
 CI_SECRET = secrets.token_hex(16)
 TOKEN_ENV = f"ops:{SECRET},ci:{CI_SECRET}"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+def _capture_response(response: httpx.Response) -> None:
+    """Every response body goes to the suite's secrets scan (tests/secret_scan.py)."""
+    response.read()
+    secret_scan.capture(f"API {response.request.method} {response.request.url.path}", response.text)
 
 
 class Server:
@@ -57,7 +64,9 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.client = httpx.Client(base_url=self.base, timeout=30)
+        self.client = httpx.Client(
+            base_url=self.base, timeout=30, event_hooks={"response": [_capture_response]}
+        )
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -23,6 +23,8 @@ TIMESTAMP = re.compile(
     r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?(?![\d:])"
 )
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+# Statistics PostgreSQL updates in the background (`db status`'s tuple counts): masked too.
+STATISTIC = re.compile(r"^(\s+outbox_(?:dead|live)_tuples\s+)\d+$")
 
 
 @dataclass
@@ -87,6 +89,6 @@ def _commands(body: list[str]) -> list[Command]:
 def mask(lines: list[str]) -> list[str]:
     out = []
     for line in lines:
-        line = TIMESTAMP.sub("<time>", line)
+        line = STATISTIC.sub(r"\1<n>", TIMESTAMP.sub("<time>", line))
         out.append(DECIMAL.sub("<n>", line).rstrip())
     return [line for line in out if line]

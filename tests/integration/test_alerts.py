@@ -607,7 +607,13 @@ def test_configuration_from_the_environment() -> None:
         }
     )
     assert config.dead_threshold == 50 and config.label == "prod-eu"
-    assert config.enabled() == ["dead_events", "dead_count", "dead_age", "breaker_open"]
+    assert config.enabled() == [
+        "dead_events",
+        "dead_count",
+        "dead_age",
+        "breaker_open",
+        "cleanup_held",
+    ]
     with pytest.raises(ConfigurationError, match="DISPATCHBOX_ALERT_INTERVAL_SECONDS"):
         AlertConfig.from_env({"DISPATCHBOX_ALERT_INTERVAL_SECONDS": "soon"})
 

@@ -1,0 +1,46 @@
+-- dispatchbox's three roles and what each may do: the one place that lists the tables.
+--
+-- Run by `dispatchbox db migrate` (when its user may create roles) and by `dispatchbox db grant`,
+-- one statement at a time, every time: each statement is idempotent. A table added by a later
+-- migration gets its line here. dispatchbox/roles.py creates the roles (NOLOGIN) before this file
+-- runs; grant them to login roles with `GRANT dispatchbox_worker TO app_worker;`.
+--
+-- dispatchbox_worker:   claim, complete, fail, heartbeat, reap; alert state; no DELETE anywhere,
+--                       nothing of the audit trail, no archive.
+-- dispatchbox_operator: read everything; redrive, export, purge and archive dead events; the
+--                       audit trail (it writes a row for every action).
+-- dispatchbox_reader:   read-only, the audit trail included.
+-- Functions keep PostgreSQL's default EXECUTE for PUBLIC: they run with the caller's rights
+-- (none is SECURITY DEFINER), so the table grants below decide what a call may touch.
+-- Every line is one statement ending with ";" at the end of the line (roles.py splits on that).
+
+GRANT USAGE ON SCHEMA public TO dispatchbox_worker, dispatchbox_operator, dispatchbox_reader;
+
+-- worker
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_worker;
+GRANT SELECT, UPDATE ON outbox_event TO dispatchbox_worker;
+GRANT INSERT ON outbox_event_error TO dispatchbox_worker;
+GRANT SELECT, INSERT, UPDATE ON outbox_dead_fingerprint TO dispatchbox_worker;
+GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_worker;
+GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_worker;
+
+-- operator
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_operator;
+GRANT SELECT, UPDATE, DELETE ON outbox_event TO dispatchbox_operator;
+GRANT SELECT, INSERT, DELETE ON outbox_event_error TO dispatchbox_operator;
+GRANT SELECT, INSERT, DELETE ON outbox_event_archive TO dispatchbox_operator;
+GRANT SELECT, INSERT, DELETE ON outbox_event_error_archive TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_fingerprint TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE ON outbox_dead_letter_audit TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_operator;
+GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_operator;
+
+-- reader
+GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
+    TO dispatchbox_reader;
+GRANT SELECT ON outbox_event, outbox_event_error, outbox_event_archive TO dispatchbox_reader;
+GRANT SELECT ON outbox_event_error_archive, outbox_dead_fingerprint TO dispatchbox_reader;
+GRANT SELECT ON outbox_dead_letter_audit, outbox_alert_state TO dispatchbox_reader;
+GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_reader;
