@@ -24,6 +24,16 @@ GRANT INSERT ON outbox_event_error TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE ON outbox_dead_fingerprint TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_worker;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_worker;
+-- Delivery controls: breakers and the backlog counts are shared state every worker writes; a
+-- worker drops the token bucket of a destination whose rate limit was removed (the one DELETE
+-- it may do, of configuration, never of events). A replay after a recovery is audited by the
+-- worker that runs it: it inserts its entry and counts its progress, and reads no one's actions.
+GRANT SELECT, INSERT, UPDATE ON outbox_breaker, outbox_backlog TO dispatchbox_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_rate_limit TO dispatchbox_worker;
+GRANT INSERT ON outbox_dead_letter_audit TO dispatchbox_worker;
+GRANT SELECT (id, affected, outcome) ON outbox_dead_letter_audit TO dispatchbox_worker;
+GRANT UPDATE (affected, outcome, finished_at, updated_at) ON outbox_dead_letter_audit
+    TO dispatchbox_worker;
 
 -- operator
 GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
@@ -36,6 +46,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_fingerprint TO dispatchbox_o
 GRANT SELECT, INSERT, UPDATE ON outbox_dead_letter_audit TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_operator;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE ON outbox_breaker TO dispatchbox_operator;
+GRANT SELECT ON outbox_rate_limit, outbox_backlog TO dispatchbox_operator;
 
 -- reader
 GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
@@ -44,3 +56,4 @@ GRANT SELECT ON outbox_event, outbox_event_error, outbox_event_archive TO dispat
 GRANT SELECT ON outbox_event_error_archive, outbox_dead_fingerprint TO dispatchbox_reader;
 GRANT SELECT ON outbox_dead_letter_audit, outbox_alert_state TO dispatchbox_reader;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_reader;
+GRANT SELECT ON outbox_breaker, outbox_rate_limit, outbox_backlog TO dispatchbox_reader;

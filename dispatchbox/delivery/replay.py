@@ -77,6 +77,7 @@ async def replay(
                 conn,
                 "replay_candidates",
                 {
+                    "destination": cfg.name,
                     "event_types": event_types,
                     "since": since,
                     "until": until,

@@ -49,7 +49,7 @@ ALTER TABLE outbox_alert_state
     DROP CONSTRAINT outbox_alert_state_alert_check,
     ADD CONSTRAINT outbox_alert_state_alert_check
         CHECK (alert IN ('dead_events', 'dead_count', 'dead_age', 'pending_age',
-                         'cleanup_held'));
+                         'breaker_open', 'cleanup_held'));
 
 -- What holds back vacuum of the outbox: the oldest snapshot (a session's backend_xmin, e.g. a
 -- REPEATABLE READ transaction left open), prepared transaction or replication slot, and the

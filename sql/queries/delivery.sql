@@ -325,12 +325,15 @@ UPDATE outbox_breaker b
 RETURNING b.destination, old.replay_since AS since, b.closed_at AS until
 
 -- name: replay_candidates
--- Dead events of a destination's event types that died in the outage window, after an id
--- (keyset), with their last error for the transient/permanent classification in Python.
+-- Dead events of a destination that died in the outage window, after an id (keyset), with their
+-- last error for the transient/permanent classification in Python. The destination is the one
+-- the worker recorded with the failure (0007); a death recorded without one (a lease that
+-- expired, or a row older than 0007) counts by its event type.
 SELECT id, last_error
   FROM outbox_event
  WHERE status = 'dead'
-   AND event_type = ANY(%(event_types)s::text[])
+   AND (destination = %(destination)s
+        OR (destination IS NULL AND event_type = ANY(%(event_types)s::text[])))
    AND dead_at >= %(since)s AND dead_at <= %(until)s
    AND id > %(after_id)s
  ORDER BY id
