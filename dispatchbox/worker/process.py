@@ -652,7 +652,12 @@ class WorkerProcess:
         while True:
             await asyncio.sleep(self.config.reaper_interval)
             while True:
-                moved = await self._with_db(self.upkeep_conn, store.reap)
+                reap = partial(
+                    store.reap,
+                    max_crashes=self.config.max_crashes,
+                    crash_backoff=self.config.crash_backoff,
+                )
+                moved = await self._with_db(self.upkeep_conn, reap)
                 for t in moved or []:
                     logger.warning(
                         "lease_expired id=%d event_type=%s held_by=%s attempts=%d now=%s",
@@ -666,13 +671,13 @@ class WorkerProcess:
                     if t.status == "dead":
                         logger.warning(
                             "event_dead id=%d event_type=%s aggregate_type=%s attempts=%d "
-                            "error_type=LeaseExpired",
+                            "error_type=Poison",
                             t.id,
                             t.event_type,
                             t.aggregate_type,
                             t.attempts,
                         )
-                        self.hooks.dead(t, "LeaseExpired")
+                        self.hooks.dead(t, "Poison")
                 if not moved or len(moved) < 1000:
                     break
 
@@ -720,12 +725,20 @@ class WorkerProcess:
             deadline = time.monotonic() + self.config.grace_period
             while (self.lanes.busy() or self.pool.busy()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
-            now = time.monotonic()
-            for run in self.pool.abandon_all():
-                self._give_up(run, cut, now, "failed")
-            for run, start in self.lanes.abandon_all():
-                self._give_up(run, cut, start, "failed")
+            # A graceful stop costs the events nothing: handlers still running at the end of
+            # the grace period are given back like unstarted ones (no attempt counted).
+            cut = [
+                (item.id, item.token)
+                for run in [*self.pool.abandon_all(), *(r for r, _ in self.lanes.abandon_all())]
+                for item in _events(run)
+            ]
+            if cut:
+                released = await self._with_db(
+                    self.flush_conn, lambda c: store.release(c, cut), until_stopped=False
+                )
+                for event_id, _ in cut:
+                    self.leased.pop(event_id, None)
+                logger.info("released_running worker=%s count=%s", self.name, released)
         self._collect()
         try:
             await asyncio.wait_for(self._flush(), timeout=15)
@@ -756,10 +769,6 @@ def _text(value: str) -> str:
 
 class HandlerTimeout(Exception):
     """The handler ran past its timeout."""
-
-
-class ShutdownTimeout(Exception):
-    """The worker stopped before the handler finished within the grace period."""
 
 
 def run_process(config: WorkerConfig, dispatcher: Dispatcher, hooks: WorkerHooks | None) -> None:

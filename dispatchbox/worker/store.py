@@ -146,7 +146,11 @@ async def heartbeat(
     )
 
 
-async def reap(conn: AsyncConn, *, limit: int = 1000) -> list[Transition]:
-    """Take back events whose lease expired; returns what moved (pending or dead)."""
-    rows = await queries.afetch_tuples(conn, "reaper_expire", {"limit": limit})
+async def reap(
+    conn: AsyncConn, *, limit: int = 1000, max_crashes: int = 3, crash_backoff: float = 1.0
+) -> list[Transition]:
+    """Take back events whose lease expired: a crash attempt each (not an error attempt), dead
+    as poison at ``max_crashes`` (0: never); returns what moved (pending or dead)."""
+    params = {"limit": limit, "max_crashes": max_crashes, "crash_backoff": crash_backoff}
+    rows = await queries.afetch_tuples(conn, "reaper_expire", params)
     return [Transition(*row) for row in rows]
