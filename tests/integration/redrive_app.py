@@ -1,9 +1,9 @@
 """Handlers for the redrive tests, run in real `dispatchbox worker` processes.
 
 ``redrive.flaky`` fails while the downstream is "down" and succeeds once the file
-``$DBX_RECORD_DIR/healthy`` exists; while ``newerror`` exists it fails with another error. Every call appends ``<ok|fail> <id> <attempts> <pid>`` to a
-per-process file (O_APPEND, so lines survive the process), which the tests compare with the
-database.
+``$DBX_RECORD_DIR/healthy`` exists; while ``newerror`` exists it fails with another error.
+Every call appends ``<ok|fail> <id> <attempts> <pid>`` to a per-process file (O_APPEND, so
+lines survive the process), which the tests compare with the database.
 """
 
 from __future__ import annotations

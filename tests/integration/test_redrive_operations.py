@@ -3,7 +3,6 @@ group registry, on a real PostgreSQL (dispatchbox.redrive). Real workers: the sl
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,12 +15,8 @@ from dispatchbox import OutboxRepository
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.redrive import RedriveService
 from dispatchbox.redrive.diff import classify_groups
-from tests.integration.test_redrive import (  # noqa: F401 - fixtures
-    publish,
-    record_dir,
-    statuses,
-    worker,
-)
+from tests.integration.test_redrive import publish, statuses
+from tests.integration.test_redrive import worker as worker  # the fixture: real workers
 from tests.worker_helpers import wait_until
 
 Conn = psycopg.Connection[Any]
@@ -90,7 +85,7 @@ def audit(conn: Conn) -> list[tuple[str, int, str]]:
         "SELECT action, affected, outcome FROM outbox_dead_letter_audit ORDER BY id"
     ).fetchall()
     conn.commit()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [tuple(r) for r in rows]
 
 
 # -- canary, driven by hand (no worker): settle timeout, resume, promotion bounds ---------------
@@ -124,7 +119,7 @@ def test_canary_waits_is_resumed_and_promotes_only_the_original_selection(
     finished = svc.run(op.id)
     assert finished.phase == "completed" and finished.redriven == 40, finished
     assert finished.verdict is not None and finished.verdict["passed"] is True
-    after = states(conn, ids + [late])
+    after = states(conn, [*ids, late])
     assert after[late] == ("dead", 0)
     assert all(after[i] == ("pending", 1) for i in ids if i not in canary)
     assert audit(conn) == [("redrive_canary", 40, "completed")]
@@ -229,7 +224,8 @@ def test_redrive_returns_each_aggregate_in_its_created_order(conn: Conn, db_dsn:
     svc = service(db_dsn)
     svc.run(svc.start(DeadEventFilter(), actor="ops").id)
     claimed = conn.execute(
-        "SELECT id FROM outbox_event WHERE status = 'pending' ORDER BY priority, next_attempt_at, id"
+        "SELECT id FROM outbox_event WHERE status = 'pending'"
+        " ORDER BY priority, next_attempt_at, id"
     ).fetchall()
     conn.commit()
     assert [r[0] for r in claimed] == [early_id, late_id]
@@ -307,8 +303,9 @@ def test_diff_names_new_growing_quiet_and_resolved_groups(conn: Conn, db_dsn: st
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("worker")
 def test_canary_with_real_workers_promotes_when_the_downstream_is_back(
-    db_dsn: str, record_dir: Path, worker: subprocess.Popen[bytes]
+    db_dsn: str, record_dir: Path
 ) -> None:
     ids = publish(db_dsn, 100, max_attempts=1)
     wait_until(lambda: statuses(db_dsn) == {"dead": 100}, 60, "all dead")
@@ -322,9 +319,8 @@ def test_canary_with_real_workers_promotes_when_the_downstream_is_back(
 
 
 @pytest.mark.slow
-def test_canary_with_real_workers_stops_on_a_new_error(
-    db_dsn: str, record_dir: Path, worker: subprocess.Popen[bytes]
-) -> None:
+@pytest.mark.usefixtures("worker")
+def test_canary_with_real_workers_stops_on_a_new_error(db_dsn: str, record_dir: Path) -> None:
     publish(db_dsn, 60, max_attempts=1)
     wait_until(lambda: statuses(db_dsn) == {"dead": 60}, 60, "all dead")
     (record_dir / "newerror").touch()

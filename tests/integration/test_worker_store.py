@@ -205,7 +205,7 @@ def test_reaper_counts_a_crash_apart_and_dead_letters_poison_at_max_crashes(
             "UPDATE outbox_event SET next_attempt_at = now() WHERE id = %s", [event_id]
         )
         await a.commit()
-        (claimed,) = await store.claim(a, worker=worker, limit=1, lease_seconds=60)
+        await store.claim(a, worker=worker, limit=1, lease_seconds=60)
         await a.execute(  # the lease ran out (back-dated, rather than waited out)
             "UPDATE outbox_event SET locked_until = now() - interval '1 second' WHERE id = %s",
             [event_id],
