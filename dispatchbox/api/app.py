@@ -44,11 +44,13 @@ from dispatchbox.api.models import (
     RetryOut,
     StatsOut,
 )
+from dispatchbox.api.redrive_routes import add_redrive_routes
 from dispatchbox.errors import (
     DatabaseUnreachable,
     EventNotDead,
     InvalidEventIds,
     InvalidFilter,
+    OperationInProgress,
     SchemaNotCurrent,
 )
 from dispatchbox.filters import DeadEventFilter
@@ -313,6 +315,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         done = repo.retry_dead_events(flt, body.limit, actor=who)
         return RetryBatchOut(retried=done, dry_run=False)
 
+    def not_found(message: str) -> None:
+        raise ApiError(404, message)
+
+    add_redrive_routes(api, repo, actor, not_found)
     app.include_router(api)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
@@ -430,6 +436,7 @@ def _install_error_handlers(app: FastAPI, dsn: str) -> None:
 
     app.add_exception_handler(InvalidFilter, reply(400, str))
     app.add_exception_handler(EventNotDead, reply(409, str))
+    app.add_exception_handler(OperationInProgress, reply(409, str))
     app.add_exception_handler(DatabaseUnreachable, reply(503, str))
     app.add_exception_handler(
         PoolTimeout, reply(503, lambda exc: "database unavailable: no connection in time")

@@ -78,7 +78,7 @@ class _Reporter:
 
     def __call__(self, line: str) -> None:
         now = time.monotonic()
-        same_kind = line.split(" ", 1)[0] == self.last.split(" ", 1)[0]
+        same_kind = line.split(" ")[:2] == self.last.split(" ")[:2]
         if same_kind and now - self.at < 5:
             return
         self.last, self.at = line, now

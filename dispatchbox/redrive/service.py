@@ -320,7 +320,8 @@ class RedriveService:
         self, conn: psycopg.Connection[Any], op: RedriveOperation, wait: float | None, say: Report
     ) -> CanaryVerdict | None:
         ids = op.canary_ids or []
-        limit = float(op.settings.get("settle_timeout") or 300.0) if wait is None else wait
+        default = op.settings.get("settle_timeout")
+        limit = (300.0 if default is None else float(default)) if wait is None else wait
         deadline = time.monotonic() + limit
         while True:
             health = self._health(conn, ids, op.created_at)
