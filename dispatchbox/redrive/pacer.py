@@ -90,9 +90,9 @@ class AdaptivePacer:
             return Decision(self.rate, True, "breaker open")
         failure = health.failure_rate
         finished = health.done + health.errors
-        if failure is None or finished < cfg.min_samples:
-            self.paused = False
-            return Decision(self.rate, False, "too few outcomes yet")
+        # Paused, the service sends a probe now and then: one outcome is enough to go on.
+        if failure is None or finished < (1 if self.paused else cfg.min_samples):
+            return Decision(self.rate, self.paused, "too few outcomes yet")
         if failure >= cfg.pause_failure_rate:
             self.paused = True
             self.rate = cfg.min_rate

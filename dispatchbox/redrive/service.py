@@ -35,6 +35,8 @@ BATCH = 1000
 POLL = 0.5
 # A paced redrive judges the events it sent in about this many seconds before now.
 WINDOW = 5.0
+# A paused paced redrive sends one event this often (seconds) to notice a recovery.
+PROBE = 2.0
 
 
 def parse_canary(text: str) -> tuple[str, float]:
@@ -417,7 +419,7 @@ class RedriveService:
         after_id = op.after_id
         window: deque[tuple[float, datetime, list[int]]] = deque()
         sent = 0
-        last_sample = time.monotonic()
+        last_sample = last_sent = time.monotonic()
         while True:
             current = pacer.rate if pacer is not None else rate
             if pacer is not None and time.monotonic() - last_sample >= POLL and window:
@@ -430,10 +432,12 @@ class RedriveService:
                 decision = pacer.observe(health, breaker_open=bool(blocked))
                 if decision.reason != "healthy" and decision.reason != "too few outcomes yet":
                     say(f"pace {decision.rate:,.1f}/s: {decision.reason}")
-                if decision.paused:
-                    self._sleep(POLL)
-                    continue
                 current = decision.rate
+                if decision.paused:
+                    if time.monotonic() - last_sent < PROBE:
+                        self._sleep(POLL)
+                        continue
+                    current = 1 / POLL  # a probe of one event, to see the destination recover
             elif self.gate.open_destinations(destinations):
                 say("paused: a destination's breaker is open")
                 self._sleep(POLL)
@@ -461,6 +465,7 @@ class RedriveService:
                     queries.execute(conn, "outbox_notify")
                 now_db = queries.fetch_value(conn, "redrive_db_now")
             sent += len(ids)
+            last_sent = time.monotonic()
             if ids:
                 window.append((time.monotonic(), now_db, ids))
                 say(f"promoted {op.redriven + sent:,}")

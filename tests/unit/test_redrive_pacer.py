@@ -60,3 +60,12 @@ def test_canary_sizes(text: str, expected: tuple[str, float]) -> None:
 def test_bad_canary_sizes(text: str) -> None:
     with pytest.raises(InvalidFilter, match="--canary"):
         parse_canary(text)
+
+
+def test_a_paused_pace_waits_for_a_probe_and_resumes_slowly_when_it_succeeds() -> None:
+    pacer = AdaptivePacer(PaceConfig(start_rate=100, max_rate=100, min_rate=1))
+    assert pacer.observe(health(0, 50)).paused
+    assert pacer.observe(health(0, 0)).paused, "no outcome yet: still paused"
+    assert pacer.observe(health(0, 1)).paused, "the probe failed: still paused"
+    resumed = pacer.observe(health(1, 0))
+    assert not resumed.paused and resumed.rate == 11
