@@ -5,8 +5,9 @@ Scenarios: drain, publish, latency, failure (default: all four); by name or with
 dead_letters (the 1,000,000-row benchmarks of archival and the dead-letter tools), instructions
 (the worker's own instructions per event, under valgrind), peers (the other PostgreSQL queues
 side by side), startup (from `dispatchbox worker` launched to the first event done), ceiling (the
-per-row raw loop beside a log read by position). One scenario takes its own options after its
-name: `python -m bench peers --quick`, `python -m bench drain --help`.
+per-row raw loop beside a log read by position), redrive (a canary redrive's overhead, the
+adaptive pace against a failing destination, poison detection). One scenario takes its own
+options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling"]
+EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "redrive"]
 
 
 def _machine() -> dict[str, Any]:

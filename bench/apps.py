@@ -43,3 +43,17 @@ def latency(event: OutboxEvent) -> None:
     if _probe_fd is None:
         _probe_fd = os.open(os.environ["DBX_LATENCY_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.write(_probe_fd, f"{event.id} {now:.6f}\n".encode())
+
+
+@dispatcher.handler("bench.downstream")
+def downstream(event: OutboxEvent) -> None:
+    """Fails while the file $DBX_BENCH_DOWN exists (a destination that went down)."""
+    if os.path.exists(os.environ.get("DBX_BENCH_DOWN", "/nonexistent")):
+        raise ConnectionError(f"downstream refused order {event.aggregate_id}")
+
+
+@dispatcher.handler("bench.poison", timeout=1.0)
+def poison(event: OutboxEvent) -> None:
+    """Kills its own process (as an OOM kill would) when the payload says so."""
+    if event.payload.get("poison"):
+        os._exit(3)

@@ -90,9 +90,14 @@ class AdaptivePacer:
             return Decision(self.rate, True, "breaker open")
         failure = health.failure_rate
         finished = health.done + health.errors
-        # Paused, the service sends a probe now and then: one outcome is enough to go on.
+        # Paused, the service sends a probe now and then: one outcome is enough to go on. Running,
+        # a few outcomes without a failure are enough to speed up (at a slow pace, a window
+        # never holds min_samples), but failures among a few are not yet enough to slow down.
         if failure is None or finished < (1 if self.paused else cfg.min_samples):
-            return Decision(self.rate, self.paused, "too few outcomes yet")
+            if self.paused or failure is None or health.errors:
+                return Decision(self.rate, self.paused, "too few outcomes yet")
+            self.rate = min(cfg.max_rate, self.rate + cfg.max_rate * cfg.increase)
+            return Decision(self.rate, False, "healthy")
         if failure >= cfg.pause_failure_rate:
             self.paused = True
             self.rate = cfg.min_rate

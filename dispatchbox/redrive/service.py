@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -25,18 +24,12 @@ import psycopg
 from dispatchbox import queries
 from dispatchbox.errors import InvalidFilter, OperationInProgress
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, NoBreakers, PaceConfig
+from dispatchbox.redrive.pacer import BreakerGate, Health, NoBreakers
 from dispatchbox.redrive.plan import RedrivePlan, plan_redrive, selection_params
+from dispatchbox.redrive.promote import POLL, Promotion, health_of, promote
 
 Connect = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 Report = Callable[[str], None]
-BATCH = 1000
-# Seconds between two looks at a canary, and between two health samples of a paced redrive.
-POLL = 0.5
-# A paced redrive judges the events it sent in about this many seconds before now.
-WINDOW = 5.0
-# A paused paced redrive sends one event this often (seconds) to notice a recovery.
-PROBE = 2.0
 
 
 def parse_canary(text: str) -> tuple[str, float]:
@@ -385,93 +378,23 @@ class RedriveService:
         )  # fmt: skip
 
     def _health(self, conn: psycopg.Connection[Any], ids: list[int], since: datetime) -> Health:
-        row = queries.fetch_one(conn, "redrive_outcome", {"ids": ids, "since": since}) or {}
-        p90 = row.get("p90_seconds")
-        return Health(
-            done=int(row.get("done") or 0),
-            dead=int(row.get("dead") or 0),
-            open=int(row.get("open") or 0),
-            errors=int(row.get("errors") or 0),
-            p90_seconds=None if p90 is None else float(p90),
-        )
-
-    # -- promotion ----------------------------------------------------------------------------
+        return health_of(conn, ids, since)
 
     def _promote(self, conn: psycopg.Connection[Any], op: RedriveOperation, say: Report) -> None:
-        settings = op.settings
-        rate = settings.get("rate")
-        pacer: AdaptivePacer | None = None
-        if settings.get("adaptive"):
-            top = float(rate or PaceConfig.max_rate)
-            pacer = AdaptivePacer(
-                PaceConfig(
-                    start_rate=min(PaceConfig.start_rate, top), max_rate=top, min_rate=min(1.0, top)
-                )
-            )
-        flt = _filter_of(op)
         params = {
-            **selection_params(flt, max_replays=settings.get("max_replays"), cutoff=op.cutoff),
+            **selection_params(
+                _filter_of(op), max_replays=op.settings.get("max_replays"), cutoff=op.cutoff
+            ),
             "only": None,
-            "exclude": op.canary_ids or None,
+            # The cutoff already leaves the canary out: its events are not dead, or died after
+            # the cutoff (an id list here would be compared with every row).
+            "exclude": None,
             "actor": op.actor,
         }
-        destinations = list(settings.get("destinations") or [])
-        after_id = op.after_id
-        window: deque[tuple[float, datetime, list[int]]] = deque()
-        sent = 0
-        last_sample = last_sent = time.monotonic()
-        while True:
-            current = pacer.rate if pacer is not None else rate
-            if pacer is not None and time.monotonic() - last_sample >= POLL and window:
-                last_sample = time.monotonic()
-                while window and window[0][0] < last_sample - WINDOW and len(window) > 1:
-                    window.popleft()
-                ids = [i for _, _, batch in window for i in batch]
-                health = self._health(conn, ids, window[0][1])
-                blocked = self.gate.open_destinations(destinations)
-                decision = pacer.observe(health, breaker_open=bool(blocked))
-                if decision.reason != "healthy" and decision.reason != "too few outcomes yet":
-                    say(f"pace {decision.rate:,.1f}/s: {decision.reason}")
-                current = decision.rate
-                if decision.paused:
-                    if time.monotonic() - last_sent < PROBE:
-                        self._sleep(POLL)
-                        continue
-                    current = 1 / POLL  # a probe of one event, to see the destination recover
-            elif self.gate.open_destinations(destinations):
-                say("paused: a destination's breaker is open")
-                self._sleep(POLL)
-                continue
-            size = BATCH if current is None else max(1, min(BATCH, int(current * POLL) or 1))
-            batch_started = time.monotonic()
-            with conn.transaction():
-                row = queries.fetch_one(
-                    conn,
-                    "redrive_ordered_batch",
-                    {**params, "after_id": after_id, "batch_size": size},
-                )
-                assert row is not None
-                ids = list(row["ids"])
-                if row["last_id"] is not None:
-                    after_id = int(row["last_id"])
-                queries.execute(
-                    conn, "redrive_op_progress", {"id": op.id, "after_id": after_id, "n": len(ids)}
-                )
-                if op.audit_id is not None and ids:
-                    queries.execute(
-                        conn, "audit_progress", {"id": op.audit_id, "affected": len(ids)}
-                    )
-                if ids:
-                    queries.execute(conn, "outbox_notify")
-                now_db = queries.fetch_value(conn, "redrive_db_now")
-            sent += len(ids)
-            last_sent = time.monotonic()
-            if ids:
-                window.append((time.monotonic(), now_db, ids))
-                say(f"promoted {op.redriven + sent:,}")
-            if int(row["picked"]) < size:
-                break
-            if current is not None and ids:
-                pause = len(ids) / current - (time.monotonic() - batch_started)
-                if pause > 0:
-                    self._sleep(pause)
+        promote(
+            conn,
+            Promotion(op.id, op.audit_id, op.after_id, op.redriven, op.settings, params),
+            gate=self.gate,
+            sleep=self._sleep,
+            say=say,
+        )

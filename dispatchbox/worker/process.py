@@ -178,6 +178,8 @@ class WorkerProcess:
         self.stopping = asyncio.Event()
         # Everything this process holds a lease on: id -> token.
         self.leased: dict[int, uuid.UUID] = {}
+        # Held events that a worker crash already took down once (see _one_suspect).
+        self.suspects: set[int] = set()
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.results_ready = asyncio.Event()
@@ -328,9 +330,30 @@ class WorkerProcess:
                 self.want_more.clear()
 
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[store.Claimed]:
-        return await store.claim(
+        batch = await store.claim(
             conn, worker=self.name, limit=limit, lease_seconds=self.config.lease_seconds
         )
+        if any(item.crash_attempts for item in batch):  # only ever after a crash
+            batch = await self._one_suspect(conn, batch)
+        return batch
+
+    async def _one_suspect(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[store.Claimed]
+    ) -> list[store.Claimed]:
+        """Keep at most one event held through a crash (a suspect) in this process; give the
+        others back for a moment (no attempt counted). If the suspect is poison, its next crash
+        then takes no other suspect with it: the events it took down once are not counted
+        towards poison again and again, and the poison event reaches --max-crashes alone."""
+        self.suspects = {i for i in self.suspects if i in self.leased}
+        extra = [item for item in batch if item.crash_attempts]
+        if not self.suspects:
+            self.suspects.add(extra.pop(0).id)
+        if extra:
+            seconds = max(self.config.crash_backoff, self.config.poll_interval)
+            await store.defer(conn, [(item.id, item.token) for item in extra], seconds=seconds)
+            deferred = {item.id for item in extra}
+            batch = [item for item in batch if item.id not in deferred]
+        return batch
 
     def _route(self, batch: list[store.Claimed]) -> None:
         assert self.pool is not None and self.lanes is not None

@@ -35,6 +35,8 @@ class Claimed:
     created_at: datetime
     position: int  # 1-based place in its claim, most urgent first
     token: uuid.UUID
+    # Crashes this event was held through (its worker died): a suspect when > 0.
+    crash_attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -73,7 +75,7 @@ async def claim(conn: AsyncConn, *, worker: str, limit: int, lease_seconds: floa
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's first fields, in order: unpacking them is the cheapest
     # way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # nine columns
+    return [Claimed(*r[:9], token, r[9]) for r in rows]  # type: ignore[call-arg]  # ten columns
 
 
 _POSITION = itemgetter(8)
@@ -134,6 +136,13 @@ async def release(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> in
     if not items:
         return 0
     return await queries.aexecute(conn, "worker_release", _pairs(items))
+
+
+async def defer(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]], *, seconds: float) -> int:
+    """Give back claimed, unstarted events without counting an attempt, due in ``seconds``."""
+    if not items:
+        return 0
+    return await queries.aexecute(conn, "worker_defer", {**_pairs(items), "seconds": seconds})
 
 
 async def heartbeat(

@@ -6,7 +6,8 @@
 -- array's order with its position: rows come back in claim order (most urgent first) without
 -- a sort of the returned rows, which cost the server a tenth of the claim. The worker orders by
 -- position all the same (a no-op on ordered input), so a different plan cannot reorder them.
--- Columns: the first nine fields of dispatchbox.worker.store.Claimed, in order.
+-- Columns: the first nine fields of dispatchbox.worker.store.Claimed, in order, then
+-- crash_attempts (a suspect of a crash: the worker holds one at a time, see store.claim).
 UPDATE outbox_event e
    SET status = 'running',
        attempts = e.attempts + 1,
@@ -23,7 +24,8 @@ UPDATE outbox_event e
               FOR UPDATE SKIP LOCKED)) WITH ORDINALITY AS claimed (id, position)
  WHERE e.id = claimed.id
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
-          e.headers::text AS headers, e.attempts, e.created_at, claimed.position
+          e.headers::text AS headers, e.attempts, e.created_at, claimed.position,
+          e.crash_attempts
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.

@@ -35,6 +35,8 @@ def test_latency_above_the_target_slows_and_few_outcomes_change_nothing() -> Non
     assert pacer.observe(health(50, 0, p90=5.0)).rate == 25
     assert pacer.observe(health(3, 3)).reason == "too few outcomes yet"
     assert pacer.rate == 25
+    # A few outcomes and no failure: enough to speed up (a slow pace never fills a window).
+    assert pacer.observe(health(3, 0)).rate == 35
 
 
 def test_an_open_breaker_pauses_whatever_the_sample_says() -> None:
