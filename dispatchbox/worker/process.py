@@ -349,8 +349,9 @@ class WorkerProcess:
         if not self.suspects:
             self.suspects.add(extra.pop(0).id)
         if extra:
-            seconds = max(self.config.crash_backoff, self.config.poll_interval)
-            await store.defer(conn, [(item.id, item.token) for item in extra], seconds=seconds)
+            # Due again at once: this process claims again as soon as its suspect is settled
+            # (_flush_locked wakes it), others at their next poll or notification.
+            await store.defer(conn, [(item.id, item.token) for item in extra], seconds=0)
             deferred = {item.id for item in extra}
             batch = [item for item in batch if item.id not in deferred]
         return batch
@@ -645,6 +646,11 @@ class WorkerProcess:
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:
             self.leased.pop(f.id, None)
+        if self.suspects and not any(i in leased for i in self.suspects):
+            # The suspect is settled: claim the next one now rather than at the next poll.
+            self.suspects.clear()
+            self.wakeup.set()
+            self.want_more.set()
         for t in dead:
             logger.warning(
                 "event_dead id=%d event_type=%s aggregate_type=%s attempts=%d error_type=%s",

@@ -1,6 +1,6 @@
 -- Crash isolation (dispatchbox/worker/process.py, WorkerProcess._claim): an event held through a
 -- worker crash (crash_attempts > 0) is a suspect; a process runs one suspect at a time and gives
--- the others back for a moment, so that a poison event's next crash is shared with no other
+-- the others back (due at once), so that a poison event's next crash is shared with no other
 -- suspect and the events it took down with it are not counted towards poison again and again.
 
 -- name: worker_defer
