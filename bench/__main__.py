@@ -8,7 +8,9 @@ side by side), startup (from `dispatchbox worker` launched to the first event do
 per-row raw loop beside a log read by position), destinations (relays to RabbitMQ, NATS, Redis and
 a webhook against their plain client libraries), breakers (one destination down among three,
 recovery, a long outage), ordering (ordered against unordered drains), held_snapshot (drain
-rounds beside a held REPEATABLE READ transaction, and without it). One scenario takes its own
+rounds beside a held REPEATABLE READ transaction, and without it), redrive (a canary redrive's
+overhead, the adaptive pace against a failing destination, poison detection). One scenario
+takes its own
 options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -35,6 +37,7 @@ EXTRA = [
     "breakers",
     "ordering",
     "held_snapshot",
+    "redrive",
 ]
 
 

@@ -53,3 +53,17 @@ ordered = Dispatcher()
 @ordered.handler("bench.ordered", ordering="block")
 def ordered_noop(event: OutboxEvent) -> None:
     """Does nothing, one event of an aggregate at a time, in publish order."""
+
+
+@dispatcher.handler("bench.downstream")
+def downstream(event: OutboxEvent) -> None:
+    """Fails while the file $DBX_BENCH_DOWN exists (a destination that went down)."""
+    if os.path.exists(os.environ.get("DBX_BENCH_DOWN", "/nonexistent")):
+        raise ConnectionError(f"downstream refused order {event.aggregate_id}")
+
+
+@dispatcher.handler("bench.poison", timeout=1.0)
+def poison(event: OutboxEvent) -> None:
+    """Kills its own process (as an OOM kill would) when the payload says so."""
+    if event.payload.get("poison"):
+        os._exit(3)

@@ -128,3 +128,7 @@ class ExportError(DispatchboxError):
 def _ids(ids: list[int], limit: int = 20) -> str:
     shown = ", ".join(str(i) for i in ids[:limit])
     return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"
+
+
+class OperationInProgress(DispatchboxError):
+    """Another process is running this redrive operation now."""

@@ -22,9 +22,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
 from psycopg import pq
@@ -47,6 +47,9 @@ from dispatchbox.records import (
     RedriveCounts,
     default_actor,
 )
+
+if TYPE_CHECKING:
+    from dispatchbox.redrive import RedriveService
 
 logger = logging.getLogger("dispatchbox.repository")
 
@@ -175,6 +178,17 @@ class OutboxRepository:
                 conn.prepare_threshold = saved[1]
                 if conn.info.transaction_status == pq.TransactionStatus.IDLE:
                     conn.autocommit = saved[0]
+
+    def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        """An autocommit, unprepared connection for the services built on this repository
+        (dispatchbox.redrive): the same pool or DSN."""
+        return self._connection()
+
+    def redrive(self) -> RedriveService:
+        """Canary and paced redrives, dry-run plans and operations (dispatchbox.redrive)."""
+        from dispatchbox.redrive import RedriveService
+
+        return RedriveService(self.connection)
 
     @staticmethod
     def _filter(filter: DeadEventFilter | None, **fields: Any) -> DeadEventFilter:

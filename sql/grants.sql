@@ -31,6 +31,8 @@ GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE ON outbox_breaker, outbox_backlog TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_rate_limit TO dispatchbox_worker;
 GRANT INSERT ON outbox_dead_letter_audit TO dispatchbox_worker;
+-- A dead event's fingerprint is registered by a trigger that runs with the worker's rights.
+GRANT SELECT, INSERT, UPDATE ON outbox_error_fingerprint_seen TO dispatchbox_worker;
 GRANT SELECT (id, affected, outcome) ON outbox_dead_letter_audit TO dispatchbox_worker;
 GRANT UPDATE (affected, outcome, finished_at, updated_at) ON outbox_dead_letter_audit
     TO dispatchbox_worker;
@@ -48,6 +50,8 @@ GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_operator;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_breaker TO dispatchbox_operator;
 GRANT SELECT ON outbox_rate_limit, outbox_backlog TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE ON outbox_redrive_operation, outbox_error_fingerprint_seen
+    TO dispatchbox_operator;
 
 -- reader
 GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
@@ -57,3 +61,4 @@ GRANT SELECT ON outbox_event_error_archive, outbox_dead_fingerprint TO dispatchb
 GRANT SELECT ON outbox_dead_letter_audit, outbox_alert_state TO dispatchbox_reader;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_reader;
 GRANT SELECT ON outbox_breaker, outbox_rate_limit, outbox_backlog TO dispatchbox_reader;
+GRANT SELECT ON outbox_redrive_operation, outbox_error_fingerprint_seen TO dispatchbox_reader;

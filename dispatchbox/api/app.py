@@ -45,11 +45,13 @@ from dispatchbox.api.models import (
     RetryOut,
     StatsOut,
 )
+from dispatchbox.api.redrive_routes import add_redrive_routes
 from dispatchbox.errors import (
     DatabaseUnreachable,
     EventNotDead,
     InvalidEventIds,
     InvalidFilter,
+    OperationInProgress,
     SchemaNotCurrent,
 )
 from dispatchbox.filters import DeadEventFilter
@@ -329,6 +331,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return RetryBatchOut(retried=done, dry_run=False)
 
     api.include_router(breaker_router(pool, actor))
+
+    def not_found(message: str) -> None:
+        raise ApiError(404, message)
+
+    add_redrive_routes(api, repo, actor, not_found)
     app.include_router(api)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
@@ -447,6 +454,7 @@ def _install_error_handlers(app: FastAPI, dsn: str) -> None:
 
     app.add_exception_handler(InvalidFilter, reply(400, str))
     app.add_exception_handler(EventNotDead, reply(409, str))
+    app.add_exception_handler(OperationInProgress, reply(409, str))
     app.add_exception_handler(DatabaseUnreachable, reply(503, str))
     app.add_exception_handler(
         PoolTimeout, reply(503, lambda exc: "database unavailable: no connection in time")

@@ -445,8 +445,52 @@ def retry_batch(
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="With ids: retry the valid ones, skip missing or not dead."
     ),
+    canary: str | None = typer.Option(
+        None,
+        "--canary",
+        metavar="N|P%",
+        help="Redrive a sample (N events or P% of them, whole aggregates) first; promote the "
+        "rest only if the sample succeeds (see --canary-success). Resumable.",
+    ),
+    canary_success: str = typer.Option(
+        "95%",
+        "--canary-success",
+        metavar="P%",
+        help="With --canary: the share of the sample that must end done (and no new error "
+        "group may appear) for the rest to be promoted.",
+    ),
+    settle_timeout: str = typer.Option(
+        "300",
+        "--settle-timeout",
+        metavar="SECONDS",
+        help="With --canary: how long to wait for the sample to end done or dead.",
+    ),
+    adaptive: bool = typer.Option(
+        False,
+        "--adaptive",
+        help="Pace by what the redriven events do: slow down as their failures or latency "
+        "rise, pause while the destination is down; --rate is then the top speed.",
+    ),
+    max_replays: str | None = typer.Option(
+        None,
+        "--max-replays",
+        metavar="N",
+        help="Leave dead the events already redriven N times (stops redrive loops).",
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="ID", help="Continue a canary or paced redrive operation."
+    ),
+    fmt: str = typer.Option(
+        "table", "--format", metavar="table|json", help="Output of --dry-run and operations."
+    ),
 ) -> None:
     """Redrive several dead events: the ids given, or --all-matching the filters, in batches."""
+    from dispatchbox.cli import redrive as redrive_cli  # flags of dispatchbox.redrive
+
+    fmt = _choice("--format", fmt, ("table", "json"))
+    if resume is not None:
+        redrive_cli.resume(ctx, _event_id(resume), fmt)
+        return
     ids = event_ids or []
     filters = (
         event_type,
@@ -463,6 +507,8 @@ def retry_batch(
         usage_error("give event ids, or --all-matching with filters (see --help)")
     if not all_matching and (any(f is not None for f in filters) or limit or rate):
         usage_error("filters, --limit and --rate need --all-matching")
+    if ids and (canary is not None or adaptive or max_replays is not None):
+        usage_error("--canary, --adaptive and --max-replays need --all-matching")
     if all_matching and skip_invalid:
         usage_error("--skip-invalid applies to ids, not --all-matching")
     if ids:
@@ -471,12 +517,17 @@ def retry_batch(
     cap = _int("--limit", limit, minimum=1, maximum=MAX_BIGINT)
     per_second = _rate(rate)
     flt = _filter(*filters)
+    replays = _int("--max-replays", max_replays, minimum=1, maximum=2**31 - 1)
+    if dry_run or canary is not None or adaptive or replays is not None:
+        redrive_cli.redrive_filter(
+            ctx, flt, limit=cap, rate=per_second, dry_run=dry_run, canary=canary,
+            canary_success=canary_success, adaptive=adaptive, max_replays=replays,
+            settle_timeout=settle_timeout, fmt=fmt,
+        )  # fmt: skip
+        return
     repo = _repo(ctx)
     count = repo.count_dead_events(filter=flt)
     todo = count if cap is None else min(count, cap)
-    if dry_run:
-        print(f"would retry {todo:,} dead events (dry run: nothing changed)")
-        return
     if todo == 0:
         print("no dead events match; nothing retried")
         return

@@ -43,7 +43,14 @@ app.command("publish")(publish_command)
 
 def _register_optional() -> None:
     # Command groups added by later modules register here, so the core stays importable alone.
-    from dispatchbox.cli import archive, breakers, dead_events, demo, worker
+    from dispatchbox.cli import (
+        archive,
+        breakers,
+        dead_events,
+        demo,
+        redrive,  # noqa: F401 - registers its verbs on dead-events
+        worker,
+    )
 
     app.add_typer(dead_events.app, name="dead-events")
     app.add_typer(breakers.app, name="breakers")

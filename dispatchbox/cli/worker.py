@@ -85,6 +85,23 @@ def worker_command(
         envvar="DISPATCHBOX_REAPER_INTERVAL",
         help="Seconds between sweeps of expired leases; 0 disables.",
     ),
+    max_crashes: int = typer.Option(
+        3,
+        "--max-crashes",
+        envvar="DISPATCHBOX_MAX_CRASHES",
+        min=0,
+        help="An event whose worker died this many times while holding it (os._exit, SIGKILL, "
+        "OOM: its lease expired) is poison and goes dead; crashes never count against "
+        "max_attempts. 0 never gives up.",
+    ),
+    crash_backoff: float = typer.Option(
+        1.0,
+        "--crash-backoff",
+        envvar="DISPATCHBOX_CRASH_BACKOFF",
+        min=0,
+        help="Seconds before an event lost to a crash is due again, doubling per crash, with "
+        "jitter (spreads what a dead process held).",
+    ),
     backoff_base: float = typer.Option(
         1.0,
         "--backoff-base",
@@ -156,6 +173,8 @@ def worker_command(
         handler_timeout=handler_timeout,
         poll_interval=poll_interval,
         reaper_interval=reaper_interval,
+        max_crashes=max_crashes,
+        crash_backoff=crash_backoff,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
         grace_period=grace_period,

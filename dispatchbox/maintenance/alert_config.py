@@ -15,8 +15,17 @@ from dispatchbox.errors import ConfigurationError
 
 # Evaluation order. "dead_events" is a notification (no resolve); the others are incidents that
 # open and resolve.
-ALERTS = ("dead_events", "dead_count", "dead_age", "pending_age", "breaker_open", "cleanup_held")
-INCIDENTS = ("dead_count", "dead_age", "pending_age", "breaker_open", "cleanup_held")
+ALERTS = (
+    "dead_events",
+    "dead_count",
+    "dead_age",
+    "pending_age",
+    "breaker_open",
+    "cleanup_held",
+    "new_fingerprint",
+    "dead_budget",
+)
+INCIDENTS = ("dead_count", "dead_age", "pending_age", "breaker_open", "cleanup_held", "dead_budget")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,19 @@ class AlertConfig:
     # transaction has kept vacuum from cleaning the outbox for longer than this: dead rows pile
     # up and every claim slows down. -1 disables (DISPATCHBOX_ALERT_CLEANUP_HELD_SECONDS).
     cleanup_held: float = 1800.0
+    # "A new error group": an error fingerprint no dead event ever had appeared within this
+    # many seconds; each new group is announced once (maintenance/fingerprint_alert.py). Off
+    # (-1) unless set, e.g. 900 (DISPATCHBOX_ALERT_NEW_FINGERPRINT_SECONDS).
+    new_fingerprint: float = -1
+    # "Dead letters burn the error budget": an incident while the share of events finished in
+    # the last burn_window seconds that went dead, over the budget 1 - slo, is above this burn
+    # rate; 14.4 is the usual fast-burn page (a 30-day budget gone in about two days). Off (-1)
+    # unless set (DISPATCHBOX_ALERT_DEAD_BURN_RATE).
+    dead_burn_rate: float = -1
+    # The delivery objective the budget comes from (DISPATCHBOX_ALERT_SLO).
+    slo: float = 0.999
+    # The window of the burn rate, seconds (DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS).
+    burn_window: float = 300.0
     # After a threshold incident resolves, a new one is not announced for this long, so a value
     # hovering around its threshold does not page every minute
     # (DISPATCHBOX_ALERT_COOLDOWN_SECONDS).
@@ -72,9 +94,17 @@ class AlertConfig:
             ("DISPATCHBOX_ALERT_PENDING_AGE_SECONDS", self.pending_age),
             ("DISPATCHBOX_ALERT_BREAKER_OPEN_SECONDS", self.breaker_open),
             ("DISPATCHBOX_ALERT_CLEANUP_HELD_SECONDS", self.cleanup_held),
+            ("DISPATCHBOX_ALERT_NEW_FINGERPRINT_SECONDS", self.new_fingerprint),
+            ("DISPATCHBOX_ALERT_DEAD_BURN_RATE", self.dead_burn_rate),
         ):
             if value != -1 and value < 0:
                 raise ConfigurationError(f"{name} must be -1 (off) or at least 0, got {value}")
+        if not 0 < self.slo < 1:
+            raise ConfigurationError(
+                f"DISPATCHBOX_ALERT_SLO must be between 0 and 1, got {self.slo}"
+            )
+        if not self.burn_window > 0:
+            raise ConfigurationError("DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS must be positive")
         if self.cooldown < 0 or self.settle < 0:
             raise ConfigurationError("DISPATCHBOX_ALERT_COOLDOWN_SECONDS must not be negative")
         if self.top_errors < 1 or self.ids_per_error < 1:
@@ -89,6 +119,8 @@ class AlertConfig:
             "pending_age": self.pending_age != -1,
             "breaker_open": self.breaker_open != -1,
             "cleanup_held": self.cleanup_held != -1,
+            "new_fingerprint": self.new_fingerprint != -1,
+            "dead_budget": self.dead_burn_rate != -1,
         }
         return [a for a in ALERTS if on[a]]
 
@@ -101,6 +133,7 @@ class AlertConfig:
                 "pending_age": self.pending_age,
                 "breaker_open": self.breaker_open,
                 "cleanup_held": self.cleanup_held,
+                "dead_budget": self.dead_burn_rate,
             }[alert]
         )
 
@@ -130,6 +163,12 @@ class AlertConfig:
             top_errors=number("DISPATCHBOX_ALERT_TOP_ERRORS", base.top_errors, int),
             ids_per_error=number("DISPATCHBOX_ALERT_IDS_PER_ERROR", base.ids_per_error, int),
             label=(source.get("DISPATCHBOX_ALERT_LABEL") or base.label).strip() or base.label,
+            new_fingerprint=number(
+                "DISPATCHBOX_ALERT_NEW_FINGERPRINT_SECONDS", base.new_fingerprint
+            ),
+            dead_burn_rate=number("DISPATCHBOX_ALERT_DEAD_BURN_RATE", base.dead_burn_rate),
+            slo=number("DISPATCHBOX_ALERT_SLO", base.slo),
+            burn_window=number("DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS", base.burn_window),
         )
 
 

@@ -22,7 +22,9 @@ Action = Literal["trigger", "resolve", "notify"]
 class Notice:
     """One alert message, as every channel receives it."""
 
-    alert: str  # dead_events | dead_count | dead_age | pending_age | breaker_open | cleanup_held
+    # dead_events | dead_count | dead_age | pending_age | breaker_open | cleanup_held |
+    # new_fingerprint | dead_budget
+    alert: str
     # trigger: an incident opened; resolve: it ended; notify: deaths, which never "resolve"
     action: Action
     text: str  # Slack mrkdwn
@@ -177,6 +179,14 @@ def firing_message(
             f"{duration(value)}, more than {duration(threshold)} ({where}): dead rows pile up "
             "and claims slow down. `dispatchbox db status` names the session; end it."
         )
+    if alert == "dead_budget":
+        return (
+            f":fire: *{label}*: dead letters burn the error budget {value:.1f}x too fast "
+            f"(threshold {threshold:g}x): {100 * value * (1 - config.slo):.2f}% of the events "
+            f"finished in the last {duration(config.burn_window)} went dead, against an SLO of "
+            f"{100 * config.slo:g}% delivered ({where}). See `dispatchbox dead-events diff "
+            "--since <deploy>` and `dispatchbox dead-events stats --by error`."
+        )
     return (
         f":hourglass: *{label}*: the oldest due pending event has waited "
         f"{duration(value)}, more than {duration(threshold)}: the dispatcher is stuck or "
@@ -210,6 +220,8 @@ def resolved_message(
         )
     elif alert == "cleanup_held":
         what = f"the oldest snapshot holding back vacuum is {duration(value)} old"
+    elif alert == "dead_budget":
+        what = f"dead-letter burn rate {value:.1f}x, within {config.threshold(alert):g}x"
     else:
         what = f"the oldest due pending event has waited {duration(value)}"
     return f":white_check_mark: *{label}*: resolved{after}: {what} ({where})."

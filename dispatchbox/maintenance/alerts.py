@@ -14,9 +14,11 @@ channel (migrations 0004 and 0006):
   seconds: its events wait (dispatchbox.delivery).
 * ``cleanup_held``: a snapshot or prepared transaction has held back vacuum of the outbox for
   more than ``cleanup_held`` seconds (the view outbox_cleanup_horizon, migration 0010).
+* ``new_fingerprint`` (a notification) and ``dead_budget`` (an incident): a new error group,
+  and dead-letter inflow burning the delivery SLO's budget (maintenance/fingerprint_alert.py).
 
-The last three are incidents: one message when one opens (trigger), one when it clears
-(resolve), both carrying the same incident key.
+``dead_count``, ``dead_age``, ``pending_age`` and ``dead_budget`` are incidents: one message
+when one opens (trigger), one when it clears (resolve), both carrying the same incident key.
 
 Every worker process (and ``dispatchbox serve``) runs one evaluator per channel; nothing is kept
 in one process's memory. A round for one alert and channel is one transaction: the evaluator
@@ -48,6 +50,7 @@ import psycopg
 
 from dispatchbox import db, queries
 from dispatchbox.errors import DatabaseUnreachable
+from dispatchbox.maintenance import fingerprint_alert
 from dispatchbox.maintenance.alert_config import INCIDENTS, AlertConfig, alerts_enabled
 from dispatchbox.maintenance.alert_text import (
     Channel,
@@ -199,6 +202,8 @@ class AlertEvaluator:
             state = _State(**row)
             if alert == "dead_events":
                 return self._dead_events(conn, state)
+            if alert == "new_fingerprint":
+                return fingerprint_alert.evaluate(self, conn, state)
             return self._threshold(conn, state)
 
     def _send(self, notice: Notice) -> bool:
@@ -265,6 +270,8 @@ class AlertEvaluator:
         return True
 
     def _measure(self, conn: psycopg.Connection[Any], alert: str) -> float:
+        if alert == "dead_budget":
+            return fingerprint_alert.burn_rate(conn, self.config)
         return float(queries.fetch_value(conn, _MEASURES[alert]) or 0)
 
     def _threshold(self, conn: psycopg.Connection[Any], state: _State) -> bool:

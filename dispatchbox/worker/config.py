@@ -27,6 +27,12 @@ class WorkerConfig:
     poll_interval: float = 1.0
     # How often each process sweeps expired leases, seconds (<= 0 disables the reaper).
     reaper_interval: float = 5.0
+    # Crashes (a lease that expired: the process died or hung while holding the event) after
+    # which an event is poison and goes dead; 0 never gives up on crashes. Crashes do not count
+    # against max_attempts.
+    max_crashes: int = 3
+    # Seconds before an event lost to a crash is due again, doubling per crash, with jitter.
+    crash_backoff: float = 1.0
     # Default retry backoff (per event type overridable in the Dispatcher).
     backoff_base: float = 1.0
     backoff_max: float = 300.0
@@ -70,6 +76,8 @@ class WorkerConfig:
             raise ConfigurationError(
                 f"--grace-period must not be negative, got {self.grace_period}"
             )
+        if self.max_crashes < 0 or self.crash_backoff < 0:
+            raise ConfigurationError("--max-crashes and --crash-backoff must not be negative")
         if self.flush_interval < 0:
             raise ConfigurationError(
                 f"flush_interval must not be negative, got {self.flush_interval}"

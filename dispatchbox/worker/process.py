@@ -201,6 +201,8 @@ class WorkerProcess:
         self.leased: dict[int, uuid.UUID] = {}
         self.positions = ClaimPositions()  # where the next claim resumes
         self.excluded: list[str] = []  # event types the last claim left out
+        # Held events that a worker crash already took down once (see _one_suspect).
+        self.suspects: set[int] = set()
         self.completed: list[store.Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[store.Failure, str]] = []  # (failure, event_type)
         self.released: list[store.Claimed] = []  # not started (breaker): given back
@@ -392,6 +394,27 @@ class WorkerProcess:
         self.positions.claimed(batch, full=after is None, started=started)
         if self.delivery is not None:
             batch += await self.delivery.claim_extra(conn, limit)
+        if any(item.crash_attempts for item in batch):  # only ever after a crash
+            batch = await self._one_suspect(conn, batch)
+        return batch
+
+    async def _one_suspect(
+        self, conn: psycopg.AsyncConnection[Any], batch: list[store.Claimed]
+    ) -> list[store.Claimed]:
+        """Keep at most one event held through a crash (a suspect) in this process; give the
+        others back for a moment (no attempt counted). If the suspect is poison, its next crash
+        then takes no other suspect with it: the events it took down once are not counted
+        towards poison again and again, and the poison event reaches --max-crashes alone."""
+        self.suspects = {i for i in self.suspects if i in self.leased}
+        extra = [item for item in batch if item.crash_attempts]
+        if not self.suspects:
+            self.suspects.add(extra.pop(0).id)
+        if extra:
+            # Due again at once: this process claims again as soon as its suspect is settled
+            # (_flush_locked wakes it), others at their next poll or notification.
+            await store.defer(conn, [(item.id, item.token) for item in extra], seconds=0)
+            deferred = {item.id for item in extra}
+            batch = [item for item in batch if item.id not in deferred]
         return batch
 
     def _route(self, batch: list[store.Claimed]) -> None:
@@ -751,6 +774,11 @@ class WorkerProcess:
         error_types = {f.id: f.error_type for f, _ in failed}
         for f, _ in failed:
             self.leased.pop(f.id, None)
+        if self.suspects and not any(i in leased for i in self.suspects):
+            # The suspect is settled: claim the next one now rather than at the next poll.
+            self.suspects.clear()
+            self.wakeup.set()
+            self.want_more.set()
         for t in dead:
             logger.warning(
                 "event_dead id=%d event_type=%s aggregate_type=%s attempts=%d error_type=%s",
@@ -781,7 +809,12 @@ class WorkerProcess:
         while True:
             await asyncio.sleep(self.config.reaper_interval)
             while True:
-                moved = await self._with_db(self.upkeep_conn, store.reap)
+                reap = partial(
+                    store.reap,
+                    max_crashes=self.config.max_crashes,
+                    crash_backoff=self.config.crash_backoff,
+                )
+                moved = await self._with_db(self.upkeep_conn, reap)
                 plan = self.ordering
                 if moved and plan is not None and any(t.status == "dead" for t in moved):
                     dead_ids = [t.id for t in moved if t.status == "dead"]
@@ -799,13 +832,13 @@ class WorkerProcess:
                     if t.status == "dead":
                         logger.warning(
                             "event_dead id=%d event_type=%s aggregate_type=%s attempts=%d "
-                            "error_type=LeaseExpired",
+                            "error_type=Poison",
                             t.id,
                             t.event_type,
                             t.aggregate_type,
                             t.attempts,
                         )
-                        self.hooks.dead(t, "LeaseExpired")
+                        self.hooks.dead(t, "Poison")
                 if not moved or len(moved) < 1000:
                     break
 
@@ -860,12 +893,20 @@ class WorkerProcess:
             deadline = time.monotonic() + self.config.grace_period
             while (self.lanes.busy() or self.pool.busy()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            cut = ShutdownTimeout("worker shut down before the handler finished (grace period)")
-            now = time.monotonic()
-            for run in self.pool.abandon_all():
-                self._give_up(run, cut, now, "failed")
-            for run, start in self.lanes.abandon_all():
-                self._give_up(run, cut, start, "failed")
+            # A graceful stop costs the events nothing: handlers still running at the end of
+            # the grace period are given back like unstarted ones (no attempt counted).
+            cut = [
+                (item.id, item.token)
+                for run in [*self.pool.abandon_all(), *(r for r, _ in self.lanes.abandon_all())]
+                for item in _events(run)
+            ]
+            if cut:
+                released = await self._with_db(
+                    self.flush_conn, lambda c: store.release(c, cut), until_stopped=False
+                )
+                for event_id, _ in cut:
+                    self.leased.pop(event_id, None)
+                logger.info("released_running worker=%s count=%s", self.name, released)
         self._collect()
         try:
             await asyncio.wait_for(self._flush(), timeout=15)
@@ -896,10 +937,6 @@ def _text(value: str) -> str:
 
 class HandlerTimeout(Exception):
     """The handler ran past its timeout."""
-
-
-class ShutdownTimeout(Exception):
-    """The worker stopped before the handler finished within the grace period."""
 
 
 def run_process(config: WorkerConfig, dispatcher: Dispatcher, hooks: WorkerHooks | None) -> None:

@@ -38,6 +38,8 @@ class Claimed:
     next_attempt_us: int  # next_attempt_at, microseconds since the epoch: with priority and id,
     # the event's place in the claim order
     expires_at: datetime | None  # publish(expires_at=...): undelivered then, it goes dead
+    # Crashes this event was held through (its worker died): a suspect when > 0.
+    crash_attempts: int
     token: uuid.UUID
 
 
@@ -112,7 +114,7 @@ def claimed_rows(rows: list[tuple[Any, ...]], token: uuid.UUID) -> list[Claimed]
     rows.sort(key=_POSITION)  # claim order; the statement returns it so already (linear then)
     # The row's columns are Claimed's fields but the token, in order: unpacking them is the
     # cheapest way to build one, and this runs once per claimed event.
-    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # twelve columns
+    return [Claimed(*r, token) for r in rows]  # type: ignore[call-arg]  # thirteen columns
 
 
 _POSITION = itemgetter(8)
@@ -176,6 +178,13 @@ async def release(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> in
     return await queries.aexecute(conn, "worker_release", _pairs(items))
 
 
+async def defer(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]], *, seconds: float) -> int:
+    """Give back claimed, unstarted events without counting an attempt, due in ``seconds``."""
+    if not items:
+        return 0
+    return await queries.aexecute(conn, "worker_defer", {**_pairs(items), "seconds": seconds})
+
+
 async def heartbeat(
     conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]], *, lease_seconds: float
 ) -> int:
@@ -186,7 +195,11 @@ async def heartbeat(
     )
 
 
-async def reap(conn: AsyncConn, *, limit: int = 1000) -> list[Transition]:
-    """Take back events whose lease expired; returns what moved (pending or dead)."""
-    rows = await queries.afetch_tuples(conn, "reaper_expire", {"limit": limit})
+async def reap(
+    conn: AsyncConn, *, limit: int = 1000, max_crashes: int = 3, crash_backoff: float = 1.0
+) -> list[Transition]:
+    """Take back events whose lease expired: a crash attempt each (not an error attempt), dead
+    as poison at ``max_crashes`` (0: never); returns what moved (pending or dead)."""
+    params = {"limit": limit, "max_crashes": max_crashes, "crash_backoff": crash_backoff}
+    rows = await queries.afetch_tuples(conn, "reaper_expire", params)
     return [Transition(*row) for row in rows]

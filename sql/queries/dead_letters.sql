@@ -322,12 +322,14 @@ archived AS (
         id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
         max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
         lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
-        redrive_count, last_redriven_at, last_redriven_by, destination
+        redrive_count, last_redriven_at, last_redriven_by, destination, crash_attempts,
+        expires_at, payload_sha256
     )
     SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
            max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
            lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
-           redrive_count, last_redriven_at, last_redriven_by, destination
+           redrive_count, last_redriven_at, last_redriven_by, destination, crash_attempts,
+           expires_at, payload_sha256
       FROM events
     RETURNING 1
 )

@@ -301,7 +301,7 @@ claimed AS (
     RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
               e.headers::text AS headers, e.attempts, e.created_at, c.position, e.priority,
               (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
-              e.expires_at
+              e.expires_at, e.crash_attempts
 ),
 spent AS (
     UPDATE outbox_rate_limit r

@@ -50,7 +50,7 @@ UPDATE outbox_event e
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
-          e.expires_at
+          e.expires_at, e.crash_attempts
 
 -- name: ordering_park
 -- ordering="park": for each event in %(ids)s that is dead (and not itself parked), the later

@@ -29,7 +29,7 @@ UPDATE outbox_event e
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
-          e.expires_at
+          e.expires_at, e.crash_attempts
 
 -- name: worker_claim_after
 -- worker_claim, resumed per priority after the last event this process claimed at that
@@ -73,7 +73,7 @@ UPDATE outbox_event e
 RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text AS payload,
           e.headers::text AS headers, e.attempts, e.created_at, claimed.position, e.priority,
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
-          e.expires_at
+          e.expires_at, e.crash_attempts
 
 -- name: worker_complete
 -- Mark delivered events done where one of our leases still holds.
@@ -168,11 +168,15 @@ UPDATE outbox_event e
    AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
 -- name: reaper_expire
--- Sweep up to %(limit)s running events whose lease expired (their worker died or hung): the
--- attempt counts as failed, recorded as "lease expired"; back to pending, or dead at
--- max_attempts. SKIP LOCKED lets every worker run the reaper without stepping on each other.
+-- Sweep up to %(limit)s running events whose lease expired (their worker died or hung). The lost
+-- attempt is a crash, not a handler error: attempts gives back what the claim counted and
+-- crash_attempts counts it instead, recorded as "LeaseExpired". At %(max_crashes)s crashes (0:
+-- never) the event is poison: dead, "Poison: ...". Otherwise back to pending after a crash
+-- backoff with jitter (%(crash_backoff)s seconds, doubling per crash), which also spreads the
+-- events a dead process held, so that the siblings of a poison event are not claimed with it
+-- again. SKIP LOCKED lets every worker run the reaper without stepping on each other.
 WITH expired AS (
-    SELECT id, locked_by, locked_until
+    SELECT id, locked_by, locked_until, attempts
       FROM outbox_event
      WHERE status = 'running' AND locked_until < now()
      ORDER BY locked_until
@@ -181,11 +185,20 @@ WITH expired AS (
 ),
 upd AS (
     UPDATE outbox_event e
-       SET status = CASE WHEN e.attempts >= e.max_attempts THEN 'dead' ELSE 'pending' END,
-           next_attempt_at = now(),
-           dead_at = CASE WHEN e.attempts >= e.max_attempts THEN now() END,
-           last_error = 'LeaseExpired: lease held by ' || COALESCE(x.locked_by, '?')
-                        || ' expired at ' || x.locked_until::text,
+       SET status = CASE WHEN %(max_crashes)s > 0 AND e.crash_attempts + 1 >= %(max_crashes)s
+                         THEN 'dead' ELSE 'pending' END,
+           attempts = GREATEST(e.attempts - 1, 0),
+           crash_attempts = e.crash_attempts + 1,
+           next_attempt_at = now() + make_interval(
+               secs => %(crash_backoff)s * power(2, LEAST(e.crash_attempts, 10)) * random()),
+           dead_at = CASE WHEN %(max_crashes)s > 0 AND e.crash_attempts + 1 >= %(max_crashes)s
+                          THEN now() END,
+           last_error = CASE WHEN %(max_crashes)s > 0 AND e.crash_attempts + 1 >= %(max_crashes)s
+                             THEN 'Poison: the handler''s worker died ' || (e.crash_attempts + 1)
+                                  || ' times while running this event (last lease held by '
+                                  || COALESCE(x.locked_by, '?') || ')'
+                             ELSE 'LeaseExpired: lease held by ' || COALESCE(x.locked_by, '?')
+                                  || ' expired at ' || x.locked_until::text END,
            last_error_at = now(),
            updated_at = now(),
            locked_by = NULL,
@@ -193,14 +206,16 @@ upd AS (
            lease_token = NULL
       FROM expired x
      WHERE e.id = x.id
- RETURNING e.id, e.status, e.attempts, e.event_type, e.aggregate_type, x.locked_by,
-           x.locked_until, e.destination
+ RETURNING e.id, e.status, x.attempts, e.event_type, e.aggregate_type, x.locked_by,
+           x.locked_until, e.crash_attempts, e.destination
 ),
 history AS (
     INSERT INTO outbox_event_error (event_id, attempt, worker, started_at, finished_at,
                                     error_type, message)
-    SELECT id, attempts, locked_by, NULL, now(), 'LeaseExpired',
+    SELECT id, attempts, locked_by, NULL, now(),
+           CASE WHEN status = 'dead' THEN 'Poison' ELSE 'LeaseExpired' END,
            'lease held by ' || COALESCE(locked_by, '?') || ' expired at ' || locked_until::text
+           || ' (crash ' || crash_attempts || ')'
       FROM upd
 )
 SELECT id, status, attempts, event_type, aggregate_type, locked_by, destination FROM upd

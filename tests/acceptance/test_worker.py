@@ -178,11 +178,12 @@ def test_kill_9_in_the_middle_of_a_handler_loses_nothing(
     finally:
         assert run.stop() == 0
     row = event_row(db_dsn, event_id)
-    assert row["attempts"] == 2
+    # The crash is a crash attempt, not an error attempt: only the delivery counts.
+    assert (row["attempts"], row["crash_attempts"]) == (1, 1)
     assert [t for _, t, _ in error_rows(db_dsn, event_id)] == ["LeaseExpired"]
     starts = [r for r in records(record_dir) if r[0] == "start"]
     assert len(starts) == 2 and starts[0][3] != starts[1][3], "a new process took it over"
-    assert next(r for r in records(record_dir) if r[0] == "end")[2] == 2
+    assert next(r for r in records(record_dir) if r[0] == "end")[2] == 1
     assert "worker_process_died" in run.log() and "lease_expired" in run.log()
 
 
@@ -296,7 +297,7 @@ def test_sigterm_finishes_in_flight_and_gives_back_the_rest(
 
 
 @pytest.mark.parametrize("event_type", ["test.slow", "test.async_slow"])
-def test_a_handler_still_running_when_the_grace_period_ends_is_a_failed_attempt(
+def test_a_handler_still_running_when_the_grace_period_ends_costs_no_attempt(
     db_dsn: str, record_dir: Path, tmp_path: Path, event_type: str
 ) -> None:
     (event_id,) = publish(db_dsn, event_type, 1, payload={"seconds": 60})
@@ -306,8 +307,15 @@ def test_a_handler_still_running_when_the_grace_period_ends_is_a_failed_attempt(
     assert run.stop(signal.SIGTERM) == 0, run.log()
     assert time.monotonic() - started < 20
     row = event_row(db_dsn, event_id)
-    assert (row["status"], row["attempts"], row["locked_by"]) == ("pending", 1, None), run.log()
-    assert [t for _, t, _ in error_rows(db_dsn, event_id)] == ["ShutdownTimeout"]
+    # A graceful stop (a deploy) gives the event back as it found it: no attempt, no crash.
+    assert (row["status"], row["attempts"], row["crash_attempts"], row["locked_by"]) == (
+        "pending",
+        0,
+        0,
+        None,
+    ), run.log()
+    assert error_rows(db_dsn, event_id) == []
+    assert "released_running" in run.log()
     assert [r[0] for r in records(record_dir)] == ["start"]
 
 

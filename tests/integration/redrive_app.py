@@ -1,9 +1,9 @@
 """Handlers for the redrive tests, run in real `dispatchbox worker` processes.
 
 ``redrive.flaky`` fails while the downstream is "down" and succeeds once the file
-``$DBX_RECORD_DIR/healthy`` exists. Every call appends ``<ok|fail> <id> <attempts> <pid>`` to a
-per-process file (O_APPEND, so lines survive the process), which the tests compare with the
-database.
+``$DBX_RECORD_DIR/healthy`` exists; while ``newerror`` exists it fails with another error.
+Every call appends ``<ok|fail> <id> <attempts> <pid>`` to a per-process file (O_APPEND, so
+lines survive the process), which the tests compare with the database.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def _record(kind: str, event: OutboxEvent) -> None:
 
 @dispatcher.handler("redrive.flaky")
 def flaky(event: OutboxEvent) -> None:
+    if os.path.exists(os.path.join(os.environ["DBX_RECORD_DIR"], "newerror")):
+        _record("fail", event)
+        raise ValueError(f"schema mismatch in order {event.aggregate_id}")
     if os.path.exists(os.path.join(os.environ["DBX_RECORD_DIR"], "healthy")):
         _record("ok", event)
         return

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatchbox import publish, publish_many, queries
+from dispatchbox import OutboxRepository, publish, publish_many, queries
 from dispatchbox.worker import store
 
 EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}
@@ -39,10 +39,10 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
             "UPDATE outbox_event SET locked_until = now() - interval '1 second' WHERE id = %s",
             [event_id],
         )
-        reaped = await store.reap(b)
+        reaped = await store.reap(b, crash_backoff=0)
         assert [(t.id, t.status, t.locked_by) for t in reaped] == [(event_id, "pending", "A")]
         (theirs,) = await store.claim(b, worker="B", limit=10, lease_seconds=60)
-        assert theirs.attempts == 2 and theirs.token != mine.token
+        assert theirs.attempts == 1 and theirs.token != mine.token
 
         stale = [(mine.id, mine.token)]
         assert await store.complete(a, [mine]) == 0
@@ -73,7 +73,7 @@ def test_stale_worker_cannot_complete_or_fail_an_event_taken_over(db_dsn: str) -
     with psycopg.connect(db_dsn) as conn:
         assert conn.execute(
             "SELECT status, attempts, lease_token FROM outbox_event WHERE id = %s", [event_id]
-        ).fetchone() == ("done", 2, None)
+        ).fetchone() == ("done", 1, None), "the crash took back its attempt"
         errors = conn.execute(
             "SELECT attempt, worker, error_type FROM outbox_event_error WHERE event_id = %s",
             [event_id],
@@ -194,29 +194,65 @@ def test_release_gives_back_without_counting_the_attempt(db_dsn: str) -> None:
     assert rows == [("pending", 0, None)] * 3
 
 
-def test_reaper_dead_letters_at_max_attempts(db_dsn: str) -> None:
+def test_reaper_counts_a_crash_apart_and_dead_letters_poison_at_max_crashes(
+    db_dsn: str,
+) -> None:
     with psycopg.connect(db_dsn) as conn:
         event_id = publish(conn, **EVENT, max_attempts=1)
 
-    async def scenario() -> None:
-        a = await aconn(db_dsn)
-        await store.claim(a, worker="A", limit=1, lease_seconds=60)
-        await a.execute(  # A's lease ran out (back-dated, rather than waited out)
+    async def crash(a: psycopg.AsyncConnection[Any], worker: str) -> list[store.Transition]:
+        await a.execute(  # due at once (the crash backoff would wait), and claimed
+            "UPDATE outbox_event SET next_attempt_at = now() WHERE id = %s", [event_id]
+        )
+        await a.commit()
+        await store.claim(a, worker=worker, limit=1, lease_seconds=60)
+        await a.execute(  # the lease ran out (back-dated, rather than waited out)
             "UPDATE outbox_event SET locked_until = now() - interval '1 second' WHERE id = %s",
             [event_id],
         )
-        (moved,) = await store.reap(a)
-        assert (moved.id, moved.status, moved.attempts) == (event_id, "dead", 1)
+        await a.commit()
+        return await store.reap(a, max_crashes=3, crash_backoff=0)
+
+    async def scenario() -> None:
+        a = await aconn(db_dsn)
+        # max_attempts is 1, yet two crashes leave the event pending with no attempt spent.
+        for worker in ("A", "B"):
+            (moved,) = await crash(a, worker)
+            assert (moved.id, moved.status) == (event_id, "pending")
+        (moved,) = await crash(a, "C")
+        assert (moved.id, moved.status) == (event_id, "dead")
         await a.close()
 
     run(scenario())
     with psycopg.connect(db_dsn) as conn:
         row = conn.execute(
-            "SELECT status, dead_at IS NOT NULL, last_error LIKE 'LeaseExpired: lease held by A%%'"
-            " FROM outbox_event WHERE id = %s",
+            "SELECT status, attempts, crash_attempts, dead_at IS NOT NULL,"
+            " last_error LIKE 'Poison: %%3 times%%held by C)' FROM outbox_event WHERE id = %s",
             [event_id],
         ).fetchone()
-    assert row == ("dead", True, True)
+        history = conn.execute(
+            "SELECT worker, error_type FROM outbox_event_error WHERE event_id = %s ORDER BY id",
+            [event_id],
+        ).fetchall()
+    assert row == ("dead", 0, 3, True, True)
+    assert history == [("A", "LeaseExpired"), ("B", "LeaseExpired"), ("C", "Poison")]
+
+
+def test_a_redrive_gives_a_poison_event_a_fresh_crash_budget(db_dsn: str) -> None:
+    with psycopg.connect(db_dsn) as conn:
+        event_id = publish(conn, **EVENT)
+        conn.execute(
+            "UPDATE outbox_event SET status = 'dead', dead_at = now(), crash_attempts = 3,"
+            " last_error = 'Poison: x' WHERE id = %s",
+            [event_id],
+        )
+        conn.commit()
+    assert OutboxRepository(db_dsn).retry_dead_event(event_id)
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT status, crash_attempts FROM outbox_event WHERE id = %s", [event_id]
+        ).fetchone()
+    assert row == ("pending", 0)
 
 
 def _plan(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> str:

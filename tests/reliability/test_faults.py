@@ -263,26 +263,39 @@ def test_poison_handlers_end_as_clear_dead_events(
     assert "flush_failed" not in log and "worker_process_died" not in log
 
 
-def test_a_handler_that_kills_its_process_is_dead_lettered_and_the_rest_delivered(
+def test_a_handler_that_kills_its_process_is_poison_after_three_crashes_and_the_rest_delivered(
     db_dsn: str, record_dir: Path, tmp_path: Path
 ) -> None:
-    # Today a process's death costs an attempt of every event it held, not only of the one
-    # that killed it: the others get room to survive that (crash attempts counted apart from
-    # handler errors are the redrive issue's work).
-    fatal = publish(db_dsn, "test.poison", 2, payload={"kind": "exit"}, max_attempts=2)
-    fine = publish(db_dsn, "test.poison", 20, payload={"kind": "ok"}, max_attempts=50)
+    # Real processes really die (os._exit in the handler). A crash is a crash attempt, not an
+    # error attempt: the poison events go dead as "Poison" after --max-crashes 3 although
+    # max_attempts is 50, and the events the dying processes held besides them (claimed, maybe
+    # started) lose no attempt and are all delivered.
+    fatal = publish(db_dsn, "test.poison", 2, payload={"kind": "exit"}, max_attempts=50)
+    fine = publish(db_dsn, "test.poison", 20, payload={"kind": "ok"}, max_attempts=1)
     run = start(
         db_dsn, record_dir, tmp_path,
         "--processes", "2", "--lease-seconds", "2", "--handler-timeout", "1.5",
-        "--reaper-interval", "0.3", *FAST,
+        "--reaper-interval", "0.3", "--max-crashes", "3", "--crash-backoff", "0.2", *FAST,
     )  # fmt: skip
     try:
         wait_until(lambda: counts(db_dsn) == {"done": 20, "dead": 2}, 120, "every event final")
     finally:
         assert run.stop() == 0, run.log()[-3000:]
     rows = final_errors(db_dsn)
-    assert all(rows[i][:2] == ("dead", "LeaseExpired") for i in fatal), rows
-    assert all(rows[i][0] == "done" for i in fine)
+    assert all(rows[i][:2] == ("dead", "Poison") for i in fatal), rows
+    assert all((rows[i][2] or "").startswith("Poison: ") for i in fatal), rows
+    assert all(rows[i][0] == "done" for i in fine), "max_attempts 1: no crash cost an attempt"
+    with psycopg.connect(db_dsn) as conn:
+        crashes = dict(
+            conn.execute(
+                "SELECT id, crash_attempts FROM outbox_event WHERE id = ANY(%s)", [fatal]
+            ).fetchall()
+        )
+        attempts = conn.execute(
+            "SELECT max(attempts) FROM outbox_event WHERE id = ANY(%s)", [fatal]
+        ).fetchone()
+    assert set(crashes.values()) == {3}, crashes
+    assert attempts == (0,), "the poison events spent no error attempt"
     assert "worker_process_died slot=" in run.log(), "the supervisor restarted the process"
 
 

@@ -50,7 +50,7 @@ def test_loads_equals_json_module(text: str) -> None:
 def _claimed(payload: str, headers: str) -> Claimed:
     now = datetime.now(UTC)
     return Claimed(
-        7, "order", "42", "order.paid", payload, headers, 2, now, 1, 5, 0, None, uuid.uuid4()
+        7, "order", "42", "order.paid", payload, headers, 2, now, 1, 5, 0, None, 0, uuid.uuid4()
     )
 
 

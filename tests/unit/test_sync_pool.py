@@ -19,7 +19,9 @@ from dispatchbox.worker.threads import SyncPool
 
 def _item(event_id: int) -> Claimed:
     now = datetime.now(UTC)
-    return Claimed(event_id, "a", "1", "t", "{}", "{}", 1, now, event_id, 5, 0, None, uuid.uuid4())
+    return Claimed(
+        event_id, "a", "1", "t", "{}", "{}", 1, now, event_id, 5, 0, None, 0, uuid.uuid4()
+    )
 
 
 def test_an_abandoned_handler_no_longer_counts_as_busy() -> None:

@@ -1,0 +1,228 @@
+"""Redrive benchmark (issue 22): the canary's overhead, the adaptive pace's reaction to a failing
+destination, and poison detection.
+
+    .venv/bin/python -m bench redrive [--quick] [--rows 100000] [--repeat 3]
+
+* **Canary overhead**: ``--rows`` dead events (two per aggregate) redriven by a plain
+  ``redrive_dead_events`` (the engine of ``retry-batch --all-matching``) and by a canary
+  operation (1% sample, whole aggregates, then promotion in order-preserving batches). The
+  canary's sample is marked done by SQL between the two steps: what is timed is the redrive
+  machinery, not handlers. Each run on a fresh database, seeded and VACUUM ANALYZEd.
+* **Adaptive pace vs a failing destination**: ``--pace-rows`` dead events redriven at top speed
+  ``--rate`` into a real ``dispatchbox worker`` (2 processes) whose handler starts failing 4 s in
+  and recovers ``--down`` seconds later. Figures: seconds from the failure to the first slow-down
+  and to the pause, and events burned (redriven, then dead again) by the adaptive pace and by a
+  fixed ``--rate`` over the same outage.
+* **Poison detection**: one event whose handler calls ``os._exit`` among ``--poison-rows`` good
+  ones, ``--max-crashes 3``, 2 s leases: crashes until dead, seconds from publish to dead, and
+  how many good events got a crash attempt (none may go dead or lose an attempt).
+
+Prints tables, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.common import BenchDatabase, emit_json, print_table, worker
+from dispatchbox import OutboxRepository, publish_many
+from dispatchbox.filters import DeadEventFilter
+from dispatchbox.redrive import RedriveService
+
+SEED = """
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
+    max_attempts, last_error, last_error_at, dead_at, created_at)
+SELECT 'order', (g / 2)::text, %(event_type)s, jsonb_build_object('order_id', g), 'dead', 1, 1,
+       'ConnectionError: downstream refused order ' || g, now(), now(),
+       now() - interval '1 hour' + g * interval '1 millisecond'
+  FROM generate_series(1, %(rows)s) g
+"""
+
+
+def _seed(dsn: str, rows: int, event_type: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SEED, {"rows": rows, "event_type": event_type})
+        conn.execute("VACUUM ANALYZE outbox_event")
+        conn.execute("VACUUM ANALYZE outbox_dead_fingerprint")
+
+
+def _canary_run(db: BenchDatabase, rows: int) -> dict[str, float]:
+    dsn = db.fresh()
+    _seed(dsn, rows, "bench.noop")
+    started = time.perf_counter()
+    OutboxRepository(dsn).redrive_dead_events(DeadEventFilter(), actor="bench")
+    plain = time.perf_counter() - started
+    db.drop(dsn)
+
+    dsn = db.fresh()
+    _seed(dsn, rows, "bench.noop")
+    svc = OutboxRepository(dsn).redrive()
+    started = time.perf_counter()
+    op = svc.start(DeadEventFilter(), actor="bench", canary=("percent", 1.0))
+    sample = time.perf_counter() - started
+    with psycopg.connect(dsn, autocommit=True) as conn:  # the sample delivered (not timed)
+        conn.execute(
+            "UPDATE outbox_event SET status = 'done', done_at = now() WHERE id = ANY(%s)",
+            (op.canary_ids,),
+        )
+    started = time.perf_counter()
+    done = svc.run(op.id)
+    promote = time.perf_counter() - started
+    assert done.phase == "completed" and done.redriven == rows, done
+    db.drop(dsn)
+    return {
+        "plain_s": plain,
+        "sample_s": sample,
+        "promote_s": promote,
+        "canary_s": sample + promote,
+    }
+
+
+def canary_overhead(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]:
+    runs = [_canary_run(db, rows) for _ in range(repeat)]
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["ratio"] = out["canary_s"] / out["plain_s"]
+    return {"rows": rows, "repeat": repeat, **out}
+
+
+def _outage_run(
+    db: BenchDatabase, rows: int, rate: float, down: float, *, adaptive: bool
+) -> dict[str, Any]:
+    dsn = db.fresh()
+    _seed(dsn, rows, "bench.downstream")
+    flag = Path(tempfile.mkdtemp()) / "down"
+    events: list[tuple[float, str]] = []
+    svc = RedriveService(OutboxRepository(dsn).connection)
+    op = svc.start(DeadEventFilter(), actor="bench", rate=rate, adaptive=adaptive)
+    args = ("--processes", "2", "--concurrency", "16", "--poll-interval", "0.1")
+    with worker(dsn, *args, env={"DBX_BENCH_DOWN": str(flag)}):
+        thread = threading.Thread(
+            target=svc.run, args=(op.id,), kwargs={"report": lambda line: events.append(
+                (time.monotonic(), line))}, daemon=True)  # fmt: skip
+        thread.start()
+        time.sleep(4.0)
+        flag.touch()
+        failed_at = time.monotonic()
+        time.sleep(down)
+        flag.unlink()
+        healed_at = time.monotonic()
+        thread.join(600)
+        finished_at = time.monotonic()
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'dead'),"
+            " count(*) FILTER (WHERE status = 'done') FROM outbox_event"
+        ).fetchone()
+    db.drop(dsn)
+    assert row is not None
+
+    def first(word: str) -> float | None:
+        hits = [t - failed_at for t, line in events if t >= failed_at and word in line]
+        return round(hits[0], 2) if hits else None
+
+    return {
+        "pace": "adaptive" if adaptive else "fixed",
+        "top_rate": rate,
+        "down_s": down,
+        "slowed_after_s": first("slowed") or first("paused"),
+        "paused_after_s": first("paused"),
+        "burned": int(row[0]),
+        "delivered": int(row[1]),
+        "finished_after_heal_s": round(finished_at - healed_at, 1),
+    }
+
+
+def poison(db: BenchDatabase, good: int) -> dict[str, Any]:
+    dsn = db.fresh()
+    events = [
+        {"aggregate_type": "order", "aggregate_id": str(i), "event_type": "bench.poison",
+         "payload": {"poison": i == good // 2}, "max_attempts": 1}
+        for i in range(good + 1)
+    ]  # fmt: skip
+    args = ("--processes", "2", "--lease-seconds", "2", "--handler-timeout", "1.5",
+            "--reaper-interval", "0.3", "--max-crashes", "3", "--crash-backoff", "0.2")  # fmt: skip
+    with worker(dsn, *args):
+        started = time.monotonic()
+        with psycopg.connect(dsn) as conn:
+            ids = publish_many(conn, events)
+            conn.commit()
+        bad = ids[good // 2]
+        deadline = started + 300
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "SELECT (SELECT status FROM outbox_event WHERE id = %s),"
+                    " (SELECT count(*) FROM outbox_event WHERE status = 'done')",
+                    (bad,),
+                ).fetchone()
+                if row is not None and row[0] == "dead" and row[1] == good:
+                    break
+                time.sleep(0.05)
+            seconds = time.monotonic() - started
+            stats = conn.execute(
+                "SELECT (SELECT crash_attempts FROM outbox_event WHERE id = %(bad)s),"
+                " count(*) FILTER (WHERE id <> %(bad)s AND crash_attempts > 0),"
+                " count(*) FILTER (WHERE id <> %(bad)s AND status = 'dead'),"
+                " max(attempts) FILTER (WHERE id <> %(bad)s)"
+                " FROM outbox_event",
+                {"bad": bad},
+            ).fetchone()
+    db.drop(dsn)
+    assert stats is not None
+    return {
+        "good_events": good,
+        "crashes_until_dead": stats[0],
+        "seconds_to_dead": round(seconds, 1),
+        "good_with_a_crash_attempt": stats[1],
+        "good_dead": stats[2],
+        "good_max_attempts": stats[3],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--quick", action="store_true", help="Smaller runs, once each.")
+    parser.add_argument("--rows", type=int, default=100_000, help="Dead events of the canary run.")
+    parser.add_argument("--repeat", type=int, default=3, help="Canary runs (median).")
+    parser.add_argument("--pace-rows", type=int, default=20_000, help="Events of the outage run.")
+    parser.add_argument("--rate", type=float, default=1000.0, help="Top redrive rate, events/s.")
+    parser.add_argument("--down", type=float, default=8.0, help="Seconds the destination fails.")
+    parser.add_argument("--poison-rows", type=int, default=500, help="Good events beside it.")
+    parser.add_argument(
+        "--only", choices=["canary", "outage", "poison"], help="Run one of the three parts."
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeat, args.pace_rows, args.poison_rows = 1, 12_000, 200
+        args.rate, args.down = 500.0, 6.0
+    db = BenchDatabase()
+    result: dict[str, Any] = {"where": db.where}
+    try:
+        if args.only in (None, "canary"):
+            result["canary"] = canary_overhead(db, args.rows, args.repeat)
+            print_table(f"canary vs plain redrive ({db.where})", [result["canary"]])
+        if args.only in (None, "outage"):
+            result["outage"] = [
+                _outage_run(db, args.pace_rows, args.rate, args.down, adaptive=adaptive)
+                for adaptive in (True, False)
+            ]
+            print_table("a destination failing mid-redrive", result["outage"])
+        if args.only in (None, "poison"):
+            result["poison"] = poison(db, args.poison_rows)
+            print_table("poison detection", [result["poison"]])
+    finally:
+        db.close()
+    emit_json("redrive", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

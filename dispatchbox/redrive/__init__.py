@@ -1,0 +1,30 @@
+"""Redrive beyond retry-batch: the dry-run plan, canary and health-paced redrives, the order in
+which redriven events come back, and what changed since a deploy (issue 22).
+
+Owns: sql/queries/redrive.sql and the table outbox_redrive_operation. Imports downward only:
+queries, db, filters, records, fingerprint; the CLI (cli/redrive.py) and the HTTP API are its
+clients. Seams for other packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
+"""
+
+from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, NoBreakers, PaceConfig
+from dispatchbox.redrive.plan import RedrivePlan, plan_redrive
+from dispatchbox.redrive.service import (
+    CanaryVerdict,
+    RedriveOperation,
+    RedriveService,
+    parse_canary,
+)
+
+__all__ = [
+    "AdaptivePacer",
+    "BreakerGate",
+    "CanaryVerdict",
+    "Health",
+    "NoBreakers",
+    "PaceConfig",
+    "RedriveOperation",
+    "RedrivePlan",
+    "RedriveService",
+    "parse_canary",
+    "plan_redrive",
+]
