@@ -7,7 +7,7 @@
 --   while holding the event (its lease expired). The reaper counts them here instead of in
 --   `attempts`, so a crash costs nothing against max_attempts; after `--max-crashes` of them the
 --   event is poison and goes to dead (last_error 'Poison: ...'). A redrive resets it (trigger
---   below). outbox_archive_batch (0002) is replaced to move the column with the row.
+--   below). Archival carries it as it carries every column of both tables (0009).
 -- * outbox_redrive_operation: one row per canary or paced redrive, so that it can be resumed
 --   (`retry-batch --resume ID`) and shown, and audited as one operation.
 -- * outbox_error_fingerprint_seen: every error fingerprint any dead event ever had, with when it
@@ -113,86 +113,10 @@ SELECT f.fingerprint, COALESCE(min(f.dead_at), now()), COALESCE(max(f.dead_at), 
   FROM outbox_dead_fingerprint f
  GROUP BY f.fingerprint;
 
--- The archive keeps crash_attempts too, and the expiry and checksum of 0009 (archival moves rows
--- column for column; the destination of 0007 was already carried).
+-- The archive keeps crash_attempts too: outbox_archive_batch (0009) carries every column the
+-- two tables share.
 ALTER TABLE outbox_event_archive
-    ADD COLUMN crash_attempts integer NOT NULL DEFAULT 0,
-    ADD COLUMN expires_at timestamptz,
-    ADD COLUMN payload_sha256 text;
-
-CREATE OR REPLACE FUNCTION outbox_archive_batch(p_status text, p_cutoff timestamptz, p_batch_size integer)
-    RETURNS integer
-    LANGUAGE plpgsql AS $$
-DECLARE
-    moved integer;
-BEGIN
-    IF p_status IS NULL OR p_status NOT IN ('done', 'dead') THEN
-        RAISE EXCEPTION 'outbox_archive_batch: status must be done or dead, not %', p_status
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF p_cutoff IS NULL OR p_batch_size IS NULL OR p_batch_size < 1 THEN
-        RAISE EXCEPTION 'outbox_archive_batch: cutoff must be set and batch_size at least 1'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    -- Dynamic SQL so that every batch is planned with its literal state: a generic plan with
-    -- the state as a parameter could not use the partial indexes (WHERE status = 'done' ...).
-    EXECUTE format($sql$
-        WITH batch AS (
-            SELECT e.id
-              FROM outbox_event e
-             WHERE e.status = %1$L AND e.%2$I < $1
-             ORDER BY e.%2$I
-             LIMIT $2
-               FOR UPDATE SKIP LOCKED
-        ),
-        errors AS (
-            DELETE FROM outbox_event_error r
-             USING batch b
-             WHERE r.event_id = b.id
-            RETURNING r.id, r.event_id, r.attempt, r.worker, r.started_at, r.finished_at,
-                      r.error_type, r.message, r.traceback
-        ),
-        errors_archived AS (
-            INSERT INTO outbox_event_error_archive (
-                id, event_id, attempt, worker, started_at, finished_at, error_type, message,
-                traceback
-            )
-            SELECT id, event_id, attempt, worker, started_at, finished_at, error_type,
-                   message, traceback
-              FROM errors
-        ),
-        events AS (
-            -- The batch's rows are locked by us, so this re-check cannot fail; it names the
-            -- state the delete expects, like every state change of the outbox.
-            DELETE FROM outbox_event e
-             USING batch b
-             WHERE e.id = b.id AND e.status = %1$L
-            RETURNING e.*
-        ),
-        archived AS (
-            INSERT INTO outbox_event_archive (
-                id, aggregate_type, aggregate_id, event_type, payload, headers, status,
-                attempts, max_attempts, priority, idempotency_key, next_attempt_at, locked_by,
-                locked_until, lease_token, last_error, last_error_at, created_at, updated_at,
-                done_at, dead_at, redrive_count, last_redriven_at, last_redriven_by,
-                destination, crash_attempts, expires_at, payload_sha256
-            )
-            SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status,
-                   attempts, max_attempts, priority, idempotency_key, next_attempt_at,
-                   locked_by, locked_until, lease_token, last_error, last_error_at, created_at,
-                   updated_at, done_at, dead_at, redrive_count, last_redriven_at,
-                   last_redriven_by, destination, crash_attempts, expires_at, payload_sha256
-              FROM events
-            RETURNING 1
-        )
-        SELECT count(*) FROM archived
-    $sql$, p_status, p_status || '_at')
-    INTO moved
-    USING p_cutoff, p_batch_size;
-    RETURN moved;
-END;
-$$;
+    ADD COLUMN crash_attempts integer NOT NULL DEFAULT 0;
 
 ALTER TABLE outbox_dead_letter_audit
     DROP CONSTRAINT outbox_dead_letter_audit_action_check,

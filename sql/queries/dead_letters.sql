@@ -323,13 +323,13 @@ archived AS (
         max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
         lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
         redrive_count, last_redriven_at, last_redriven_by, destination, crash_attempts,
-        expires_at, payload_sha256
+        expires_at, payload_sha256, parked_by, holds_parked
     )
     SELECT id, aggregate_type, aggregate_id, event_type, payload, headers, status, attempts,
            max_attempts, priority, idempotency_key, next_attempt_at, locked_by, locked_until,
            lease_token, last_error, last_error_at, created_at, updated_at, done_at, dead_at,
            redrive_count, last_redriven_at, last_redriven_by, destination, crash_attempts,
-           expires_at, payload_sha256
+           expires_at, payload_sha256, parked_by, holds_parked
       FROM events
     RETURNING 1
 )
