@@ -38,7 +38,17 @@ def test_the_core_dependencies_leave_the_web_server_to_the_api_extra() -> None:
     assert any(d.startswith("fastapi") for d in project["optional-dependencies"]["api"])
     assert any(d.startswith("uvicorn") for d in project["optional-dependencies"]["api"])
     dev = project["optional-dependencies"]["dev"]
-    assert "dispatchbox[api]" in dev
+    itself = [d for d in dev if d.startswith("dispatchbox[")]
+    assert len(itself) == 1
+    # dev is every extra: the API and the broker clients of the built-in destinations.
+    assert set(itself[0][len("dispatchbox[") : -1].split(",")) == {
+        "api",
+        "rabbitmq",
+        "nats",
+        "redis",
+    }
+    for extra in ("rabbitmq", "nats", "redis"):
+        assert project["optional-dependencies"][extra]
     assert any(d.startswith("testcontainers") for d in dev)
 
 
