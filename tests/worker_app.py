@@ -57,11 +57,23 @@ async def permanent(event: OutboxEvent) -> None:
     raise PermanentError("payload is missing the customer")
 
 
+def _first_call(event: OutboxEvent) -> bool:
+    """True the first time any process calls a handler for this event (a marker file)."""
+    marker = os.path.join(os.environ["DBX_RECORD_DIR"], f"called-{event.id}")
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 @dispatcher.handler("test.slow")
 def slow(event: OutboxEvent) -> None:
-    """Sleeps payload["seconds"]; only on the first attempt when payload["first_only"]."""
+    """Sleeps payload["seconds"]; only on the first call when payload["first_only"] (the first
+    call, not attempt 1: an attempt lost to a crash is given back, so attempt 1 comes again)."""
+    first = _first_call(event)
     record("start", event)
-    if event.attempts == 1 or not event.payload.get("first_only"):
+    if first or not event.payload.get("first_only"):
         time.sleep(float(event.payload["seconds"]))
     record("end", event)
 
@@ -69,8 +81,9 @@ def slow(event: OutboxEvent) -> None:
 @dispatcher.handler("test.async_slow")
 async def async_slow(event: OutboxEvent) -> None:
     """Async twin of test.slow."""
+    first = _first_call(event)
     record("start", event)
-    if event.attempts == 1 or not event.payload.get("first_only"):
+    if first or not event.payload.get("first_only"):
         await asyncio.sleep(float(event.payload["seconds"]))
     record("end", event)
 

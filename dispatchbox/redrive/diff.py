@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -48,8 +48,12 @@ def classify_groups(
     *,
     lookback: float = 7 * 86400.0,
 ) -> list[GroupChange]:
+    try:
+        floor = since - timedelta(seconds=lookback)
+    except OverflowError:  # before year 1: every group ever seen
+        floor = datetime.min.replace(tzinfo=UTC)
     with connect() as conn:
-        rows = queries.fetch_all(conn, "dead_diff", {"since": since, "lookback": lookback})
+        rows = queries.fetch_all(conn, "dead_diff", {"since": since, "floor": floor})
     out = []
     for r in rows:
         before, after = int(r["before"]), int(r["since"])

@@ -55,7 +55,9 @@ def promote(
     gate: BreakerGate,
     sleep: Callable[[float], None],
     say: Callable[[str], None],
-) -> None:
+    deadline: float | None = None,
+) -> bool:
+    """Redrive the rest; False when ``deadline`` (time.monotonic()) came first (resume later)."""
     settings = job.settings
     rate = settings.get("rate")
     pacer: AdaptivePacer | None = None
@@ -73,6 +75,8 @@ def promote(
     sent = 0
     last_sample = last_sent = time.monotonic()
     while True:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
         current = pacer.rate if pacer is not None else rate
         if pacer is not None and time.monotonic() - last_sample >= POLL and window:
             last_sample = time.monotonic()
@@ -120,8 +124,10 @@ def promote(
             window.append((time.monotonic(), now_db, ids))
             say(f"promoted {job.already + sent:,}")
         if int(row["picked"]) < size:
-            break
+            return True
         if current is not None and ids:
             pause = len(ids) / current - (time.monotonic() - batch_started)
+            if deadline is not None:
+                pause = min(pause, deadline - time.monotonic())
             if pause > 0:
                 sleep(pause)

@@ -241,16 +241,24 @@ class RedriveService:
     # -- run ----------------------------------------------------------------------------------
 
     def run(
-        self, op_id: int, *, wait: float | None = None, report: Report | None = None
+        self,
+        op_id: int,
+        *,
+        wait: float | None = None,
+        report: Report | None = None,
+        budget: float | None = None,
     ) -> RedriveOperation:
         """Drive the operation as far as it goes: wait for the canary (at most ``wait`` seconds,
-        default its settle timeout), judge it, promote. Returns the operation as it stands."""
+        default its settle timeout), judge it, promote (for at most ``budget`` seconds, default
+        until done; the phase stays ``promoting`` and ``run`` goes on from there). Returns the
+        operation as it stands."""
         say = report or (lambda _: None)
         with self._connect() as conn:
             if not queries.fetch_value(conn, "redrive_op_try_lock", {"id": op_id}):
                 raise OperationInProgress(f"redrive operation {op_id} is being run by someone else")
             try:
-                self._run_locked(conn, op_id, wait, say)
+                deadline = None if budget is None else time.monotonic() + budget
+                self._run_locked(conn, op_id, wait, say, deadline)
             finally:
                 queries.fetch_value(conn, "redrive_op_unlock", {"id": op_id})
         found = self.get(op_id)
@@ -264,7 +272,12 @@ class RedriveService:
         return RedriveOperation(**row)
 
     def _run_locked(
-        self, conn: psycopg.Connection[Any], op_id: int, wait: float | None, say: Report
+        self,
+        conn: psycopg.Connection[Any],
+        op_id: int,
+        wait: float | None,
+        say: Report,
+        deadline: float | None,
     ) -> None:
         op = self._load(conn, op_id)
         if op.phase in ("completed", "stopped"):
@@ -290,7 +303,7 @@ class RedriveService:
                     self._finish_audit(conn, op, "completed")
                     return
                 op = self._load(conn, op_id)
-            self._promote(conn, op, say)
+            finished = self._promote(conn, op, say, deadline)
         except BaseException:
             queries.execute(
                 conn,
@@ -299,6 +312,10 @@ class RedriveService:
             )
             self._finish_audit(conn, op, "interrupted")
             raise
+        if not finished:
+            say(f"promotion paused at its time budget; run it again (--resume {op_id})")
+            self._finish_audit(conn, op, "interrupted")
+            return
         queries.execute(
             conn,
             "redrive_op_phase",
@@ -380,7 +397,13 @@ class RedriveService:
     def _health(self, conn: psycopg.Connection[Any], ids: list[int], since: datetime) -> Health:
         return health_of(conn, ids, since)
 
-    def _promote(self, conn: psycopg.Connection[Any], op: RedriveOperation, say: Report) -> None:
+    def _promote(
+        self,
+        conn: psycopg.Connection[Any],
+        op: RedriveOperation,
+        say: Report,
+        deadline: float | None = None,
+    ) -> bool:
         params = {
             **selection_params(
                 _filter_of(op), max_replays=op.settings.get("max_replays"), cutoff=op.cutoff
@@ -391,10 +414,11 @@ class RedriveService:
             "exclude": None,
             "actor": op.actor,
         }
-        promote(
+        return promote(
             conn,
             Promotion(op.id, op.audit_id, op.after_id, op.redriven, op.settings, params),
             gate=self.gate,
             sleep=self._sleep,
             say=say,
+            deadline=deadline,
         )

@@ -305,7 +305,7 @@ SELECT now()
 -- Error groups against a moment (a deploy): per fingerprint ever seen, the dead events before
 -- and since %(since)s still dead, first and last seen. The caller names each group new (first
 -- seen since), growing (deaths since, seen before), quiet (dead events, none since) or resolved
--- (seen in the %(lookback)s seconds before, nothing dead now).
+-- (seen since %(floor)s, the lookback before the moment, and nothing dead now).
 SELECT s.fingerprint, s.first_seen_at, s.last_seen_at, s.event_type,
        COALESCE(d.before, 0) AS before, COALESCE(d.since, 0) AS since,
        COALESCE(d.signature, outbox_error_signature(x.last_error)) AS signature
@@ -319,7 +319,7 @@ SELECT s.fingerprint, s.first_seen_at, s.last_seen_at, s.event_type,
               GROUP BY f.fingerprint) d ON d.fingerprint = s.fingerprint
   LEFT JOIN outbox_event x ON x.id = s.example_event_id
  WHERE d.fingerprint IS NOT NULL
-    OR s.last_seen_at >= %(since)s::timestamptz - make_interval(secs => %(lookback)s)
+    OR s.last_seen_at >= %(floor)s::timestamptz
  ORDER BY COALESCE(d.since, 0) DESC, s.fingerprint
 
 -- name: redrive_op_try_lock
