@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling"]
+EXTRA = [
+    "archive",
+    "dead_letters",
+    "instructions",
+    "peers",
+    "startup",
+    "ceiling",
+    "big_tables",
+    "hosts",
+]
 
 
 def _machine() -> dict[str, Any]:
