@@ -45,7 +45,11 @@ class TempCluster:
     """initdb + pg_ctl in a temp dir; ``stop()`` removes everything."""
 
     def __init__(
-        self, *, bindir: Path | None = None, fsync: bool = False, listen_addresses: str = "127.0.0.1"
+        self,
+        *,
+        bindir: Path | None = None,
+        fsync: bool = False,
+        listen_addresses: str = "127.0.0.1",
     ) -> None:
         """``listen_addresses`` as in postgresql.conf; whatever it says, pg_hba.conf lets only
         loopback clients in until a caller adds lines (tests/netns.py does, for its veths)."""
