@@ -5,7 +5,10 @@ Scenarios: drain, publish, latency, failure (default: all four); by name or with
 dead_letters (the 1,000,000-row benchmarks of archival and the dead-letter tools), instructions
 (the worker's own instructions per event, under valgrind), peers (the other PostgreSQL queues
 side by side), startup (from `dispatchbox worker` launched to the first event done), ceiling (the
-per-row raw loop beside a log read by position). One scenario takes its own options after its
+per-row raw loop beside a log read by position), big_tables (claim, drain, db status and the
+dead-letter reads on 10,000,000 pending + 1,000,000 dead events against a small outbox), hosts
+(drain with 1, 2 and 3 network-namespace hosts' worth of workers; needs root), wal (WAL bytes
+per event published, drained and archived). One scenario takes its own options after its
 name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -30,6 +33,7 @@ EXTRA = [
     "ceiling",
     "big_tables",
     "hosts",
+    "wal",
 ]
 
 
