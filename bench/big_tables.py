@@ -3,15 +3,17 @@
 
     .venv/bin/python -m bench big_tables [--quick] [--pending 10000000] [--dead 1000000]
 
-Three stages in one run, each a database measured the same way:
+Three outboxes in one run, each its own database, measured the same way:
 
 * small:       10,000 pending + 1,000 dead events (the reference);
 * dead-heavy:  10,000 pending + the full dead set (what the dead-letter reads cost because there
                are many dead events, whatever the pending backlog);
-* big:         the dead-heavy database with the pending backlog grown to the full size.
+* big:         the full pending backlog + the full dead set.
 
 Loading is INSERT ... SELECT generate_series in 1,000,000-row statements with a pause between
-them (the machine is shared), then VACUUM ANALYZE and a CHECKPOINT. At each stage, in order:
+them (the machine is shared), then VACUUM ANALYZE and a CHECKPOINT. Then --rounds rounds take
+turns between the three (small, dead-heavy, big, small, ...), so that the load of the shared
+machine weighs on each alike. In a round, on each outbox:
 
 * ``db status``: outbox_status() as `dispatchbox db status` runs it (exact counts up to 10,000
   events a state, planner estimates above), and the exact ``health`` query (the outbox_health
@@ -20,14 +22,16 @@ them (the machine is shared), then VACUUM ANALYZE and a CHECKPOINT. At each stag
 * dead-letter reads through OutboxRepository, as the CLI, API and console make them: stats (what
   `dead-events stats` shows: totals and every grouping), stats by error fingerprint only, count,
   the first list page, a keyset page deep in the ids.
-* claim latency: --claims claims of --claim-batch events (worker.store.claim, then complete, as a
-  worker does); p50 and p99 of the claim statement.
+* claim latency: --claims / --rounds claims of --claim-batch events (worker.store.claim, then
+  complete, as a worker does); p50 and p99 over every round's claims.
 * drain: a real `dispatchbox worker` (--processes 2) delivers --drain no-op events from the
   backlog; the rate runs from the first to the last of them done (database clock), so process
-  start-up is not in it.
+  start-up is not in it. The small outboxes get their pending events topped up first, so they
+  keep their size.
 
-Prints each figure beside the small stage's and their ratio (target: within 2x), then one JSON
-line. --quick: 1,000,000 pending and 100,000 dead, fewer repeats (a few minutes).
+Each figure is the median over the rounds, printed beside the small outbox's with their ratio
+(target: within 2x), then one JSON line. --quick: 1,000,000 pending and 100,000 dead,
+10,000-event drains (a few minutes).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +55,15 @@ from dispatchbox.outbox_status import outbox_status
 from dispatchbox.worker import store
 
 CHUNK = 1_000_000
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    dsn: str
+    pending: int  # the pending backlog it keeps between measurements
+    dead_ids: tuple[int, int]
+
 
 PENDING = """
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)
@@ -172,15 +186,14 @@ async def _claims(dsn: str, claims: int, batch: int) -> list[float]:
     return times
 
 
-def claim_latency(dsn: str, claims: int, batch: int) -> dict[str, float]:
+def claim_times(dsn: str, claims: int, batch: int) -> list[float]:
     times = asyncio.run(_claims(dsn, claims, batch))
-    figures = {"claim p50 ms": percentile(times, 50), "claim p99 ms": percentile(times, 99)}
-    p50, p99 = figures["claim p50 ms"], figures["claim p99 ms"]
-    log(f"  claim of {batch}: p50 {p50:.2f}, p99 {p99:.2f} ms")
-    return figures
+    p50, p99 = percentile(times, 50), percentile(times, 99)
+    log(f"  {claims} claims of {batch}: p50 {p50:.2f}, p99 {p99:.2f} ms")
+    return times
 
 
-def drain(dsn: str, events: int) -> dict[str, float]:
+def drain(dsn: str, events: int) -> float:
     """A real worker delivers `events` of the backlog; events/s from the first done to the
     events-th done, on the database's clock."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -214,26 +227,44 @@ def drain(dsn: str, events: int) -> dict[str, float]:
     assert row is not None and row[0]
     rate = (events - 1) / row[0]
     log(f"  drain of {events:,}: {rate:,.0f} events/s")
-    return {"drain events/s": rate}
+    return rate
 
 
-def measure(
-    stage: str, dsn: str, args: argparse.Namespace, dead_ids: tuple[int, int]
-) -> dict[str, float]:
-    log(f"measuring {stage}")
-    figures = reads(dsn, args.repeat, dead_ids)
-    figures |= claim_latency(dsn, args.claims, args.claim_batch)
-    # The drain needs a backlog of its own on the small table; the big one has plenty.
+def ensure_pending(dsn: str, want: int) -> None:
+    """At least ``want`` pending events: the small outbox gets back what claims and drains took,
+    so that it stays small and the big one stays big."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM outbox_event WHERE status = 'pending' LIMIT %s) s",
-            [args.drain * 2],
+            [want],
         ).fetchone()
-    if row is not None and row[0] < args.drain * 2:
-        load(dsn, PENDING, 50_000_000, args.drain * 2)
-        settle(dsn)
-    figures |= drain(dsn, args.drain)
-    return figures
+    have = int(row[0]) if row else 0
+    if have < want:
+        load(dsn, PENDING, 50_000_000, want - have)
+
+
+def measure_round(
+    stage: Stage, args: argparse.Namespace, samples: dict[str, dict[str, list[float]]]
+) -> None:
+    """One round on one stage: every read, the claims, the drain; appended to ``samples``."""
+    log(f"measuring {stage.name}")
+    got = samples.setdefault(stage.name, {})
+    for key, value in reads(stage.dsn, args.repeat, stage.dead_ids).items():
+        got.setdefault(key, []).append(value)
+    claims = args.claims // args.rounds
+    ensure_pending(stage.dsn, stage.pending + claims * args.claim_batch + args.drain)
+    got.setdefault("claim ms", []).extend(claim_times(stage.dsn, claims, args.claim_batch))
+    got.setdefault("drain events/s", []).append(drain(stage.dsn, args.drain))
+
+
+def summary(got: dict[str, list[float]]) -> dict[str, float]:
+    """Median of the rounds' medians per read; p50 and p99 of every claim; median drain rate."""
+    out = {k: statistics.median(v) for k, v in got.items() if k not in ("claim ms",)}
+    out.pop("drain events/s")
+    out["claim p50 ms"] = percentile(got["claim ms"], 50)
+    out["claim p99 ms"] = percentile(got["claim ms"], 99)
+    out["drain events/s"] = statistics.median(got["drain events/s"])
+    return out
 
 
 def dead_range(dsn: str) -> tuple[int, int]:
@@ -262,51 +293,53 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dead", type=int, default=1_000_000)
     parser.add_argument("--small-pending", type=int, default=10_000)
     parser.add_argument("--small-dead", type=int, default=1_000)
-    parser.add_argument("--repeat", type=int, default=7, help="calls per read; median reported")
+    parser.add_argument("--rounds", type=int, default=3, help="turns taken between the outboxes")
+    parser.add_argument("--repeat", type=int, default=5, help="calls per read and round")
     parser.add_argument(
-        "--claims",
-        type=int,
-        default=60,
-        help="claims timed per stage (p99 of 60 is about their max)",
+        "--claims", type=int, default=150, help="claims timed per outbox, over all rounds"
     )
     parser.add_argument("--claim-batch", type=int, default=100)
-    parser.add_argument("--drain", type=int, default=50_000, help="events the worker delivers")
+    parser.add_argument(
+        "--drain", type=int, default=30_000, help="events the worker delivers, per round"
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.pending, args.dead, args.repeat, args.drain = 1_000_000, 100_000, 5, 20_000
+        args.pending, args.dead, args.drain = 1_000_000, 100_000, 10_000
 
     bench = BenchDatabase()
     figures: dict[str, Any] = {"server": bench.where, "stages": {}, "load": {}}
+    samples: dict[str, dict[str, list[float]]] = {}
     try:
         if bench.cluster is not None:
             with psycopg.connect(bench.admin_dsn, autocommit=True) as conn:
                 conn.execute("ALTER SYSTEM SET max_wal_size = '8GB'")
                 conn.execute("SELECT pg_reload_conf()")
             figures["server"] += ", max_wal_size 8GB"
-
-        small = bench.fresh()
-        load(small, DEAD, 1, args.small_dead, scale=args.small_dead / 1000)
-        load(small, PENDING, 1, args.small_pending)
-        settle(small)
-        figures["stages"]["small"] = measure("small", small, args, dead_range(small))
-        figures["sizes_small"] = sizes(small)
-        bench.drop(small)
-
-        big = bench.fresh()
-        log(f"loading {args.dead:,} dead events")
-        figures["load"]["dead_s"] = load(big, DEAD, 1, args.dead, scale=args.dead / 1000)
-        figures["load"]["small_pending_s"] = load(big, PENDING, 1, args.small_pending)
-        figures["load"]["settle_dead_heavy_s"] = settle(big)
-        dead_ids = dead_range(big)
-        figures["stages"]["dead-heavy"] = measure("dead-heavy", big, args, dead_ids)
-
-        log(f"loading {args.pending - args.small_pending:,} more pending events")
-        figures["load"]["pending_s"] = load(
-            big, PENDING, args.small_pending + 1, args.pending - args.small_pending
-        )
-        figures["load"]["settle_big_s"] = settle(big)
-        figures["sizes_big"] = sizes(big)
-        figures["stages"]["big"] = measure("big", big, args, dead_ids)
+        shapes = [
+            ("small", args.small_pending, args.small_dead),
+            ("dead-heavy", args.small_pending, args.dead),
+            ("big", args.pending, args.dead),
+        ]
+        stages = []
+        for name, pending, dead in shapes:
+            dsn = bench.fresh()
+            log(f"loading {name}: {pending:,} pending + {dead:,} dead")
+            started = time.perf_counter()
+            load(dsn, DEAD, 1, dead, scale=dead / 1000)
+            load(dsn, PENDING, 1, pending)
+            figures["load"][f"{name}_s"] = time.perf_counter() - started
+            figures["load"][f"{name}_settle_s"] = settle(dsn)
+            figures[f"sizes_{name}"] = sizes(dsn)
+            stages.append(Stage(name, dsn, pending, dead_range(dsn)))
+        # Rounds take turns between the outboxes, so that the machine's load (shared with other
+        # work) weighs on each alike and the ratios compare figures measured minutes apart.
+        for round_no in range(1, args.rounds + 1):
+            log(f"round {round_no} of {args.rounds}")
+            for stage in stages:
+                measure_round(stage, args, samples)
+        figures["stages"] = {name: summary(got) for name, got in samples.items()}
+        with open("/proc/loadavg") as f:
+            figures["loadavg_after"] = f.read().split()[:3]
     finally:
         bench.close()
 
@@ -336,7 +369,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         )
     print(
         "ms unless named; big/heavy isolates the pending backlog's effect (same dead set on "
-        "both). db status counts exactly up to 10,000 events a state, then estimates."
+        "both). db status counts exactly up to 10,000 events a state, then estimates. Load "
+        f"average after the run: {' '.join(figures['loadavg_after'])} (2 cores, shared)."
     )
 
 
