@@ -103,3 +103,37 @@ def test_db_status_prints_estimates_and_counts_with_exact(db_dsn: str) -> None:
     assert exact.code == 0, exact.stderr
     assert "  pending                      10050\n" in exact.stdout
     assert "estimated" not in exact.stdout
+
+
+def test_oldest_pending_age_by_probes_is_the_full_scan(conn: psycopg.Connection[Any]) -> None:
+    """status_bounded and alert_oldest_pending_age read one entry per priority; the answer is
+    the view's min over every due pending event, whatever the priorities and due times."""
+    full = (
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::double precision "
+        "FROM outbox_event WHERE status = 'pending' AND next_attempt_at <= now()"
+    )
+
+    def ages() -> tuple[float, float, float]:
+        # One transaction: now() is the same for the three.
+        with conn.transaction():
+            a = conn.execute(full).fetchone()
+            b = queries.fetch_value(conn, "alert_oldest_pending_age")
+            c = outbox_status(conn).values["oldest_pending_age_seconds"]
+        assert a is not None
+        return float(a[0]), float(b), float(c)
+
+    assert ages() == (0.0, 0.0, 0.0)  # nothing pending
+    conn.execute(
+        "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, priority, "
+        "next_attempt_at) VALUES ('o', '1', 'x', 9, now() + interval '1 hour')"
+    )
+    assert ages() == (0.0, 0.0, 0.0)  # pending, but none due
+    conn.execute(
+        "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, priority, "
+        "next_attempt_at) VALUES ('o', '2', 'x', 2, now() - interval '30 seconds'), "
+        "('o', '3', 'x', 7, now() - interval '90 seconds'), "
+        "('o', '4', 'x', 1, now() - interval '10 seconds')"
+    )
+    full_age, alert_age, status_age = ages()
+    assert full_age == alert_age == status_age
+    assert 90 <= full_age < 100
