@@ -53,7 +53,8 @@ SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(dead_at)), 0)::double precision
 -- name: alert_oldest_pending_age
 -- Seconds since the oldest due pending event became due (0 when none is due). The first entry of
 -- each priority in outbox_event_claim_idx, ten probes: min(next_attempt_at) over the whole index
--- would read every pending entry, a second on a backlog of 10,000,000 (bench/big_tables.py).
+-- would read every pending entry on every evaluation (the outbox_health view, which does that
+-- and counts, took 7.2 s on a backlog of 10,000,000 in bench/big_tables.py).
 -- An oldest event not yet due means none is due.
 SELECT COALESCE(GREATEST(0, EXTRACT(EPOCH FROM now() - min(o.next_attempt_at))), 0)
            ::double precision
