@@ -6,7 +6,8 @@ On a fresh database of the throwaway cluster (fsync and full_page_writes on): `p
 --events events in one transaction, then a drain by `dispatchbox worker --processes 2` at each
 batch size, then `archive_outbox_events(0)`, each after a CHECKPOINT (so each pays the full-page
 images a production server pays once per page per checkpoint). Bytes from pg_current_wal_lsn()
-before and after, divided by the events: the figure behind the WAL arithmetic of
+before and after, divided by the events (and the archive table's size with its indexes, per
+event): the figure behind the WAL arithmetic of
 docs/en/scaling.md (replication bandwidth, archive storage, what a billion events a day write).
 """
 
@@ -58,6 +59,10 @@ def one(bench: BenchDatabase, events: int, batch: int) -> dict[str, Any]:
             before_archive = lsn_bytes(conn)
             conn.execute("SELECT archive_outbox_events(0)")
             archived = lsn_bytes(conn)
+            row = conn.execute(
+                "SELECT pg_total_relation_size('outbox_event_archive')::bigint"
+            ).fetchone()
+            archive_size = int(row[0]) if row else 0
         return {
             "batch": batch,
             "events": events,
@@ -66,6 +71,7 @@ def one(bench: BenchDatabase, events: int, batch: int) -> dict[str, Any]:
             "archive_bytes": (archived - before_archive) / events,
             "total_bytes": (published - start + drained - before_drain + archived - before_archive)
             / events,
+            "archive_table_bytes": archive_size / events,
         }
     finally:
         bench.drop(dsn)
