@@ -9,8 +9,11 @@ per-row raw loop beside a log read by position), destinations (relays to RabbitM
 a webhook against their plain client libraries), breakers (one destination down among three,
 recovery, a long outage), ordering (ordered against unordered drains), held_snapshot (drain
 rounds beside a held REPEATABLE READ transaction, and without it), redrive (a canary redrive's
-overhead, the adaptive pace against a failing destination, poison detection). One scenario
-takes its own
+overhead, the adaptive pace against a failing destination, poison detection), big_tables
+(claim, drain, db status and the dead-letter reads on 10,000,000 pending + 1,000,000 dead events
+against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' worth of workers;
+needs root), wal (WAL bytes per event published, drained and archived). One scenario takes its
+own
 options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -38,6 +41,9 @@ EXTRA = [
     "ordering",
     "held_snapshot",
     "redrive",
+    "big_tables",
+    "hosts",
+    "wal",
 ]
 
 

@@ -28,14 +28,14 @@ class BenchDatabase:
     """DISPATCHBOX_BENCH_DSN's server, or a throwaway cluster with fsync and synchronous_commit
     on (as a production server would run), and a fresh migrated database per scenario."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, listen_addresses: str = "127.0.0.1") -> None:
         self.cluster: TempCluster | None = None
         dsn = os.environ.get("DISPATCHBOX_BENCH_DSN")
         if dsn:
             self.admin_dsn = dsn
             self.where = "DISPATCHBOX_BENCH_DSN"
         else:
-            self.cluster = TempCluster(fsync=True).start()
+            self.cluster = TempCluster(fsync=True, listen_addresses=listen_addresses).start()
             self.admin_dsn = self.cluster.dsn()
             self.where = "throwaway cluster (fsync on, synchronous_commit on)"
         self.created: list[str] = []
@@ -146,10 +146,15 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def launch_worker(
-    dsn: str, *args: str, app: str = "bench.apps:dispatcher", env: dict[str, str] | None = None
+    dsn: str,
+    *args: str,
+    app: str = "bench.apps:dispatcher",
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """`dispatchbox worker` started now, its output discarded; the caller stops it."""
-    command = [sys.executable, "-m", "dispatchbox", "worker", "--app", app]
+    """`dispatchbox worker` started now, its output discarded; the caller stops it. ``prefix``
+    goes before the command (``ip netns exec NS``: another host, bench/hosts.py)."""
+    command = [*prefix, sys.executable, "-m", "dispatchbox", "worker", "--app", app]
     return subprocess.Popen(
         [*command, "--log-level", "WARNING", *args],
         cwd=ROOT,
@@ -161,10 +166,14 @@ def launch_worker(
 
 @contextmanager
 def worker(
-    dsn: str, *args: str, app: str = "bench.apps:dispatcher", env: dict[str, str] | None = None
+    dsn: str,
+    *args: str,
+    app: str = "bench.apps:dispatcher",
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`dispatchbox worker` running until the block ends; waits until every process is up."""
-    proc = launch_worker(dsn, *args, app=app, env=env)
+    proc = launch_worker(dsn, *args, app=app, env=env, prefix=prefix)
     try:
         expected = int(args[args.index("--processes") + 1]) if "--processes" in args else 1
         deadline = time.monotonic() + 30

@@ -44,7 +44,15 @@ def _major(path: str) -> int:
 class TempCluster:
     """initdb + pg_ctl in a temp dir; ``stop()`` removes everything."""
 
-    def __init__(self, *, bindir: Path | None = None, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        bindir: Path | None = None,
+        fsync: bool = False,
+        listen_addresses: str = "127.0.0.1",
+    ) -> None:
+        """``listen_addresses`` as in postgresql.conf; whatever it says, pg_hba.conf lets only
+        loopback clients in until a caller adds lines (tests/netns.py does, for its veths)."""
         found = bindir or find_bindir()
         if found is None:
             raise ConfigurationError(
@@ -53,6 +61,7 @@ class TempCluster:
             )
         self.bindir = found
         self.fsync = fsync
+        self.listen_addresses = listen_addresses
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="dispatchbox-pg-"))
         self.datadir = self.root / "data"
@@ -113,7 +122,7 @@ class TempCluster:
         )
         settings = {
             "port": str(self.port),
-            "listen_addresses": "'127.0.0.1'",
+            "listen_addresses": f"'{self.listen_addresses}'",
             "unix_socket_directories": f"'{self.root}'",
             "fsync": "on" if self.fsync else "off",
             "full_page_writes": "on" if self.fsync else "off",

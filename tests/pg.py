@@ -103,7 +103,10 @@ def start_server() -> PgServer:
     if external:
         return PgServer(admin_dsn=external, kind="external", pg_cron=_has_pg_cron(external))
     if find_bindir() is not None:
-        cluster = TempCluster().start()
+        # Every address, so that tests/reliability/test_many_hosts.py can reach it from network
+        # namespaces it creates later; pg_hba.conf admits loopback only until that test adds
+        # its own subnets for its own run.
+        cluster = TempCluster(listen_addresses="*").start()
         return PgServer(
             admin_dsn=cluster.dsn("postgres"),
             cluster=cluster,

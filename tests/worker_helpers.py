@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,17 @@ FAST = ["--backoff-base", "0.05", "--backoff-max", "0.2", "--poll-interval", "0.
 
 
 class WorkerRun:
-    def __init__(self, dsn: str, record_dir: Path, *args: str, log: Path) -> None:
+    def __init__(
+        self, dsn: str, record_dir: Path, *args: str, log: Path, prefix: Sequence[str] = ()
+    ) -> None:
+        """``prefix`` goes before the command (``ip netns exec NS`` runs it on another host)."""
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
         env["DISPATCHBOX_DSN"] = dsn
         env["DBX_RECORD_DIR"] = str(record_dir)
         self.log_path = log
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dispatchbox", "worker", "--app", APP, *args],
+            [*prefix, sys.executable, "-m", "dispatchbox", "worker", "--app", APP, *args],
             cwd=ROOT,
             env=env,
             stdout=self._log,

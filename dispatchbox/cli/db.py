@@ -8,6 +8,7 @@ import typer
 
 from dispatchbox import migrations, roles
 from dispatchbox.cli.common import connection, fail, info
+from dispatchbox.outbox_status import EXACT_BELOW, outbox_status, status_lines
 
 app = typer.Typer(help="Schema migrations and database status.", no_args_is_help=True)
 rls_app = typer.Typer(
@@ -71,16 +72,22 @@ def check(ctx: typer.Context) -> None:
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(
+    ctx: typer.Context,
+    exact: bool = typer.Option(
+        False,
+        "--exact",
+        help=f"Count every state exactly, however many events there are (by default a state "
+        f"with more than {EXACT_BELOW:,} events shows the planner's estimate, marked ~).",
+    ),
+) -> None:
     """Applied and pending migrations, and the outbox's health."""
-    from dispatchbox import queries
-
     with connection(ctx) as conn:
         st = migrations.status(conn)
         health = cleanup = None
         by_destination: list[dict[str, object]] = []
         if any(a.version == 1 for a in st.applied):
-            health = queries.fetch_one(conn, "health")
+            health = outbox_status(conn, exact_below=None if exact else EXACT_BELOW)
         if any(a.version == 7 for a in st.applied):
             by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
         breakers: list[dict[str, Any]] = []
@@ -97,8 +104,7 @@ def status(ctx: typer.Context) -> None:
     if health is not None:
         print()
         print("outbox health")
-        for key, value in health.items():
-            print(f"  {key:<28} {value if value is not None else '-'}")
+        print("\n".join(status_lines(health)))
     if cleanup is not None:
         print()
         print("cleanup (what holds back vacuum of the outbox)")

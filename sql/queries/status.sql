@@ -1,0 +1,52 @@
+-- `dispatchbox db status` on an outbox of any size (dispatchbox/outbox_status.py).
+--
+-- The outbox_health view counts every pending and dead row exactly: an index-only scan of each
+-- partial index, about a second for 10,000,000 pending events. Here the planner's estimate of
+-- each state comes first (status_estimates); a state whose estimate stays far above the exact
+-- threshold even after allowing for every row changed since the statistics were taken is
+-- reported as that estimate, and every other state is counted, reading at most its cap of index
+-- entries (status_bounded). The oldest pending event is found with one index probe per priority
+-- instead of a scan of every pending entry.
+
+-- name: status_estimates
+-- Rows per state as the statistics of outbox_event.status say (the share of each value times the
+-- table's row count, both from the last ANALYZE), when they were taken, and how many rows changed
+-- since (inserts, updates and deletes: each moves a state's true count at most one away from that
+-- figure). Not scaled to the table's current size as EXPLAIN does: on a queue table the pages
+-- grow with dead row versions, not only with rows. No row before the first ANALYZE.
+SELECT v.status,
+       round(v.share * c.reltuples)::bigint AS estimate,
+       t.n_mod_since_analyze AS changed_since,
+       GREATEST(t.last_analyze, t.last_autoanalyze) AS analyzed_at
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_stat_all_tables t ON t.relid = c.oid
+  JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
+                 AND s.attname = 'status'
+ CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
+       AS v (status, share)
+ WHERE c.oid = 'outbox_event'::regclass
+   AND c.reltuples >= 0
+
+-- name: status_bounded
+-- outbox_health's columns, each state counted up to its cap of index entries (0 skips the
+-- count, NULL counts all): pending, running, dead, the oldest due pending event's age, the
+-- oldest dead event, running events whose lease expired.
+SELECT
+    (SELECT count(*) FROM (SELECT 1 FROM outbox_event
+                            WHERE status = 'pending' LIMIT %(pending_cap)s) p) AS pending,
+    (SELECT count(*) FROM (SELECT 1 FROM outbox_event
+                            WHERE status = 'running' LIMIT %(running_cap)s) r) AS running,
+    (SELECT count(*) FROM (SELECT 1 FROM outbox_event
+                            WHERE status = 'dead' LIMIT %(dead_cap)s) d) AS dead,
+    -- the oldest of each priority's first entry in outbox_event_claim_idx: ten probes; an
+    -- oldest event not yet due means none is due (age 0), as in outbox_health
+    (SELECT COALESCE(GREATEST(0, EXTRACT(EPOCH FROM now() - min(o.next_attempt_at))), 0)
+                ::double precision
+       FROM generate_series(1, 10) AS p (priority)
+      CROSS JOIN LATERAL (SELECT e.next_attempt_at FROM outbox_event e
+                           WHERE e.status = 'pending' AND e.priority = p.priority
+                           ORDER BY e.next_attempt_at LIMIT 1) o) AS oldest_pending_age_seconds,
+    (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at,
+    (SELECT count(*) FROM outbox_event
+      WHERE status = 'running' AND locked_until < now()) AS expired_leases
