@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The system packages the test suite needs beside Python: the pg_cron build that matches the
 # PostgreSQL server binaries found here (the archive schedule tests), pgbouncer (the
-# transaction-pooling test) and promtool, from Debian's prometheus package (the alert-rule
-# tests). Installs them with apt where it may (root, or passwordless sudo); otherwise stops with
-# one line naming the command to run. Quiet when nothing is missing.
+# transaction-pooling test), promtool, from Debian's prometheus package (the alert-rule
+# tests), and chromium (the console's browser tests). Installs them with apt where it may (root,
+# or passwordless sudo); otherwise stops with one line naming the command to run. Quiet when
+# nothing is missing.
 set -euo pipefail
 
 # The server binaries tempcluster.py will use: initdb on PATH, else the newest Debian install.
@@ -37,6 +38,11 @@ fi
 # and elsewhere `systemctl disable --now prometheus` stops it if you do not want one.
 if ! command -v promtool >/dev/null 2>&1; then
     missing+=(prometheus)
+fi
+# Chromium drives the console's browser tests (Playwright with executable_path; Playwright never
+# downloads a browser of its own here).
+if ! command -v chromium >/dev/null 2>&1; then
+    missing+=(chromium)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
