@@ -61,6 +61,7 @@ def serve_command(
     alerting = alerts.check_env()
     # fastapi and uvicorn come with the `api` extra: a worker-only install does without them.
     try:
+        import jinja2  # noqa: F401 - the console's templates (/ui)
         import uvicorn
 
         from dispatchbox.api.app import ApiSettings, create_app
