@@ -87,11 +87,10 @@ def _env(dsn: str, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def console_server(db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Process]]:
+def start_serve(dsn: str, log: Path, *args: str, **env: str) -> tuple[str, Process]:
+    """`dispatchbox serve` on a free port, once /healthz answers."""
     port = free_port()
-    env = _env(db_dsn, DISPATCHBOX_API_TOKEN=TOKENS, DISPATCHBOX_API_READERS="auditor")
-    srv = Process(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+    srv = Process(["serve", "--port", str(port), *args], _env(dsn, **env), log)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -103,6 +102,17 @@ def console_server(db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Process]]
             return False
 
     wait_until(up, "dispatchbox serve")
+    return base, srv
+
+
+@pytest.fixture
+def console_server(db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Process]]:
+    base, srv = start_serve(
+        db_dsn,
+        tmp_path / "serve.log",
+        DISPATCHBOX_API_TOKEN=TOKENS,
+        DISPATCHBOX_API_READERS="auditor",
+    )
     try:
         yield base, srv
     finally:
