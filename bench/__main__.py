@@ -5,7 +5,8 @@ Scenarios: drain, publish, latency, failure (default: all four); by name or with
 dead_letters (the 1,000,000-row benchmarks of archival and the dead-letter tools), instructions
 (the worker's own instructions per event, under valgrind), peers (the other PostgreSQL queues
 side by side), startup (from `dispatchbox worker` launched to the first event done), ceiling (the
-per-row raw loop beside a log read by position). One scenario takes its own options after its
+per-row raw loop beside a log read by position), console (every page of /ui on 1,000,000 dead
+events). One scenario takes its own options after its
 name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 CORE = ["drain", "publish", "latency", "failure"]
-EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling"]
+EXTRA = ["archive", "dead_letters", "instructions", "peers", "startup", "ceiling", "console"]
 
 
 def _machine() -> dict[str, Any]:

@@ -26,6 +26,8 @@ FILTER_FIELDS = (
     "error_fingerprint",
 )
 PAGE_SIZE = 50
+# The list page counts matching events up to this many.
+COUNT_CAP = 10_000
 MAX_GROUPS = 100
 # Defaults of the retry-by-filter form: paced so a recovering downstream is not flooded.
 DEFAULT_RATE = 500
@@ -92,13 +94,14 @@ def add_pages(app: FastAPI, console: Console) -> None:
         flt = parse_filter(values)
         view = "groups" if request.query_params.get("view") == "groups" else "events"
         context: dict[str, Any] = {"values": values, "view": view, "query": urlencode(values)}
-        context["total"] = store.repo.count_dead_events(filter=flt)
         if view == "groups":
-            stats = store.repo.dead_event_stats(filter=flt, by=("error",))
-            groups = (stats.by_error or [])[:MAX_GROUPS]
-            context["groups"] = groups
-            context["targets"] = store.group_targets(flt, [g.fingerprint for g in groups])
+            found = store.error_groups(flt, top=MAX_GROUPS)
+            context["groups"] = found.groups
+            context["total"] = f"{found.total:,}"
         else:
+            # Capped: an exact count of a million rows is the dry run's job, not every page's.
+            n = store.count_capped(flt, COUNT_CAP)
+            context["total"] = f"{COUNT_CAP:,}+" if n > COUNT_CAP else f"{n:,}"
             after = number(request.query_params, "after", 0, 0, 2**63 - 1, "after")
             events = store.repo.fetch_dead_events(limit=PAGE_SIZE, after_id=after, filter=flt)
             context["events"] = events

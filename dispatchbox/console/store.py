@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,11 +29,16 @@ from psycopg_pool import ConnectionPool
 from dispatchbox import queries
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.records import AuditEntry, DeadEventStats
+from dispatchbox.fingerprint import signature
+from dispatchbox.records import AuditEntry, GroupStat
 from dispatchbox.repository import OutboxRepository
 
 # Hours the overview's chart covers, one bar an hour.
 CHART_HOURS = 24
+# Seconds one overview reading serves every page that refreshes (each refreshes every 5 s).
+OVERVIEW_CACHE_SECONDS = 2.0
+# Error groups the overview lists.
+OVERVIEW_GROUPS = 10
 # Audit entries shown on an event's page.
 EVENT_AUDIT_LIMIT = 50
 # Edit-and-redrive refuses payloads above this (the form is for fixing a field, not uploads).
@@ -52,6 +59,29 @@ class BreakerSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """Dead events sharing an error fingerprint: how many, when, an example, what they hit."""
+
+    fingerprint: str
+    signature: str | None
+    count: int
+    first_seen: datetime | None
+    last_seen: datetime | None
+    example_id: int
+    example_error: str | None
+    targets: list[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """The error groups of a filter, most numerous first, and the total they add up to."""
+
+    total: int
+    groups: list[Group]
+    by_type: list[GroupStat]
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     """The overview page: counts by state, groupings, the chart, the oldest pending age."""
 
@@ -61,7 +91,7 @@ class Overview:
     oldest_pending_age_seconds: float
     oldest_dead_at: datetime | None
     expired_leases: int
-    stats: DeadEventStats
+    groups: Groups
     deaths: list[tuple[datetime, int]]
 
 
@@ -71,6 +101,14 @@ class EditResult:
 
     audit_id: int
     diff: list[str] = field(default_factory=list)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def payload_checksum(payload: Any) -> str:
@@ -98,6 +136,8 @@ class ConsoleStore:
         self.pool = pool
         self.repo = OutboxRepository(pool)
         self.breakers = breakers
+        self._overview: tuple[float, Overview] | None = None
+        self._overview_lock = threading.Lock()
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
@@ -118,35 +158,94 @@ class ConsoleStore:
     # -- reads -------------------------------------------------------------------------------
 
     def overview(self) -> Overview:
-        stats = self.repo.dead_event_stats(by=("event_type", "error"))
+        """The overview's figures, read at most once every OVERVIEW_CACHE_SECONDS however many
+        open pages refresh: its error groups read every dead event's mirror row."""
+        with self._overview_lock:
+            cached = self._overview
+            if cached is not None and time.monotonic() - cached[0] < OVERVIEW_CACHE_SECONDS:
+                return cached[1]
+            fresh = self._read_overview()
+            self._overview = (time.monotonic(), fresh)
+            return fresh
+
+    def _read_overview(self) -> Overview:
         with self._read() as conn:
-            health = queries.fetch_one(conn, "health")
+            states = queries.fetch_one(conn, "console_states")
+            groups = self._groups(conn, DeadEventFilter(), top=OVERVIEW_GROUPS)
             rows = queries.fetch_all(conn, "console_deaths_over_time", {"hours": CHART_HOURS})
-        assert health is not None
+        assert states is not None
         return Overview(
-            pending=int(health["pending"]),
-            running=int(health["running"]),
-            dead=int(health["dead"]),
-            oldest_pending_age_seconds=float(health["oldest_pending_age_seconds"] or 0),
-            oldest_dead_at=health["oldest_dead_at"],
-            expired_leases=int(health["expired_leases"]),
-            stats=stats,
+            pending=int(states["pending"]),
+            running=int(states["running"]),
+            dead=groups.total,
+            oldest_pending_age_seconds=float(states["oldest_pending_age_seconds"] or 0),
+            oldest_dead_at=states["oldest_dead_at"],
+            expired_leases=int(states["expired_leases"]),
+            groups=groups,
             deaths=[(r["bucket"], int(r["count"])) for r in rows],
         )
 
-    def group_targets(
-        self, flt: DeadEventFilter, fingerprints: Sequence[str]
-    ) -> dict[str, list[tuple[str, int]]]:
-        """For each fingerprint: the targets (event types until destinations exist) it hits."""
-        if not fingerprints:
-            return {}
-        params = {**flt.params(), "fingerprints": list(fingerprints)}
+    def error_groups(self, flt: DeadEventFilter, *, top: int) -> Groups:
+        """The ``top`` error groups of the dead events that match, with the total of all."""
         with self._read() as conn:
-            rows = queries.fetch_all(conn, "console_group_targets", params)
-        out: dict[str, list[tuple[str, int]]] = {}
+            return self._groups(conn, flt, top=top)
+
+    @staticmethod
+    def _groups(conn: psycopg.Connection[Any], flt: DeadEventFilter, *, top: int) -> Groups:
+        rows = queries.fetch_all(conn, "console_error_groups", flt.params())
+        merged: dict[str, dict[str, Any]] = {}
+        types: dict[str, dict[str, Any]] = {}
         for row in rows:
-            out.setdefault(row["fingerprint"], []).append((row["target"], int(row["count"])))
-        return out
+            n = int(row["count"])
+            group = merged.setdefault(
+                row["fingerprint"],
+                {"count": 0, "first": None, "last": None, "example": None, "targets": []},
+            )
+            group["count"] += n
+            group["first"] = _earliest(group["first"], row["first_seen"])
+            group["last"] = _latest(group["last"], row["last_seen"])
+            group["example"] = min(x for x in (group["example"], row["example_id"]) if x)
+            group["targets"].append((row["target"], n))
+            kind = types.setdefault(row["target"], {"count": 0, "first": None, "last": None})
+            kind["count"] += n
+            kind["first"] = _earliest(kind["first"], row["first_seen"])
+            kind["last"] = _latest(kind["last"], row["last_seen"])
+        ranked = sorted(merged.items(), key=lambda kv: (-kv[1]["count"], kv[0]))[:top]
+        examples = {
+            r["id"]: r["last_error"]
+            for r in queries.fetch_all(
+                conn, "console_errors_of", {"ids": [g["example"] for _, g in ranked]}
+            )
+        }
+        groups = []
+        for key, g in ranked:
+            error = examples.get(g["example"])
+            groups.append(
+                Group(
+                    fingerprint=key,
+                    signature=signature(error) if error is not None else None,
+                    count=g["count"],
+                    first_seen=g["first"],
+                    last_seen=g["last"],
+                    example_id=g["example"],
+                    example_error=error,
+                    targets=sorted(g["targets"], key=lambda t: (-t[1], t[0])),
+                )
+            )
+        by_type = [
+            GroupStat(key=k, count=v["count"], first_seen=v["first"], last_seen=v["last"])
+            for k, v in sorted(types.items(), key=lambda kv: (-kv[1]["count"], kv[0]))
+        ]
+        return Groups(
+            total=sum(g["count"] for g in merged.values()), groups=groups, by_type=by_type
+        )
+
+    def count_capped(self, flt: DeadEventFilter, cap: int) -> int:
+        """How many dead events match, but no more than cap + 1 (a page shows "cap+")."""
+        with self._read() as conn:
+            return int(
+                queries.fetch_value(conn, "console_dead_count_capped", {**flt.params(), "cap": cap})
+            )
 
     def event_audit(self, event_id: int) -> list[AuditEntry]:
         with self._read() as conn:

@@ -43,9 +43,11 @@ def test_every_text_the_templates_use_exists_in_both_languages() -> None:
     used: set[str] = set()
     for path in TEMPLATES.glob("*.html"):
         used |= set(re.findall(r"""\bt\(\s*["']([a-z_.]+)["']""", path.read_text()))
-    python = (TEMPLATES.parent / "pages.py").read_text() + (
-        TEMPLATES.parent / "actions.py"
-    ).read_text() + (TEMPLATES.parent / "web.py").read_text()
+    python = (
+        (TEMPLATES.parent / "pages.py").read_text()
+        + (TEMPLATES.parent / "actions.py").read_text()
+        + (TEMPLATES.parent / "web.py").read_text()
+    )
     used |= set(re.findall(r"""["']((?:error|done|login)\.[a-z_]+)["']""", python))
     used = {k for k in used if not k.endswith((".", ".html"))}
     # Keys the templates build: "confirm." + kind + "_title", "role." + role, "filter." + name.
