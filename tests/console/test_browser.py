@@ -4,7 +4,6 @@ worker delivering what the console redrives, and a real PostgreSQL."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -227,24 +226,12 @@ def test_polish_pages_by_browser_language_and_by_the_switch(
     page.goto(f"/ui/events/{ids['orders'][1]}")
     assert "Historia prób" in page.inner_text("main")
     shot(page, "pl-event")
+    page.goto("/ui/dead?view=groups&event_type=console.flaky")
+    page.click("#groups a.button")
+    assert page.inner_text("#dry-run") == "Próba na sucho: pasuje teraz 6 martwych zdarzeń."
+    shot(page, "pl-retry-confirm")
+    page.goto(f"/ui/events/{ids['orders'][1]}")
     # The switch wins over the browser's language, and keeps the page.
     page.click("a.lang")
     assert page.inner_text("h1").startswith("Event")
     assert f"/ui/events/{ids['orders'][1]}" in page.url
-
-
-def test_docs_screenshots_are_current() -> None:
-    """Copies the best screenshots into the docs when DISPATCHBOX_UPDATE_DOCS_IMAGES=1."""
-    import os
-
-    if os.environ.get("DISPATCHBOX_UPDATE_DOCS_IMAGES") != "1":
-        return
-    root = Path(__file__).resolve().parents[2]
-    pairs = {
-        "en": ["overview", "groups", "event-redriven", "retry-confirm"],
-        "pl": ["pl-overview", "pl-groups", "pl-event"],
-    }
-    for lang, names in pairs.items():
-        for name in names:
-            target = root / "docs" / lang / "images" / f"console-{name.removeprefix('pl-')}.png"
-            shutil.copyfile(artifacts() / f"{name}.png", target)
