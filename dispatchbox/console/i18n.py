@@ -191,6 +191,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "The database is unavailable; try again shortly.",
         "Baza danych jest niedostępna; spróbuj za chwilę.",
     ),
+    "error.internal": (
+        "Something failed on the server; it is in the server's log.",
+        "Coś zawiodło po stronie serwera; szczegóły są w logu serwera.",
+    ),
     "error.no_breakers": (
         "Circuit breakers are not available in this installation.",
         "Bezpieczniki nie są dostępne w tej instalacji.",

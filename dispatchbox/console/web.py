@@ -184,6 +184,16 @@ def create_console(store: ConsoleStore, signer: Signer | None) -> FastAPI:
             values={},
         )
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # The type only: a message could carry a value an operator typed or a database detail.
+        logger.error(
+            "console_unexpected_error path=%s error=%s", request.url.path, type(exc).__name__
+        )
+        return console.render(
+            request, "error.html", None, status=500, key="error.internal", values={}
+        )
+
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str | None = None) -> Response:
         token = secrets.token_urlsafe(24)

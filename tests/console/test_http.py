@@ -9,7 +9,7 @@ import httpx
 import psycopg
 import pytest
 
-from tests.console.conftest import OPS_SECRET, Process, start_serve
+from tests.console.conftest import OPS_SECRET, Process, start_serve, wait_until
 
 PAGES = [
     "/ui/",
@@ -153,3 +153,17 @@ def test_without_tokens_the_console_never_opens(open_server: tuple[str, Process]
             assert client.get("/ui/").status_code == 303
     finally:
         assert srv.stop() == 0
+
+
+def test_a_server_fault_is_a_page_and_a_log_line_without_details(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, server = console_server
+    client = signed_in(base)
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("DROP TABLE outbox_dead_letter_audit")
+    page = client.get("/ui/audit")
+    assert page.status_code == 500
+    assert "Something failed on the server" in page.text
+    assert "outbox_dead_letter_audit" not in page.text
+    wait_until(lambda: "console_unexpected_error path=/ui/audit" in server.log(), "the log line")
