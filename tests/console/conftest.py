@@ -198,7 +198,9 @@ def seed_through_worker(dsn: str) -> dict[str, list[int]]:
     return {"orders": orders, "flaky": flaky, "older": older}
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API runs, the main thread has a running
+# event loop, and later tests calling asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: run `make system` (Debian's chromium package)")
