@@ -12,8 +12,8 @@ rounds beside a held REPEATABLE READ transaction, and without it), redrive (a ca
 overhead, the adaptive pace against a failing destination, poison detection), big_tables
 (claim, drain, db status and the dead-letter reads on 10,000,000 pending + 1,000,000 dead events
 against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' worth of workers;
-needs root), wal (WAL bytes per event published, drained and archived). One scenario takes its
-own
+needs root), wal (WAL bytes per event published, drained and archived), console (every page of
+/ui on 1,000,000 dead events). One scenario takes its own
 options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -44,6 +44,7 @@ EXTRA = [
     "big_tables",
     "hosts",
     "wal",
+    "console",
 ]
 
 

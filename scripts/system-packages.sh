@@ -2,9 +2,9 @@
 # The system packages the test suite needs beside Python: the pg_cron build that matches the
 # PostgreSQL server binaries found here (the archive schedule tests), pgbouncer (the
 # transaction-pooling test), promtool, from Debian's prometheus package (the alert-rule
-# tests), and iproute2 (the many-hosts test's network namespaces). Installs them with apt where
-# it may (root, or passwordless sudo); otherwise stops with one line naming the command to run.
-# Quiet when nothing is missing.
+# tests), iproute2 (the many-hosts test's network namespaces) and chromium (the console's browser
+# tests). Installs them with apt where it may (root, or passwordless sudo); otherwise stops with
+# one line naming the command to run. Quiet when nothing is missing.
 set -euo pipefail
 
 # The server binaries tempcluster.py will use: initdb on PATH, else the newest Debian install.
@@ -43,6 +43,11 @@ fi
 # (tests/reliability/test_many_hosts.py) and bench/hosts.py.
 if ! command -v ip >/dev/null 2>&1; then
     missing+=(iproute2)
+fi
+# Chromium drives the console's browser tests (Playwright with executable_path; Playwright never
+# downloads a browser of its own here).
+if ! command -v chromium >/dev/null 2>&1; then
+    missing+=(chromium)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -337,6 +337,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     add_redrive_routes(api, repo, actor, not_found)
     app.include_router(api)
+    # The dead-letter console (/ui), on the same pool and tokens.
+    from dispatchbox import console
+
+    console.mount(app, pool, settings.tokens)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
     def healthz() -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from dispatchbox import migrations, roles
+from dispatchbox import migrations, queries, roles
 from dispatchbox.cli.common import connection, fail, info
 from dispatchbox.outbox_status import EXACT_BELOW, outbox_status, status_lines
 

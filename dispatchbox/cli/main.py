@@ -60,6 +60,9 @@ def _register_optional() -> None:
     from dispatchbox.cli import serve
 
     app.command("serve")(serve.serve_command)
+    from dispatchbox.cli import monitor
+
+    app.command("monitor")(monitor.monitor_command)
 
 
 _register_optional()

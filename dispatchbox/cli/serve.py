@@ -63,6 +63,7 @@ def serve_command(
     redaction.configured()  # a malformed DISPATCHBOX_REDACT stops serve here, in one line
     # fastapi and uvicorn come with the `api` extra: a worker-only install does without them.
     try:
+        import jinja2  # noqa: F401 - the console's templates (/ui)
         import uvicorn
 
         from dispatchbox.api.app import ApiSettings, create_app

@@ -31,8 +31,8 @@ def test_nothing_to_do_when_the_suite_has_what_it_needs() -> None:
 def test_without_rights_to_install_it_names_the_command() -> None:
     if os.geteuid() != 0:
         pytest.fail("this test runs the script as another user and needs root (CI runs as root)")
-    # A PATH where pgbouncer, promtool and ip cannot be found, for a user who is neither root nor
-    # a sudoer.
+    # A PATH where pgbouncer, promtool, ip and chromium cannot be found, for a user who is
+    # neither root nor a sudoer.
     # (Outside pytest's own temp folder, which only root may enter.)
     root = Path(tempfile.mkdtemp(prefix="dispatchbox-path-"))
     root.chmod(0o755)
@@ -50,5 +50,5 @@ def test_without_rights_to_install_it_names_the_command() -> None:
     assert result.stdout == ""
     assert result.stderr == (
         "dispatchbox: missing system packages; run: "
-        "sudo apt-get install -y --no-install-recommends pgbouncer prometheus iproute2\n"
+        "sudo apt-get install -y --no-install-recommends pgbouncer prometheus iproute2 chromium\n"
     )

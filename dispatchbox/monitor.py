@@ -1,0 +1,77 @@
+"""What `dispatchbox monitor` shows, read from the database: one Sample a frame.
+
+A sample is a handful of cheap reads in one read-only snapshot: the outbox_health view (counts
+by state, oldest pending age), dead events by type from the narrow outbox_dead_fingerprint mirror,
+and the newest id with the events done in the last minute (indexes only). Rates come from two
+samples: events in = how far the newest id moved, events out = done in the window.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from dispatchbox import queries
+
+# Seconds of completions the "out" rate averages over (outbox_event_done_at_idx).
+OUT_WINDOW = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One frame's figures; ``taken`` is time.monotonic() when it was read."""
+
+    taken: float
+    pending: int
+    running: int
+    dead: int
+    oldest_pending_age_seconds: float
+    expired_leases: int
+    max_id: int
+    done_recently: int
+    dead_by_type: list[tuple[str, int]] = field(default_factory=list)
+    breakers: list[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Events a second: published (in) and completed (out)."""
+
+    published: float | None
+    completed: float
+
+
+def sample(conn: psycopg.Connection[Any]) -> Sample:
+    """Read one frame on an autocommit connection."""
+    with conn.transaction():
+        queries.execute(conn, "console_snapshot")
+        health = queries.fetch_one(conn, "health")
+        rates = queries.fetch_one(conn, "console_rates", {"window": OUT_WINDOW})
+        by_type = queries.fetch_all(conn, "metrics_dead_by_type")
+    assert health is not None and rates is not None
+    totals: dict[str, int] = {}
+    for row in by_type:
+        totals[row["event_type"]] = totals.get(row["event_type"], 0) + int(row["count"])
+    return Sample(
+        taken=time.monotonic(),
+        pending=int(health["pending"]),
+        running=int(health["running"]),
+        dead=int(health["dead"]),
+        oldest_pending_age_seconds=float(health["oldest_pending_age_seconds"] or 0),
+        expired_leases=int(health["expired_leases"]),
+        max_id=int(rates["max_id"]),
+        done_recently=int(rates["done_recently"]),
+        dead_by_type=sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])),
+    )
+
+
+def rates(previous: Sample | None, current: Sample) -> Rates:
+    """In from the newest id's movement since the previous frame (None on the first frame);
+    out from the completions of the last OUT_WINDOW seconds."""
+    published = None
+    if previous is not None and current.taken > previous.taken:
+        published = max(0, current.max_id - previous.max_id) / (current.taken - previous.taken)
+    return Rates(published=published, completed=current.done_recently / OUT_WINDOW)

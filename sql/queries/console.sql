@@ -1,0 +1,104 @@
+-- The console's own reads and its one write (dispatchbox/console/store.py).
+--
+-- Everything else the console does goes through OutboxRepository and its queries
+-- (dead_letters.sql, audit.sql): the console adds what the CLI never needed, a chart, a group's
+-- targets, the audit entries of one event, and the payload edit before a redrive.
+
+-- name: console_snapshot
+-- First statement of a page's reads: one consistent snapshot, no writes.
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
+
+-- name: console_deaths_over_time
+-- Events still dead, per hour of their death over the last `hours` hours (outbox_event_dead_at_idx;
+-- redriven and archived events have left the outbox's dead rows and are not counted).
+SELECT date_bin('1 hour', e.dead_at, date_trunc('hour', now())) AS bucket, count(*) AS count
+  FROM outbox_event e
+ WHERE e.status = 'dead'
+   AND e.dead_at >= date_trunc('hour', now()) - make_interval(hours => %(hours)s - 1)
+ GROUP BY 1
+ ORDER BY 1
+
+-- name: console_states
+-- Counts by live state, the oldest due pending event's age, expired leases and the oldest death:
+-- outbox_health without its dead count (the error groups below count the dead in the same pass).
+SELECT (SELECT count(*) FROM outbox_event WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM outbox_event WHERE status = 'running') AS running,
+       (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::double precision
+          FROM outbox_event
+         WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_pending_age_seconds,
+       (SELECT count(*) FROM outbox_event
+         WHERE status = 'running' AND locked_until < now()) AS expired_leases,
+       (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at
+
+-- name: console_error_groups
+-- Dead events that match the filter, counted per error fingerprint and target (event type until
+-- destinations exist), with first and last death and the lowest id: one pass over the narrow
+-- outbox_dead_fingerprint mirror gives the total, the groups and what each group hits. The outbox
+-- row is read only when the filter needs last_error.
+SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) AS first_seen,
+       max(f.dead_at) AS last_seen, min(f.event_id) AS example_id
+  FROM outbox_dead_fingerprint f
+ WHERE (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+   AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
+   AND (%(error_fingerprint)s::text IS NULL OR f.fingerprint = %(error_fingerprint)s::text)
+   AND (%(error_like)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM outbox_event e
+            WHERE e.id = f.event_id AND e.status = 'dead'
+              AND e.last_error ILIKE %(error_like)s::text))
+ GROUP BY 1, 2
+
+-- name: console_errors_of
+-- The last error of each given event (the example of each error group).
+SELECT id, last_error FROM outbox_event WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: console_dead_count_capped
+-- How many dead events match, counting no further than cap + 1 (a page says "more than cap"):
+-- a list page stays fast on a million rows; dry runs before an action count exactly (dead_count).
+SELECT count(*) FROM (
+    SELECT 1
+      FROM outbox_event e
+     WHERE e.status = 'dead'
+       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
+       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
+       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
+               SELECT f.event_id FROM outbox_dead_fingerprint f
+                WHERE f.fingerprint = %(error_fingerprint)s::text))
+     LIMIT %(cap)s + 1
+) capped
+
+-- name: console_event_audit
+-- The audit entries that name one event, newest first (retries, batches, edits).
+SELECT id, started_at, updated_at, finished_at, db_role, actor, action, event_ids, filter,
+       affected, outcome, details
+  FROM outbox_dead_letter_audit
+ WHERE event_ids @> ARRAY[%(id)s::bigint]
+ ORDER BY id DESC
+ LIMIT %(limit)s
+
+-- name: console_payload_replace
+-- Replace a dead event's payload (the edit of "edit and redrive"); returns the payload it had.
+-- Only a dead event changes: the row is locked, so a concurrent redrive waits for this one.
+WITH old AS (
+    SELECT e.id, e.payload
+      FROM outbox_event e
+     WHERE e.id = %(id)s AND e.status = 'dead'
+       FOR UPDATE
+)
+UPDATE outbox_event e
+   SET payload = %(payload)s::jsonb, updated_at = now()
+  FROM old
+ WHERE e.id = old.id AND e.status = 'dead'
+RETURNING old.payload AS before
+
+-- name: console_rates
+-- The newest id (what was published: ids only grow) and the events done in the last `window`
+-- seconds (outbox_event_done_at_idx), for the monitor's rates in and out.
+SELECT (SELECT coalesce(max(id), 0) FROM outbox_event) AS max_id,
+       (SELECT count(*) FROM outbox_event
+         WHERE status = 'done' AND done_at >= now() - make_interval(secs => %(window)s))
+           AS done_recently

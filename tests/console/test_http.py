@@ -1,0 +1,169 @@
+"""The console over plain HTTP (no browser): access rules, cookies, error pages, purge."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from tests.console.conftest import OPS_SECRET, Process, start_serve, wait_until
+
+PAGES = [
+    "/ui/",
+    "/ui/partials/overview",
+    "/ui/dead",
+    "/ui/dead?view=groups",
+    "/ui/events/1",
+    "/ui/audit",
+    "/ui/retry",
+    "/ui/purge",
+]
+ACTIONS = [
+    "/ui/events/1/retry",
+    "/ui/events/1/edit",
+    "/ui/retry",
+    "/ui/purge",
+    "/ui/breakers/payments/open",
+    "/ui/logout",
+]
+
+
+def dead_event(dsn: str, *, status: str = "dead", error: str = "boom") -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status,"
+            " attempts, last_error, dead_at) VALUES ('order', '1', 'x.y', '{\"a\": 1}', %s, 5,"
+            " %s, CASE WHEN %s = 'dead' THEN now() - interval '40 days' END) RETURNING id",
+            [status, error, status],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def signed_in(base: str, secret: str = OPS_SECRET) -> httpx.Client:
+    client = httpx.Client(base_url=base, timeout=30)
+    page = client.get("/ui/login")
+    cookie = page.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
+    answer = client.post(
+        "/ui/login", data={"csrf": csrf_of(page.text), "token": secret, "next": "/ui/dead"}
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/dead"
+    session = answer.headers["set-cookie"]
+    assert session.startswith("dispatchbox_session=")
+    assert "HttpOnly" in session and "SameSite=strict" in session and "Path=/ui" in session
+    assert secret not in session
+    return client
+
+
+def test_every_page_and_action_needs_a_session(console_server: tuple[str, Process]) -> None:
+    base, _ = console_server
+    with httpx.Client(base_url=base, timeout=30) as anonymous:
+        for path in PAGES:
+            response = anonymous.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/ui/login?next=")
+        for path in ACTIONS:
+            response = anonymous.post(path, data={"csrf": "x"})
+            assert response.status_code == 401, path
+            assert "Sign in first" in response.text
+        assert anonymous.get("/ui/static/console.js").status_code == 200
+        login = anonymous.get("/ui/login")
+        assert "default-src 'self'" in login.headers["content-security-policy"]
+        assert login.headers["x-frame-options"] == "DENY"
+        # A login without the form's token is refused, even with the right secret.
+        refused = anonymous.post("/ui/login", data={"token": OPS_SECRET})
+        assert refused.status_code == 403 and "security token" in refused.text
+
+
+def test_bad_input_gets_a_clear_page_and_changes_nothing(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, _ = console_server
+    dead = dead_event(db_dsn)
+    done = dead_event(db_dsn, status="done")
+    client = signed_in(base)
+    page = client.get("/ui/dead", params={"since": "yesterday"})
+    assert page.status_code == 400 and "Bad filter: since:" in page.text
+    page = client.get("/ui/dead", params={"error_fingerprint": "zz"})
+    assert page.status_code == 400 and "12 lowercase hex digits" in page.text
+    assert client.get("/ui/events/999999").status_code == 404
+    csrf = csrf_of(client.get(f"/ui/events/{dead}").text)
+    bad = client.post(f"/ui/events/{dead}/edit", data={"csrf": csrf, "payload": '{"a": '})
+    assert bad.status_code == 400 and "not valid JSON" in bad.text and "line 1" in bad.text
+    not_dead = client.post(f"/ui/events/{done}/edit", data={"csrf": csrf, "payload": "{}"})
+    assert not_dead.status_code == 409 and "is not dead" in not_dead.text
+    limit = client.post("/ui/retry", data={"csrf": csrf, "rate": "0"})
+    assert limit.status_code == 400 and "from 1 to 10000" in limit.text
+    breakers = client.post("/ui/breakers/payments/open", data={"csrf": csrf})
+    assert breakers.status_code == 404 and "not available" in breakers.text
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute("SELECT id, status, payload FROM outbox_event ORDER BY id").fetchall()
+        audit = conn.execute("SELECT count(*) FROM outbox_dead_letter_audit").fetchone()
+    assert rows == [(dead, "dead", {"a": 1}), (done, "done", {"a": 1})]
+    assert audit == (0,)
+
+
+def test_purge_by_filter_after_its_count_archives_and_audits(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, _ = console_server
+    old = [dead_event(db_dsn, error="SMTPError: mailbox full") for _ in range(3)]
+    other = dead_event(db_dsn, error="KeyError: 'x'")
+    client = signed_in(base)
+    confirm = client.get("/ui/purge", params={"error_contains": "mailbox", "older_than_days": "30"})
+    assert "Dry run: 3 dead events match now." in confirm.text
+    done = client.post(
+        "/ui/purge",
+        data={"csrf": csrf_of(confirm.text), "error_contains": "mailbox", "older_than_days": "30"},
+    )
+    assert done.status_code == 200 and "3 dead events moved to the archive." in done.text
+    with psycopg.connect(db_dsn) as conn:
+        left = [r[0] for r in conn.execute("SELECT id FROM outbox_event").fetchall()]
+        archived = conn.execute("SELECT count(*) FROM outbox_event_archive").fetchone()
+        audit = conn.execute(
+            "SELECT actor, action, affected FROM outbox_dead_letter_audit"
+        ).fetchall()
+    assert left == [other] and archived == (3,) and len(old) == 3
+    assert audit == [("alice", "purge", 3)]
+
+
+@pytest.fixture
+def open_server(db_dsn: str, tmp_path: Path) -> tuple[str, Process]:
+    return start_serve(db_dsn, tmp_path / "serve.log", "--insecure-no-auth")
+
+
+def test_without_tokens_the_console_never_opens(open_server: tuple[str, Process]) -> None:
+    base, srv = open_server
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            page = client.get("/ui/login")
+            assert "The console needs DISPATCHBOX_API_TOKEN" in page.text
+            answer = client.post("/ui/login", data={"csrf": csrf_of(page.text), "token": "x"})
+            assert answer.status_code == 401
+            assert client.get("/ui/").status_code == 303
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_server_fault_is_a_page_and_a_log_line_without_details(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, server = console_server
+    client = signed_in(base)
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("DROP TABLE outbox_dead_letter_audit")
+    page = client.get("/ui/audit")
+    assert page.status_code == 500
+    assert "Something failed on the server" in page.text
+    assert "outbox_dead_letter_audit" not in page.text
+    wait_until(lambda: "console_unexpected_error path=/ui/audit" in server.log(), "the log line")
