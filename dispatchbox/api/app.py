@@ -339,8 +339,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(api)
     # The dead-letter console (/ui), on the same pool and tokens.
     from dispatchbox import console
+    from dispatchbox.console.breaker_source import DeliveryBreakers
 
-    console.mount(app, pool, settings.tokens)
+    console.mount(app, pool, settings.tokens, breakers=DeliveryBreakers(pool))
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
     def healthz() -> dict[str, str]:

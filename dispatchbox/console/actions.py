@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from dispatchbox import redaction
 from dispatchbox.console.pages import (
     DEFAULT_PURGE_DAYS,
     DEFAULT_RATE,
@@ -50,6 +51,9 @@ def add_actions(app: FastAPI, console: Console) -> None:
     @app.post("/events/{event_id:int}/edit")
     async def edit_and_redrive(request: Request, event_id: int) -> Response:
         session, fields = await console.form(request)
+        if redaction.configured().applies_to(session.name):
+            # It was shown a masked payload: saving the form would write the masks back.
+            raise PageError(403, "error.redacted")
         try:
             payload = json.loads(fields.get("payload", ""))
         except json.JSONDecodeError as exc:

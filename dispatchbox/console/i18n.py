@@ -173,6 +173,12 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Your role may only look: this action needs an operator's token.",
         "Twoja rola pozwala tylko oglądać: ta operacja wymaga tokenu operatora.",
     ),
+    "error.redacted": (
+        "Your token sees this payload masked, so it may not edit it: use a token named in "
+        "DISPATCHBOX_PAYLOAD_ROLES.",
+        "Twój token widzi ten ładunek zamaskowany, więc nie może go edytować: użyj tokenu "
+        "wymienionego w DISPATCHBOX_PAYLOAD_ROLES.",
+    ),
     "error.not_found": ("No event with id {id}.", "Nie ma zdarzenia o id {id}."),
     "error.not_dead": (
         "Event {id} is not dead, so nothing changed.",

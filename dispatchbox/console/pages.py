@@ -16,6 +16,7 @@ from dispatchbox.console.store import CHART_HOURS, payload_checksum
 from dispatchbox.console.web import Console, PageError
 from dispatchbox.errors import InvalidFilter
 from dispatchbox.filters import DeadEventFilter
+from dispatchbox.redaction import redact
 
 FILTER_FIELDS = (
     "event_type",
@@ -121,7 +122,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
             session,
             event=event,
             payload=shown(event.payload, session),
-            headers=shown(event.headers, session),
+            headers=shown(event.headers, session, "headers"),
             checksum=payload_checksum(event.payload),
             audit=store.event_audit(event_id),
             notice=request.query_params.get("done"),
@@ -172,7 +173,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
         )
 
 
-def shown(value: Any, session: Session) -> Any:
-    """What of a payload or headers a role may see. Today every role sees all of it; the
-    security issue's redact(event, role) replaces this body (the one place to change)."""
-    return value
+def shown(value: Any, session: Session, root: str = "payload") -> Any:
+    """What of a payload (or, with ``root="headers"``, headers) the signed-in token may see:
+    the paths of DISPATCHBOX_REDACT masked unless it is named in DISPATCHBOX_PAYLOAD_ROLES."""
+    return redact({root: value}, session.name)[root]

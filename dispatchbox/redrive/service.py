@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -24,7 +24,7 @@ import psycopg
 from dispatchbox import queries
 from dispatchbox.errors import InvalidFilter, OperationInProgress
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redrive.pacer import BreakerGate, Health, NoBreakers
+from dispatchbox.redrive.pacer import BreakerGate, Health
 from dispatchbox.redrive.plan import RedrivePlan, plan_redrive, selection_params
 from dispatchbox.redrive.promote import POLL, Promotion, health_of, promote
 
@@ -96,6 +96,22 @@ def _filter_of(op: RedriveOperation) -> DeadEventFilter:
     return DeadEventFilter.from_strings(**op.filter)
 
 
+class DatabaseBreakers:
+    """The delivery controls' breakers (table outbox_breaker, shared by every worker): a
+    destination whose breaker is open or half-open pauses a paced redrive until it closes."""
+
+    def __init__(self, connect: Connect) -> None:
+        self._connect = connect
+
+    def open_destinations(self, destinations: Iterable[str]) -> set[str]:
+        names = sorted(set(destinations))
+        if not names:
+            return set()
+        with self._connect() as conn:
+            rows = queries.fetch_all(conn, "breaker_states", {"destinations": names})
+        return {row["destination"] for row in rows if row["state"] != "closed"}
+
+
 class RedriveService:
     """``connect`` yields an autocommit connection (OutboxRepository.connection)."""
 
@@ -107,7 +123,7 @@ class RedriveService:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._connect = connect
-        self.gate = gate or NoBreakers()
+        self.gate = gate or DatabaseBreakers(connect)
         self._sleep = sleep
 
     # -- reads --------------------------------------------------------------------------------
@@ -165,8 +181,14 @@ class RedriveService:
         params = selection_params(flt, max_replays=max_replays)
         with self._connect() as conn:
             with conn.transaction():
+                # The breakers that may pause it: the destinations its events died at, and their
+                # event types (a handler's destination unless it names one; a death without a
+                # recorded destination).
                 types = queries.fetch_all(conn, "dead_stats_by_event_type", flt.params())
-                settings["destinations"] = [r["key"] for r in types]
+                named = queries.fetch_all(conn, "dead_stats_by_destination", flt.params())
+                settings["destinations"] = sorted(
+                    {r["key"] for r in types} | {r["key"] for r in named if r["key"]}
+                )
                 baseline = queries.fetch_value(conn, "redrive_baseline", params)
                 audit_id = queries.fetch_value(
                     conn,
