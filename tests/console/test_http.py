@@ -105,7 +105,7 @@ def test_bad_input_gets_a_clear_page_and_changes_nothing(
     limit = client.post("/ui/retry", data={"csrf": csrf, "rate": "0"})
     assert limit.status_code == 400 and "from 1 to 10000" in limit.text
     breakers = client.post("/ui/breakers/payments/open", data={"csrf": csrf})
-    assert breakers.status_code == 404 and "not available" in breakers.text
+    assert breakers.status_code == 404 and "No breaker named payments" in breakers.text
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT id, status, payload FROM outbox_event ORDER BY id").fetchall()
         audit = conn.execute("SELECT count(*) FROM outbox_dead_letter_audit").fetchone()
@@ -161,7 +161,7 @@ def test_a_server_fault_is_a_page_and_a_log_line_without_details(
     base, server = console_server
     client = signed_in(base)
     with psycopg.connect(db_dsn) as conn:
-        conn.execute("DROP TABLE outbox_dead_letter_audit")
+        conn.execute("DROP TABLE outbox_dead_letter_audit CASCADE")
     page = client.get("/ui/audit")
     assert page.status_code == 500
     assert "Something failed on the server" in page.text

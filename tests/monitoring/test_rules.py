@@ -44,7 +44,7 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests() -> None:
     exe = promtool()
     check = subprocess.run([exe, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 10 rules found" in check.stdout
+    assert "SUCCESS: 11 rules found" in check.stdout
     unit = subprocess.run(
         [exe, "test", "rules", str(RULES_TEST)], capture_output=True, text=True, cwd=ROOT
     )
