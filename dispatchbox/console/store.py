@@ -12,7 +12,6 @@ given (the delivery controls provide it); without one the panel says they are no
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import threading
 import time
@@ -27,6 +26,7 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from dispatchbox import queries
+from dispatchbox.delivery.checksum import payload_sha256
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.fingerprint import signature
@@ -112,10 +112,9 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
 
 
 def payload_checksum(payload: Any) -> str:
-    """sha256 of the payload's canonical JSON (sorted keys, no blanks): equal payloads give
-    equal sums, whatever order their keys were written in."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """The payload's SHA-256 as publish records it (outbox_event.payload_sha256, migration 0009):
+    an edit stores the new one, and the audit entry keeps both."""
+    return payload_sha256(payload)
 
 
 def payload_diff(before: Any, after: Any) -> list[str]:

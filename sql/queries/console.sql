@@ -90,7 +90,8 @@ WITH old AS (
        FOR UPDATE
 )
 UPDATE outbox_event e
-   SET payload = %(payload)s::jsonb, updated_at = now()
+   SET payload = %(payload)s::jsonb, payload_sha256 = outbox_payload_sha256(%(payload)s::jsonb),
+       updated_at = now()
   FROM old
  WHERE e.id = old.id AND e.status = 'dead'
 RETURNING old.payload AS before

@@ -131,6 +131,14 @@ def test_edit_and_redrive_changes_only_a_dead_event(store: ConsoleStore, db_dsn:
     )
     assert entry.details["checksum_before"] == payload_checksum({"n": 0})
     assert entry.details["checksum_after"] == payload_checksum({"customer": "C-1", "n": 0})
+    with psycopg.connect(db_dsn) as conn:
+        stored, computed = conn.execute(
+            "SELECT payload_sha256, outbox_payload_sha256(payload) FROM outbox_event WHERE id = %s",
+            [dead],
+        ).fetchone() or (None, None)
+    # The edit records the new checksum, the one publish would have taken: an export of the
+    # edited event reports it intact.
+    assert stored == computed == entry.details["checksum_after"]
     assert store.event_audit(pending) == []
     # A second edit finds it no longer dead.
     with pytest.raises(EventNotDead):
