@@ -181,6 +181,8 @@ def _validate(
         digest = checksum.payload_sha256(payload)
     else:
         text, digest = fast
+        if len(text) > MAX_JSON_BYTES or "\\u0000" in text:
+            _json("payload", payload)  # refuses it with the slow path's words, or lets it pass
     return _Row(
         aggregate_type=_text("aggregate_type", aggregate_type),
         aggregate_id=_text("aggregate_id", aggregate_id, allow_int=True, limit=MAX_KEY_CHARS),

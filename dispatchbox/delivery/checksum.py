@@ -46,9 +46,10 @@ def encode(payload: Any) -> tuple[str, str] | None:
     so one encoding serves both the row and the checksum."""
     try:
         text = "".join(_C_ENCODE(_jsonb_ordered(payload), 0))
-    except (_Unusual, ValueError, RecursionError):
+        data = text.encode("utf-8")  # a lone surrogate cannot be: the slow path says why
+    except (_Unusual, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         return None
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text, hashlib.sha256(data).hexdigest()
 
 
 class _Unusual(Exception):
