@@ -337,6 +337,13 @@ class DeliveryBoard:
             if self.state.get(name) != row["state"]:
                 changes.append(Change(name, self.state.get(name, "closed"), row["state"]))
                 self.state[name] = row["state"]
+                # Each process says when it learns of another's (or an operator's) change.
+                logger.info(
+                    "breaker_seen destination=%s state=%s worker=%s",
+                    name,
+                    row["state"],
+                    self.worker,
+                )
             if row["state"] != "half_open" or row["probe_by"] != self.worker:
                 self.probe_wanted.discard(name)
                 if name in self.probing:

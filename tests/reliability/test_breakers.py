@@ -204,6 +204,13 @@ def test_an_operator_opens_and_closes_a_breaker_under_running_workers(
         wait_until(lambda: breaker(db_dsn, "ledger")["state"] == "closed", 30, "the breaker row")
         opened = run_cli("breakers", "open", "ledger", dsn=db_dsn)
         assert opened.code == 0, opened.stderr
+        # Each process reads the shared state every half second: publish once both have seen
+        # the breaker open (a process that claims before it has, delivers, as it should).
+        wait_until(
+            lambda: run.log().count("breaker_seen destination=ledger state=open") >= 2,
+            30,
+            "both processes see the breaker open",
+        )
         ledger = publish(db_dsn, "ledger.post", 50)
         publish(db_dsn, "mail.send", 200)
         wait_until(lambda: by_status(db_dsn, "mail.send")["done"] == 200, 60, "mail flows")
