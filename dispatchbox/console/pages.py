@@ -25,6 +25,7 @@ FILTER_FIELDS = (
     "until",
     "error_contains",
     "error_fingerprint",
+    "destination",
 )
 PAGE_SIZE = 50
 # The list page counts matching events up to this many.
@@ -96,7 +97,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
         view = "groups" if request.query_params.get("view") == "groups" else "events"
         context: dict[str, Any] = {"values": values, "view": view, "query": urlencode(values)}
         if view == "groups":
-            found = store.error_groups(flt, top=MAX_GROUPS)
+            found = store.error_groups(flt, top=MAX_GROUPS, destinations=True)
             context["groups"] = found.groups
             context["total"] = f"{found.total:,}"
         else:

@@ -105,7 +105,8 @@ def test_bad_input_gets_a_clear_page_and_changes_nothing(
     limit = client.post("/ui/retry", data={"csrf": csrf, "rate": "0"})
     assert limit.status_code == 400 and "from 1 to 10000" in limit.text
     breakers = client.post("/ui/breakers/payments/open", data={"csrf": csrf})
-    assert breakers.status_code == 404 and "not available" in breakers.text
+    # serve wires the delivery controls' breakers: an unknown name is a clear 404.
+    assert breakers.status_code == 404 and "No breaker named payments." in breakers.text
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT id, status, payload FROM outbox_event ORDER BY id").fetchall()
         audit = conn.execute("SELECT count(*) FROM outbox_dead_letter_audit").fetchone()
@@ -137,6 +138,42 @@ def test_purge_by_filter_after_its_count_archives_and_audits(
     assert audit == [("alice", "purge", 3)]
 
 
+def test_the_destination_filter_narrows_the_list_and_the_overview_counts_by_destination(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, _ = console_server
+    erp = [dead_event(db_dsn, error="HTTPError: 503") for _ in range(3)]
+    smtp = [dead_event(db_dsn, error="SMTPError: 552") for _ in range(2)]
+    unknown = dead_event(db_dsn, error="KeyError: 'x'")
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("UPDATE outbox_event SET destination = 'erp' WHERE id = ANY(%s)", [erp])
+        conn.execute("UPDATE outbox_event SET destination = 'smtp' WHERE id = ANY(%s)", [smtp])
+    client = signed_in(base)
+
+    def listed(html: str) -> tuple[str, set[int]]:
+        total = re.search(r'<strong id="total">([^<]+)</strong>', html)
+        assert total, html
+        return total.group(1), {int(i) for i in re.findall(r'class="event-link">(\d+)<', html)}
+
+    assert listed(client.get("/ui/dead").text) == ("6", {*erp, *smtp, unknown})
+    page = client.get("/ui/dead", params={"destination": "erp"})
+    assert page.status_code == 200 and 'name="destination" value="erp"' in page.text
+    assert listed(page.text) == ("3", set(erp))
+    groups = client.get("/ui/dead", params={"destination": "smtp", "view": "groups"}).text
+    assert re.search(r'<strong id="total">2</strong>', groups)
+    assert '<span class="chip">smtp · 2</span>' in groups and "erp · " not in groups
+    confirm = client.get("/ui/retry", params={"destination": "erp"})
+    assert "Dry run: 3 dead events match now." in confirm.text
+    overview = client.get("/ui/").text
+    table = overview.split('id="by-destination"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r'<tr><td>(.*?)</td><td class="num">(\d+)</td></tr>', table)
+    assert rows == [
+        ('<a href="/ui/dead?destination=erp">erp</a>', "3"),
+        ('<a href="/ui/dead?destination=smtp">smtp</a>', "2"),
+        ('<span class="muted">not recorded</span>', "1"),
+    ]
+
+
 @pytest.fixture
 def open_server(db_dsn: str, tmp_path: Path) -> tuple[str, Process]:
     return start_serve(db_dsn, tmp_path / "serve.log", "--insecure-no-auth")
@@ -161,7 +198,7 @@ def test_a_server_fault_is_a_page_and_a_log_line_without_details(
     base, server = console_server
     client = signed_in(base)
     with psycopg.connect(db_dsn) as conn:
-        conn.execute("DROP TABLE outbox_dead_letter_audit")
+        conn.execute("DROP TABLE outbox_dead_letter_audit CASCADE")  # the redrive FK too
     page = client.get("/ui/audit")
     assert page.status_code == 500
     assert "Something failed on the server" in page.text
