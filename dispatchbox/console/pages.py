@@ -16,7 +16,7 @@ from dispatchbox.console.store import CHART_HOURS, payload_checksum
 from dispatchbox.console.web import Console, PageError
 from dispatchbox.errors import InvalidFilter
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redaction import redact
+from dispatchbox.redaction import configured, redact
 
 FILTER_FIELDS = (
     "event_type",
@@ -125,6 +125,8 @@ def add_pages(app: FastAPI, console: Console) -> None:
             payload=shown(event.payload, session),
             headers=shown(event.headers, session, "headers"),
             checksum=payload_checksum(event.payload),
+            # A token that sees the payload masked gets no editor: it would show what is masked.
+            can_edit=not configured().applies_to(session.name),
             audit=store.event_audit(event_id),
             notice=request.query_params.get("done"),
         )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from tests.console.conftest import OPS_SECRET, Process, start_serve, wait_until
+from tests.console.conftest import OPS_SECRET, TOKENS, Process, start_serve, wait_until
 
 PAGES = [
     "/ui/",
@@ -172,6 +173,48 @@ def test_the_destination_filter_narrows_the_list_and_the_overview_counts_by_dest
         ('<a href="/ui/dead?destination=smtp">smtp</a>', "2"),
         ('<span class="muted">not recorded</span>', "1"),
     ]
+
+
+def test_a_masked_token_sees_no_secret_and_may_not_edit(db_dsn: str, tmp_path: Path) -> None:
+    unmasked = secrets.token_hex(16)
+    base, server = start_serve(
+        db_dsn,
+        tmp_path / "serve.log",
+        DISPATCHBOX_API_TOKEN=f"{TOKENS},carol:{unmasked}",
+        DISPATCHBOX_REDACT="payload.card.number",
+        DISPATCHBOX_PAYLOAD_ROLES="carol",
+    )
+    try:
+        card = {"card": {"number": "4111111111111111"}, "total": 5}
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute(
+                "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload,"
+                " status, attempts, last_error, dead_at) VALUES ('order', '1', 'x.y', %s, 'dead',"
+                " 5, 'boom', now()) RETURNING id",
+                [psycopg.types.json.Jsonb(card)],
+            ).fetchone()
+        assert row is not None
+        event_id = int(row[0])
+        alice = signed_in(base)  # an operator, but not in DISPATCHBOX_PAYLOAD_ROLES
+        page = alice.get(f"/ui/events/{event_id}").text
+        assert "4111111111111111" not in page and "***" in page
+        assert 'id="payload-editor"' not in page and 'id="edit-masked"' in page
+        refused = alice.post(
+            f"/ui/events/{event_id}/edit",
+            data={"csrf": csrf_of(page), "payload": '{"card": {"number": "***"}}'},
+        )
+        assert refused.status_code == 403 and "DISPATCHBOX_PAYLOAD_ROLES" in refused.text
+        carol = signed_in(base, unmasked)
+        page = carol.get(f"/ui/events/{event_id}").text
+        assert "4111111111111111" in page and 'id="payload-editor"' in page
+        with psycopg.connect(db_dsn) as conn:
+            stored = conn.execute(
+                "SELECT status, payload FROM outbox_event WHERE id = %s", [event_id]
+            ).fetchone()
+        assert stored == ("dead", card)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert unmasked not in server.log() and "4111111111111111" not in server.log()
 
 
 @pytest.fixture
