@@ -45,6 +45,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "by_type": ("Dead by event type", "Martwe według typu zdarzenia"),
     "by_destination": ("Dead by destination", "Martwe według miejsca docelowego"),
     "destination.unknown": ("not recorded", "nie zapisano"),
+    "destinations.sampled": ("of the newest {n}", "spośród {n} najnowszych"),
     "by_error": ("Dead by error", "Martwe według błędu"),
     "breakers": ("Circuit breakers", "Bezpieczniki"),
     "breakers.none": (

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from dispatchbox.console.render import bars
 from dispatchbox.console.session import Session
-from dispatchbox.console.store import CHART_HOURS, payload_checksum
+from dispatchbox.console.store import CHART_HOURS, GROUP_DESTINATION_SAMPLE, payload_checksum
 from dispatchbox.console.web import Console, PageError
 from dispatchbox.errors import InvalidFilter
 from dispatchbox.filters import DeadEventFilter
@@ -99,6 +99,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
         if view == "groups":
             found = store.error_groups(flt, top=MAX_GROUPS, destinations=True)
             context["groups"] = found.groups
+            context["sample"] = f"{GROUP_DESTINATION_SAMPLE:,}"
             context["total"] = f"{found.total:,}"
         else:
             # Capped: an exact count of a million rows is the dry run's job, not every page's.

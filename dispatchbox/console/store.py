@@ -40,6 +40,9 @@ CHART_HOURS = 24
 OVERVIEW_CACHE_SECONDS = 2.0
 # Error groups the overview lists.
 OVERVIEW_GROUPS = 10
+# Events per shown error group whose destinations the groups page reads (newest first): a group
+# no larger is counted exactly, a larger one by this sample (outbox rows read by primary key).
+GROUP_DESTINATION_SAMPLE = 500
 # Audit entries shown on an event's page.
 EVENT_AUDIT_LIMIT = 50
 # Edit-and-redrive refuses payloads above this (the form is for fixing a field, not uploads).
@@ -71,8 +74,10 @@ class Group:
     example_id: int
     example_error: str | None
     targets: list[tuple[str, int]]
-    # Where they died (None: before migration 0007); read only for the grouped list page.
+    # Where they died (None: before migration 0007); read only for the grouped list page. For a
+    # group above GROUP_DESTINATION_SAMPLE events, the counts are of its newest that many.
     destinations: list[tuple[str | None, int]] = field(default_factory=list)
+    destinations_sampled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,15 +236,19 @@ class ConsoleStore:
                 conn, "console_errors_of", {"ids": [g["example"] for _, g in ranked]}
             )
         }
-        # A second, small query for the groups shown only: the mirror has no destination, and
+        # A second, bounded query for the groups shown only: the mirror has no destination, and
         # joining the outbox for every dead event would read a million rows on a big table.
+        # Filtered by destination, every event of a group died there: nothing to read.
         places: dict[str, list[tuple[str | None, int]]] = {}
-        if destinations and ranked:
-            for r in queries.fetch_all(
-                conn,
-                "console_group_destinations",
-                {**flt.params(), "fingerprints": [key for key, _ in ranked]},
-            ):
+        if destinations and ranked and flt.destination is not None:
+            places = {key: [(flt.destination, g["count"])] for key, g in ranked}
+        elif destinations and ranked:
+            params = {
+                **flt.params(),
+                "fingerprints": [key for key, _ in ranked],
+                "per_group": GROUP_DESTINATION_SAMPLE,
+            }
+            for r in queries.fetch_all(conn, "console_group_destinations", params):
                 places.setdefault(r["fingerprint"], []).append((r["destination"], int(r["count"])))
         groups = []
         for key, g in ranked:
@@ -255,6 +264,9 @@ class ConsoleStore:
                     example_error=error,
                     targets=sorted(g["targets"], key=lambda t: (-t[1], t[0])),
                     destinations=sorted(places.get(key, []), key=lambda d: (-d[1], d[0] or "")),
+                    destinations_sampled=destinations
+                    and flt.destination is None
+                    and g["count"] > GROUP_DESTINATION_SAMPLE,
                 )
             )
         by_type = [

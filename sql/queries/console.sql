@@ -55,20 +55,26 @@ SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) 
  GROUP BY 1, 2
 
 -- name: console_group_destinations
--- The destinations each of the shown error groups died at, with counts (console_error_groups
--- counts event types only): the outbox rows of these few groups alone, not of every dead event.
+-- Where the newest `per_group` matching events of each shown error group died (console_error_groups
+-- counts event types only: the mirror has no destination). Bounded: at most per_group outbox rows
+-- a group (by primary key), never a join over every dead event; exact for a group no larger.
 -- NULL: died before migration 0007, or of a lease that expired.
-SELECT f.fingerprint, e.destination, count(*) AS count
-  FROM outbox_dead_fingerprint f
-  JOIN outbox_event e ON e.id = f.event_id AND e.status = 'dead'
- WHERE f.fingerprint = ANY(%(fingerprints)s::text[])
-   AND (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
-   AND (%(error_fingerprint)s::text IS NULL OR f.fingerprint = %(error_fingerprint)s::text)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+SELECT g.fingerprint, s.destination, count(*) AS count
+  FROM unnest(%(fingerprints)s::text[]) AS g(fingerprint)
+ CROSS JOIN LATERAL (
+    SELECT e.destination
+      FROM outbox_dead_fingerprint f
+      JOIN outbox_event e ON e.id = f.event_id AND e.status = 'dead'
+     WHERE f.fingerprint = g.fingerprint
+       AND (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+       AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
+       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+     ORDER BY f.event_id DESC
+     LIMIT %(per_group)s
+ ) s
  GROUP BY 1, 2
 
 -- name: console_errors_of

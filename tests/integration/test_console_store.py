@@ -12,6 +12,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from dispatchbox import OutboxRepository, publish_many
+from dispatchbox.console import store as store_module
 from dispatchbox.console.store import ConsoleStore, payload_checksum
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
@@ -109,7 +110,7 @@ def test_the_timeout_group_hits_both_types_and_the_overview_counts_states(
 
 
 def test_the_destination_filter_narrows_groups_and_counts_and_groups_show_destinations(
-    store: ConsoleStore, db_dsn: str
+    store: ConsoleStore, db_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _seed(db_dsn)
     everything = store.error_groups(DeadEventFilter(), top=10, destinations=True)
@@ -124,6 +125,11 @@ def test_the_destination_filter_narrows_groups_and_counts_and_groups_show_destin
     assert any(None in {d for d, _ in g.destinations} for g in everything.groups)
     for group in erp.groups:
         assert group.destinations == [("erp", group.count)]
+    # Above the sample size a group's destinations are counted among its newest events only.
+    monkeypatch.setattr(store_module, "GROUP_DESTINATION_SAMPLE", 2)
+    sampled = store.error_groups(DeadEventFilter(), top=10, destinations=True).groups
+    assert all(g.destinations_sampled and sum(n for _, n in g.destinations) == 2 for g in sampled)
+    assert not any(g.destinations_sampled for g in everything.groups)
     # Without the flag (the overview, the dry run) the outbox rows are not read.
     assert all(g.destinations == [] for g in store.error_groups(DeadEventFilter(), top=10).groups)
     # The overview counts the dead per destination, most numerous first.
