@@ -12,11 +12,11 @@ from fastapi.responses import HTMLResponse, Response
 
 from dispatchbox.console.render import bars
 from dispatchbox.console.session import Session
-from dispatchbox.console.store import CHART_HOURS, payload_checksum
+from dispatchbox.console.store import CHART_HOURS, GROUP_DESTINATION_SAMPLE, payload_checksum
 from dispatchbox.console.web import Console, PageError
 from dispatchbox.errors import InvalidFilter
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redaction import redact
+from dispatchbox.redaction import configured, redact
 
 FILTER_FIELDS = (
     "event_type",
@@ -25,6 +25,7 @@ FILTER_FIELDS = (
     "until",
     "error_contains",
     "error_fingerprint",
+    "destination",
 )
 PAGE_SIZE = 50
 # The list page counts matching events up to this many.
@@ -96,8 +97,9 @@ def add_pages(app: FastAPI, console: Console) -> None:
         view = "groups" if request.query_params.get("view") == "groups" else "events"
         context: dict[str, Any] = {"values": values, "view": view, "query": urlencode(values)}
         if view == "groups":
-            found = store.error_groups(flt, top=MAX_GROUPS)
+            found = store.error_groups(flt, top=MAX_GROUPS, destinations=True)
             context["groups"] = found.groups
+            context["sample"] = f"{GROUP_DESTINATION_SAMPLE:,}"
             context["total"] = f"{found.total:,}"
         else:
             # Capped: an exact count of a million rows is the dry run's job, not every page's.
@@ -124,6 +126,8 @@ def add_pages(app: FastAPI, console: Console) -> None:
             payload=shown(event.payload, session),
             headers=shown(event.headers, session, "headers"),
             checksum=payload_checksum(event.payload),
+            # A token that sees the payload masked gets no editor: it would show what is masked.
+            can_edit=not configured().applies_to(session.name),
             audit=store.event_audit(event_id),
             notice=request.query_params.get("done"),
         )

@@ -2,8 +2,9 @@
 
 Every read and action an operator already has (list, count, stats, show, retry, redrive by
 filter, purge, history) is the repository's own method, so the console, the CLI and the API
-agree. The few things only a page needs (a chart, a group's targets, one event's audit entries,
-the payload edit of "edit and redrive") are named queries in sql/queries/console.sql.
+agree. The few things only a page needs (a chart, a group's targets and destinations, one event's
+audit entries, the payload edit of "edit and redrive") are named queries in
+sql/queries/console.sql.
 
 Breakers: the console shows and switches circuit breakers through a BreakerSource when one is
 given (the delivery controls provide it); without one the panel says they are not available.
@@ -39,6 +40,9 @@ CHART_HOURS = 24
 OVERVIEW_CACHE_SECONDS = 2.0
 # Error groups the overview lists.
 OVERVIEW_GROUPS = 10
+# Events per shown error group whose destinations the groups page reads (newest first): a group
+# no larger is counted exactly, a larger one by this sample (outbox rows read by primary key).
+GROUP_DESTINATION_SAMPLE = 500
 # Audit entries shown on an event's page.
 EVENT_AUDIT_LIMIT = 50
 # Edit-and-redrive refuses payloads above this (the form is for fixing a field, not uploads).
@@ -70,6 +74,10 @@ class Group:
     example_id: int
     example_error: str | None
     targets: list[tuple[str, int]]
+    # Where they died (None: before migration 0007); read only for the grouped list page. For a
+    # group above GROUP_DESTINATION_SAMPLE events, the counts are of its newest that many.
+    destinations: list[tuple[str | None, int]] = field(default_factory=list)
+    destinations_sampled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,8 @@ class Overview:
     expired_leases: int
     groups: Groups
     deaths: list[tuple[datetime, int]]
+    # Dead events per destination (None: died before migration 0007), most numerous first.
+    by_destination: list[tuple[str | None, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,7 @@ class ConsoleStore:
             states = queries.fetch_one(conn, "console_states")
             groups = self._groups(conn, DeadEventFilter(), top=OVERVIEW_GROUPS)
             rows = queries.fetch_all(conn, "console_deaths_over_time", {"hours": CHART_HOURS})
+            by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
         assert states is not None
         return Overview(
             pending=int(states["pending"]),
@@ -182,15 +193,23 @@ class ConsoleStore:
             expired_leases=int(states["expired_leases"]),
             groups=groups,
             deaths=[(r["bucket"], int(r["count"])) for r in rows],
+            by_destination=[(r["destination"], int(r["count"])) for r in by_destination],
         )
 
-    def error_groups(self, flt: DeadEventFilter, *, top: int) -> Groups:
-        """The ``top`` error groups of the dead events that match, with the total of all."""
+    def error_groups(self, flt: DeadEventFilter, *, top: int, destinations: bool = False) -> Groups:
+        """The ``top`` error groups of the dead events that match, with the total of all; with
+        ``destinations``, also where the events of each group shown died."""
         with self._read() as conn:
-            return self._groups(conn, flt, top=top)
+            return self._groups(conn, flt, top=top, destinations=destinations)
 
     @staticmethod
-    def _groups(conn: psycopg.Connection[Any], flt: DeadEventFilter, *, top: int) -> Groups:
+    def _groups(
+        conn: psycopg.Connection[Any],
+        flt: DeadEventFilter,
+        *,
+        top: int,
+        destinations: bool = False,
+    ) -> Groups:
         rows = queries.fetch_all(conn, "console_error_groups", flt.params())
         merged: dict[str, dict[str, Any]] = {}
         types: dict[str, dict[str, Any]] = {}
@@ -216,6 +235,20 @@ class ConsoleStore:
                 conn, "console_errors_of", {"ids": [g["example"] for _, g in ranked]}
             )
         }
+        # A second, bounded query for the groups shown only: the mirror has no destination, and
+        # joining the outbox for every dead event would read a million rows on a big table.
+        # Filtered by destination, every event of a group died there: nothing to read.
+        places: dict[str, list[tuple[str | None, int]]] = {}
+        if destinations and ranked and flt.destination is not None:
+            places = {key: [(flt.destination, g["count"])] for key, g in ranked}
+        elif destinations and ranked:
+            params = {
+                **flt.params(),
+                "fingerprints": [key for key, _ in ranked],
+                "per_group": GROUP_DESTINATION_SAMPLE,
+            }
+            for r in queries.fetch_all(conn, "console_group_destinations", params):
+                places.setdefault(r["fingerprint"], []).append((r["destination"], int(r["count"])))
         groups = []
         for key, g in ranked:
             error = examples.get(g["example"])
@@ -229,6 +262,10 @@ class ConsoleStore:
                     example_id=g["example"],
                     example_error=error,
                     targets=sorted(g["targets"], key=lambda t: (-t[1], t[0])),
+                    destinations=sorted(places.get(key, []), key=lambda d: (-d[1], d[0] or "")),
+                    destinations_sampled=destinations
+                    and flt.destination is None
+                    and g["count"] > GROUP_DESTINATION_SAMPLE,
                 )
             )
         by_type = [

@@ -31,10 +31,10 @@ SELECT (SELECT count(*) FROM outbox_event WHERE status = 'pending') AS pending,
        (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at
 
 -- name: console_error_groups
--- Dead events that match the filter, counted per error fingerprint and target (event type until
--- destinations exist), with first and last death and the lowest id: one pass over the narrow
--- outbox_dead_fingerprint mirror gives the total, the groups and what each group hits. The outbox
--- row is read only when the filter needs last_error.
+-- Dead events that match the filter, counted per error fingerprint and target (event type: the
+-- mirror has no destination), with first and last death and the lowest id: one pass over the
+-- narrow outbox_dead_fingerprint mirror gives the total, the groups and what each group hits. The
+-- outbox row is read only when the filter needs last_error or a destination.
 SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) AS first_seen,
        max(f.dead_at) AS last_seen, min(f.event_id) AS example_id
   FROM outbox_dead_fingerprint f
@@ -47,6 +47,34 @@ SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) 
            SELECT 1 FROM outbox_event e
             WHERE e.id = f.event_id AND e.status = 'dead'
               AND e.last_error ILIKE %(error_like)s::text))
+   -- The mirror has no destination: the outbox row is read only when the filter names one.
+   AND (%(destination)s::text IS NULL OR EXISTS (
+           SELECT 1 FROM outbox_event e
+            WHERE e.id = f.event_id AND e.status = 'dead'
+              AND e.destination = %(destination)s::text))
+ GROUP BY 1, 2
+
+-- name: console_group_destinations
+-- Where the newest `per_group` matching events of each shown error group died (console_error_groups
+-- counts event types only: the mirror has no destination). Bounded: at most per_group outbox rows
+-- a group (by primary key), never a join over every dead event; exact for a group no larger.
+-- NULL: died before migration 0007, or of a lease that expired.
+SELECT g.fingerprint, s.destination, count(*) AS count
+  FROM unnest(%(fingerprints)s::text[]) AS g(fingerprint)
+ CROSS JOIN LATERAL (
+    SELECT e.destination
+      FROM outbox_dead_fingerprint f
+      JOIN outbox_event e ON e.id = f.event_id AND e.status = 'dead'
+     WHERE f.fingerprint = g.fingerprint
+       AND (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+       AND (%(since)s::timestamptz IS NULL OR f.dead_at >= %(since)s::timestamptz)
+       AND (%(until)s::timestamptz IS NULL OR f.dead_at < %(until)s::timestamptz)
+       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
+       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+     ORDER BY f.event_id DESC
+     LIMIT %(per_group)s
+ ) s
  GROUP BY 1, 2
 
 -- name: console_errors_of
@@ -68,6 +96,7 @@ SELECT count(*) FROM (
        AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
                SELECT f.event_id FROM outbox_dead_fingerprint f
                 WHERE f.fingerprint = %(error_fingerprint)s::text))
+       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
      LIMIT %(cap)s + 1
 ) capped
 

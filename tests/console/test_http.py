@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import secrets
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 
-from tests.console.conftest import OPS_SECRET, Process, start_serve, wait_until
+from tests.console.conftest import OPS_SECRET, TOKENS, Process, start_serve, wait_until
 
 PAGES = [
     "/ui/",
@@ -105,7 +106,8 @@ def test_bad_input_gets_a_clear_page_and_changes_nothing(
     limit = client.post("/ui/retry", data={"csrf": csrf, "rate": "0"})
     assert limit.status_code == 400 and "from 1 to 10000" in limit.text
     breakers = client.post("/ui/breakers/payments/open", data={"csrf": csrf})
-    assert breakers.status_code == 404 and "No breaker named payments" in breakers.text
+    # serve wires the delivery controls' breakers: an unknown name is a clear 404.
+    assert breakers.status_code == 404 and "No breaker named payments." in breakers.text
     with psycopg.connect(db_dsn) as conn:
         rows = conn.execute("SELECT id, status, payload FROM outbox_event ORDER BY id").fetchall()
         audit = conn.execute("SELECT count(*) FROM outbox_dead_letter_audit").fetchone()
@@ -137,6 +139,84 @@ def test_purge_by_filter_after_its_count_archives_and_audits(
     assert audit == [("alice", "purge", 3)]
 
 
+def test_the_destination_filter_narrows_the_list_and_the_overview_counts_by_destination(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, _ = console_server
+    erp = [dead_event(db_dsn, error="HTTPError: 503") for _ in range(3)]
+    smtp = [dead_event(db_dsn, error="SMTPError: 552") for _ in range(2)]
+    unknown = dead_event(db_dsn, error="KeyError: 'x'")
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute("UPDATE outbox_event SET destination = 'erp' WHERE id = ANY(%s)", [erp])
+        conn.execute("UPDATE outbox_event SET destination = 'smtp' WHERE id = ANY(%s)", [smtp])
+    client = signed_in(base)
+
+    def listed(html: str) -> tuple[str, set[int]]:
+        total = re.search(r'<strong id="total">([^<]+)</strong>', html)
+        assert total, html
+        return total.group(1), {int(i) for i in re.findall(r'class="event-link">(\d+)<', html)}
+
+    assert listed(client.get("/ui/dead").text) == ("6", {*erp, *smtp, unknown})
+    page = client.get("/ui/dead", params={"destination": "erp"})
+    assert page.status_code == 200 and 'name="destination" value="erp"' in page.text
+    assert listed(page.text) == ("3", set(erp))
+    groups = client.get("/ui/dead", params={"destination": "smtp", "view": "groups"}).text
+    assert re.search(r'<strong id="total">2</strong>', groups)
+    assert '<span class="chip">smtp · 2</span>' in groups and "erp · " not in groups
+    confirm = client.get("/ui/retry", params={"destination": "erp"})
+    assert "Dry run: 3 dead events match now." in confirm.text
+    overview = client.get("/ui/").text
+    table = overview.split('id="by-destination"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r'<tr><td>(.*?)</td><td class="num">(\d+)</td></tr>', table)
+    assert rows == [
+        ('<a href="/ui/dead?destination=erp">erp</a>', "3"),
+        ('<a href="/ui/dead?destination=smtp">smtp</a>', "2"),
+        ('<span class="muted">not recorded</span>', "1"),
+    ]
+
+
+def test_a_masked_token_sees_no_secret_and_may_not_edit(db_dsn: str, tmp_path: Path) -> None:
+    unmasked = secrets.token_hex(16)
+    base, server = start_serve(
+        db_dsn,
+        tmp_path / "serve.log",
+        DISPATCHBOX_API_TOKEN=f"{TOKENS},carol:{unmasked}",
+        DISPATCHBOX_REDACT="payload.card.number",
+        DISPATCHBOX_PAYLOAD_ROLES="carol",
+    )
+    try:
+        card = {"card": {"number": "4111111111111111"}, "total": 5}
+        with psycopg.connect(db_dsn) as conn:
+            row = conn.execute(
+                "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload,"
+                " status, attempts, last_error, dead_at) VALUES ('order', '1', 'x.y', %s, 'dead',"
+                " 5, 'boom', now()) RETURNING id",
+                [psycopg.types.json.Jsonb(card)],
+            ).fetchone()
+        assert row is not None
+        event_id = int(row[0])
+        alice = signed_in(base)  # an operator, but not in DISPATCHBOX_PAYLOAD_ROLES
+        page = alice.get(f"/ui/events/{event_id}").text
+        assert "4111111111111111" not in page and "***" in page
+        assert 'id="payload-editor"' not in page and 'id="edit-masked"' in page
+        refused = alice.post(
+            f"/ui/events/{event_id}/edit",
+            data={"csrf": csrf_of(page), "payload": '{"card": {"number": "***"}}'},
+        )
+        assert refused.status_code == 403 and "DISPATCHBOX_PAYLOAD_ROLES" in refused.text
+        carol = signed_in(base, unmasked)
+        page = carol.get(f"/ui/events/{event_id}").text
+        assert "4111111111111111" in page and 'id="payload-editor"' in page
+        with psycopg.connect(db_dsn) as conn:
+            stored = conn.execute(
+                "SELECT status, payload FROM outbox_event WHERE id = %s", [event_id]
+            ).fetchone()
+        assert stored == ("dead", card)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert unmasked not in server.log() and "4111111111111111" not in server.log()
+
+
 @pytest.fixture
 def open_server(db_dsn: str, tmp_path: Path) -> tuple[str, Process]:
     return start_serve(db_dsn, tmp_path / "serve.log", "--insecure-no-auth")
@@ -161,7 +241,7 @@ def test_a_server_fault_is_a_page_and_a_log_line_without_details(
     base, server = console_server
     client = signed_in(base)
     with psycopg.connect(db_dsn) as conn:
-        conn.execute("DROP TABLE outbox_dead_letter_audit CASCADE")
+        conn.execute("DROP TABLE outbox_dead_letter_audit CASCADE")  # the redrive FK too
     page = client.get("/ui/audit")
     assert page.status_code == 500
     assert "Something failed on the server" in page.text

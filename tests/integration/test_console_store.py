@@ -12,6 +12,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from dispatchbox import OutboxRepository, publish_many
+from dispatchbox.console import store as store_module
 from dispatchbox.console.store import ConsoleStore, payload_checksum
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
@@ -23,6 +24,8 @@ ERRORS = [
     ("mail.sent", "user", "SMTPError: 552 mailbox {i} full"),
     ("mail.sent", "order", "TimeoutError: gateway timed out after {i} s"),
 ]
+# Where each dead event died (i % 3); None: before migration 0007 recorded destinations.
+DESTINATIONS = ["erp", "smtp", None]
 
 
 @pytest.fixture
@@ -52,8 +55,9 @@ def _seed(dsn: str) -> list[int]:
         for i, event_id in enumerate(ids[:36]):  # the last four stay pending
             conn.execute(
                 "UPDATE outbox_event SET status = 'dead', attempts = max_attempts, "
-                "last_error = %s, dead_at = now() - make_interval(hours => %s) WHERE id = %s",
-                [ERRORS[i % 4][2].format(i=i), i, event_id],
+                "last_error = %s, dead_at = now() - make_interval(hours => %s), destination = %s "
+                "WHERE id = %s",
+                [ERRORS[i % 4][2].format(i=i), i, DESTINATIONS[i % 3], event_id],
             )
     return ids
 
@@ -66,6 +70,9 @@ FILTERS = [
     DeadEventFilter(error_fingerprint=fingerprint("TimeoutError: gateway timed out after 1 s")),
     DeadEventFilter(since=datetime.now(UTC) - timedelta(hours=10)),
     DeadEventFilter(event_type="mail.sent", error_contains="mailbox"),
+    DeadEventFilter(destination="erp"),
+    DeadEventFilter(destination="smtp", error_contains="timed out"),
+    DeadEventFilter(destination="nowhere"),
 ]
 
 
@@ -100,6 +107,33 @@ def test_the_timeout_group_hits_both_types_and_the_overview_counts_states(
     assert (view.pending, view.running, view.dead) == (4, 0, 36)
     assert sum(n for _, n in view.deaths) == 24  # dead within the last 24 hours: i = 0..23
     assert store.count_capped(DeadEventFilter(), 10) == 11
+
+
+def test_the_destination_filter_narrows_groups_and_counts_and_groups_show_destinations(
+    store: ConsoleStore, db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _seed(db_dsn)
+    everything = store.error_groups(DeadEventFilter(), top=10, destinations=True)
+    erp = store.error_groups(DeadEventFilter(destination="erp"), top=10, destinations=True)
+    assert (everything.total, erp.total) == (36, 12)  # i % 3 == 0 of i = 0..35
+    assert store.count_capped(DeadEventFilter(destination="erp"), 100) == 12
+    assert store.count_capped(DeadEventFilter(destination="nowhere"), 100) == 0
+    # Each group shown lists where its events died, adding up to its count; filtered, only erp.
+    for group in everything.groups:
+        assert sum(n for _, n in group.destinations) == group.count
+        assert {d for d, _ in group.destinations} <= {"erp", "smtp", None}
+    assert any(None in {d for d, _ in g.destinations} for g in everything.groups)
+    for group in erp.groups:
+        assert group.destinations == [("erp", group.count)]
+    # Above the sample size a group's destinations are counted among its newest events only.
+    monkeypatch.setattr(store_module, "GROUP_DESTINATION_SAMPLE", 2)
+    sampled = store.error_groups(DeadEventFilter(), top=10, destinations=True).groups
+    assert all(g.destinations_sampled and sum(n for _, n in g.destinations) == 2 for g in sampled)
+    assert not any(g.destinations_sampled for g in everything.groups)
+    # Without the flag (the overview, the dry run) the outbox rows are not read.
+    assert all(g.destinations == [] for g in store.error_groups(DeadEventFilter(), top=10).groups)
+    # The overview counts the dead per destination, most numerous first.
+    assert store.overview().by_destination == [("erp", 12), ("smtp", 12), (None, 12)]
 
 
 def test_edit_and_redrive_changes_only_a_dead_event(store: ConsoleStore, db_dsn: str) -> None:
