@@ -50,7 +50,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from bench.common import BenchDatabase, checkpoint, emit_json, launch_worker, percentile
-from dispatchbox import OutboxRepository, queries
+from dispatchbox import OutboxRepository
+from dispatchbox.data import queries
 from dispatchbox.outbox_status import outbox_status
 from dispatchbox.worker import store
 

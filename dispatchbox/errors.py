@@ -132,3 +132,8 @@ def _ids(ids: list[int], limit: int = 20) -> str:
 
 class OperationInProgress(DispatchboxError):
     """Another process is running this redrive operation now."""
+
+
+class QueryCardinalityError(DispatchboxError):
+    """A named query was run by a function of another cardinality, or a ``:one`` query returned
+    more than one row."""

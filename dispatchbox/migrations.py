@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries, roles
+from dispatchbox import roles
+from dispatchbox.data import queries
 from dispatchbox.errors import MigrationError, SchemaNotCurrent
 
 logger = logging.getLogger("dispatchbox.migrations")

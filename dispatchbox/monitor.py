@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 # Seconds of completions the "out" rate averages over (outbox_event_done_at_idx).
 OUT_WINDOW = 60

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 #: Counts at or below this are exact by default; reading this many index entries takes ~1 ms.
 EXACT_BELOW = 10_000

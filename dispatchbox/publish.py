@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.delivery import backpressure, checksum
 from dispatchbox.errors import InvalidEvent
 
@@ -302,7 +302,7 @@ _COPY_TYPES += ["text", "timestamptz"]  # payload_sha256, expires_at
 
 
 def _copy_rows(cur: psycopg.Cursor[Any], ids: list[int], batch: list[_Row]) -> None:
-    with cur.copy(queries.query("publish_copy")) as copy:
+    with cur.copy(queries.copy_statement("publish_copy")) as copy:
         copy.set_types(_COPY_TYPES)
         for event_id, r in zip(ids, batch, strict=True):
             copy.write_row(

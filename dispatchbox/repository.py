@@ -30,7 +30,8 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from dispatchbox import db, queries
+from dispatchbox import db
+from dispatchbox.data import queries
 from dispatchbox.delivery import checksum
 from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
 from dispatchbox.export import ExportFormat, Writer

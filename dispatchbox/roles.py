@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 ROLES = ("dispatchbox_worker", "dispatchbox_operator", "dispatchbox_reader")
 

@@ -29,7 +29,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from dispatchbox import migrations, queries
+from dispatchbox import migrations
+from dispatchbox.data import queries
 from dispatchbox.dispatcher import Dispatcher
 from dispatchbox.events import OutboxEvent
 from dispatchbox.tempcluster import TempCluster

@@ -6,8 +6,9 @@ from typing import Any
 
 import typer
 
-from dispatchbox import migrations, queries, roles
+from dispatchbox import migrations, roles
 from dispatchbox.cli.common import connection, fail, info
+from dispatchbox.data import queries
 from dispatchbox.outbox_status import EXACT_BELOW, outbox_status, status_lines
 
 app = typer.Typer(help="Schema migrations and database status.", no_args_is_help=True)

@@ -16,8 +16,9 @@ import time
 
 import typer
 
-from dispatchbox import migrations, queries
+from dispatchbox import migrations
 from dispatchbox.cli.common import info, state
+from dispatchbox.data import queries
 from dispatchbox.db import connect, describe
 from dispatchbox.publish import publish_many
 from dispatchbox.tempcluster import TempCluster

@@ -26,7 +26,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.delivery.checksum import payload_sha256
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter

@@ -9,6 +9,6 @@ per event: ordering per aggregate (``ordering``), expiry (``expiry``), backpress
 process.
 
 May import only downward: ``dispatchbox.errors``, ``dispatchbox.events``,
-``dispatchbox.queries`` and psycopg (``dispatchbox.dispatcher`` imports ``config``); never the
+``dispatchbox.data`` and psycopg (``dispatchbox.dispatcher`` imports ``config``); never the
 worker, the CLI, the API or observability (they import this).
 """

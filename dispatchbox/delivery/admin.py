@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.errors import DispatchboxError
 
 # dispatchbox_circuit_state's values.

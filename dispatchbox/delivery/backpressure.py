@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.errors import BacklogFullError, ConfigurationError
 
 # The workers recount at most this often (seconds), cluster-wide.

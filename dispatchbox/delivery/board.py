@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.delivery.config import DestinationConfig
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import PermanentError

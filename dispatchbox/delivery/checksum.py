@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 logger = logging.getLogger("dispatchbox.repository")
 

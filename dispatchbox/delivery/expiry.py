@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.dispatcher import Dispatcher
 from dispatchbox.errors import EventExpired
 

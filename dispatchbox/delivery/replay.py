@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.delivery.config import DestinationConfig
 
 logger = logging.getLogger("dispatchbox.delivery")
@@ -54,7 +54,7 @@ async def replay(
         "until": until.isoformat(),
         "event_types": event_types,
     }
-    audit_id = await queries.afetch_all(
+    audit_row = await queries.afetch_one(
         conn,
         "audit_insert",
         {
@@ -67,7 +67,8 @@ async def replay(
             "details": json.dumps(details),
         },
     )
-    audit = audit_id[0]["id"]
+    assert audit_row is not None  # INSERT ... RETURNING always returns its row
+    audit = audit_row["id"]
     total, seen, after = 0, 0, 0
     batch = max(1, min(PAGE, int(cfg.replay_rate)))
     outcome = "interrupted"

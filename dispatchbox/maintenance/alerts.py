@@ -48,7 +48,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import db, queries
+from dispatchbox import db
+from dispatchbox.data import queries
 from dispatchbox.errors import DatabaseUnreachable
 from dispatchbox.maintenance import fingerprint_alert
 from dispatchbox.maintenance.alert_config import INCIDENTS, AlertConfig, alerts_enabled

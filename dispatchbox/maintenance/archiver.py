@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.errors import InvalidArchiveSettings, SchemaNotCurrent
 
 logger = logging.getLogger("dispatchbox.archiver")

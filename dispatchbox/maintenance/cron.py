@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.db import describe
 from dispatchbox.errors import InvalidArchiveSettings, PgCronUnavailable
 from dispatchbox.maintenance.archiver import ArchiverConfig, require_schema

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.maintenance.alert_config import AlertConfig
 from dispatchbox.maintenance.alert_text import Notice, escape, incident_key, summary_line
 

@@ -40,7 +40,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from dispatchbox import db, queries
+from dispatchbox import db
+from dispatchbox.data import queries
 from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 ORDER = {"new": 0, "growing": 1, "quiet": 2, "resolved": 3}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.filters import DeadEventFilter
 
 # Ids listed per conflict kind (the counts are exact).

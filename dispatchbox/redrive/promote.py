@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, PaceConfig
 
 # Events per batch when unpaced (a paced batch is half a second's worth, at most BATCH).

@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.errors import InvalidFilter, OperationInProgress
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.redrive.pacer import BreakerGate, Health

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.db import connect_async
 from dispatchbox.delivery.board import REFRESH, Change, DeliveryBoard
 from dispatchbox.delivery.replay import replay

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.db import connect_async, redact
 from dispatchbox.delivery import backpressure
 from dispatchbox.delivery.board import DeliveryBoard, DestinationPaused

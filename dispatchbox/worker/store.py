@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 
 AsyncConn = psycopg.AsyncConnection[Any]
 

@@ -1,7 +1,7 @@
 -- The alerts of issue 22 (dispatchbox/maintenance/fingerprint_alert.py): a new error group,
 -- and dead-letter inflow against the delivery objective's error budget.
 
--- name: alert_new_fingerprints
+-- name: alert_new_fingerprints :many
 -- Error groups first seen in (after, upto] and within the last %(window)s seconds, oldest first,
 -- each with its masked error, event type, how many of its events are dead now and one id.
 SELECT s.fingerprint, s.first_seen_at, s.event_type, s.example_event_id,
@@ -15,7 +15,7 @@ SELECT s.fingerprint, s.first_seen_at, s.event_type, s.example_event_id,
  ORDER BY s.first_seen_at, s.fingerprint
  LIMIT %(top)s
 
--- name: alert_dead_burn_rate
+-- name: alert_dead_burn_rate :one
 -- The error-budget burn rate of dead letters: of the events that finished (done or dead) in the
 -- last %(window)s seconds, the share that went dead, over the budget 1 - %(slo)s. The partial
 -- indexes on done_at and dead_at serve both counts.

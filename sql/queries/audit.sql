@@ -5,7 +5,7 @@
 -- transaction, adds every later batch's count in that batch's transaction, and is marked completed
 -- (or interrupted) at the end: whatever happens, `affected` equals what was committed.
 
--- name: audit_insert
+-- name: audit_insert :one
 -- Record an action; db_role is the database role doing it.
 INSERT INTO outbox_dead_letter_audit
     (actor, action, event_ids, filter, affected, outcome, finished_at, details)
@@ -17,19 +17,19 @@ VALUES (
 )
 RETURNING id
 
--- name: audit_progress
+-- name: audit_progress :exec
 -- Add one committed batch to a multi-batch action.
 UPDATE outbox_dead_letter_audit
    SET affected = affected + %(affected)s, updated_at = now()
  WHERE id = %(id)s
 
--- name: audit_finish
+-- name: audit_finish :exec
 -- Close a multi-batch action: completed, or interrupted with what it did so far.
 UPDATE outbox_dead_letter_audit
    SET outcome = %(outcome)s, finished_at = now(), updated_at = now()
  WHERE id = %(id)s AND outcome = 'in_progress'
 
--- name: audit_history
+-- name: audit_history :many
 -- The latest actions, newest first.
 SELECT id, started_at, updated_at, finished_at, db_role, actor, action, event_ids, filter,
        affected, outcome, details

@@ -4,11 +4,11 @@
 -- (dead_letters.sql, audit.sql): the console adds what the CLI never needed, a chart, a group's
 -- targets, the audit entries of one event, and the payload edit before a redrive.
 
--- name: console_snapshot
+-- name: console_snapshot :exec
 -- First statement of a page's reads: one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
--- name: console_deaths_over_time
+-- name: console_deaths_over_time :many
 -- Events still dead, per hour of their death over the last `hours` hours (outbox_event_dead_at_idx;
 -- redriven and archived events have left the outbox's dead rows and are not counted).
 SELECT date_bin('1 hour', e.dead_at, date_trunc('hour', now())) AS bucket, count(*) AS count
@@ -18,7 +18,7 @@ SELECT date_bin('1 hour', e.dead_at, date_trunc('hour', now())) AS bucket, count
  GROUP BY 1
  ORDER BY 1
 
--- name: console_states
+-- name: console_states :one
 -- Counts by live state, the oldest due pending event's age, expired leases and the oldest death:
 -- outbox_health without its dead count (the error groups below count the dead in the same pass).
 SELECT (SELECT count(*) FROM outbox_event WHERE status = 'pending') AS pending,
@@ -30,7 +30,7 @@ SELECT (SELECT count(*) FROM outbox_event WHERE status = 'pending') AS pending,
          WHERE status = 'running' AND locked_until < now()) AS expired_leases,
        (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at
 
--- name: console_error_groups
+-- name: console_error_groups :many
 -- Dead events that match the filter, counted per error fingerprint and target (event type: the
 -- mirror has no destination), with first and last death and the lowest id: one pass over the
 -- narrow outbox_dead_fingerprint mirror gives the total, the groups and what each group hits. The
@@ -54,7 +54,7 @@ SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) 
               AND e.destination = %(destination)s::text))
  GROUP BY 1, 2
 
--- name: console_group_destinations
+-- name: console_group_destinations :many
 -- Where the newest `per_group` matching events of each shown error group died (console_error_groups
 -- counts event types only: the mirror has no destination). Bounded: at most per_group outbox rows
 -- a group (by primary key), never a join over every dead event; exact for a group no larger.
@@ -77,30 +77,22 @@ SELECT g.fingerprint, s.destination, count(*) AS count
  ) s
  GROUP BY 1, 2
 
--- name: console_errors_of
+-- name: console_errors_of :many
 -- The last error of each given event (the example of each error group).
 SELECT id, last_error FROM outbox_event WHERE id = ANY(%(ids)s::bigint[])
 
--- name: console_dead_count_capped
+-- name: console_dead_count_capped :one
 -- How many dead events match, counting no further than cap + 1 (a page says "more than cap"):
 -- a list page stays fast on a million rows; dry runs before an action count exactly (dead_count).
 SELECT count(*) FROM (
     SELECT 1
       FROM outbox_event e
      WHERE e.status = 'dead'
-       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-               SELECT f.event_id FROM outbox_dead_fingerprint f
-                WHERE f.fingerprint = %(error_fingerprint)s::text))
-       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+       -- include: dead_event_filter
      LIMIT %(cap)s + 1
 ) capped
 
--- name: console_event_audit
+-- name: console_event_audit :many
 -- The audit entries that name one event, newest first (retries, batches, edits).
 SELECT id, started_at, updated_at, finished_at, db_role, actor, action, event_ids, filter,
        affected, outcome, details
@@ -109,7 +101,7 @@ SELECT id, started_at, updated_at, finished_at, db_role, actor, action, event_id
  ORDER BY id DESC
  LIMIT %(limit)s
 
--- name: console_payload_replace
+-- name: console_payload_replace :one
 -- Replace a dead event's payload (the edit of "edit and redrive"); returns the payload it had.
 -- Only a dead event changes: the row is locked, so a concurrent redrive waits for this one.
 WITH old AS (
@@ -125,7 +117,7 @@ UPDATE outbox_event e
  WHERE e.id = old.id AND e.status = 'dead'
 RETURNING old.payload AS before
 
--- name: console_rates
+-- name: console_rates :one
 -- The newest id (what was published: ids only grow) and the events done in the last `window`
 -- seconds (outbox_event_done_at_idx), for the monitor's rates in and out.
 SELECT (SELECT coalesce(max(id), 0) FROM outbox_event) AS max_id,

@@ -1,26 +1,15 @@
 -- Dead-letter reads, redrive, export and purge (dispatchbox/repository.py).
 --
--- Every query that takes a dead-event filter repeats the same block, written against the alias
--- `e` for outbox_event (tests/unit/test_dead_letter_filters.py checks the copies are identical):
---
---    AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
---    AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
---    AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
---    AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
---    AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
---    AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
---            SELECT f.event_id FROM outbox_dead_fingerprint f
---             WHERE f.fingerprint = %(error_fingerprint)s::text))
---    AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
---
--- The repository runs these unprepared, so PostgreSQL plans each with the actual values: a NULL
--- filter folds away and the partial indexes on dead rows serve what remains.
+-- Every query that takes a dead-event filter includes the one definition of its WHERE clause,
+-- sql/fragments/dead_event_filter.sql, by a line `-- include: dead_event_filter` that the loader
+-- (dispatchbox/data/queries.py) replaces with the fragment; tests/unit/test_dead_letter_filters.py
+-- checks that no query spells the block out again.
 
--- name: dead_snapshot
+-- name: dead_snapshot :exec
 -- First statement of a multi-query read (stats, show): one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
--- name: dead_list
+-- name: dead_list :many
 -- One page of dead events in id order: OFFSET pages, or keyset pages with after_id.
 SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.headers, e.status,
        e.attempts, e.max_attempts, e.priority, e.last_error, e.last_error_at, e.created_at,
@@ -31,71 +20,47 @@ SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.header
   FROM outbox_event e
  WHERE e.status = 'dead'
    AND (%(after_id)s::bigint IS NULL OR e.id > %(after_id)s::bigint)
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
  ORDER BY e.id
  LIMIT %(limit)s OFFSET %(offset)s
 
--- name: dead_count
+-- name: dead_count :one
 -- How many dead events match the filter.
 SELECT count(*)
   FROM outbox_event e
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
 
--- name: dead_stats_totals
+-- name: dead_stats_totals :one
 -- Count, oldest and newest death of the dead events that match the filter.
 SELECT count(*) AS total, min(e.dead_at) AS oldest_dead_at, max(e.dead_at) AS newest_dead_at
   FROM outbox_event e
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
 
--- name: dead_stats_by_event_type
+-- name: dead_stats_by_event_type :many
 -- Dead events per event type, most first, with first and last death (migration 0005's function).
 SELECT key, count, first_seen, last_seen
   FROM dead_event_stats('event_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
--- name: dead_stats_by_aggregate_type
+-- name: dead_stats_by_aggregate_type :many
 -- Dead events per aggregate type, most first, with first and last death (migration 0005).
 SELECT key, count, first_seen, last_seen
   FROM dead_event_stats('aggregate_type', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
--- name: dead_stats_by_destination
+-- name: dead_stats_by_destination :many
 -- Dead events per destination (NULL: died before migration 0007, or of a lease that expired
 -- before any failure was recorded), most first, with first and last death (migration 0007).
 SELECT key, count, first_seen, last_seen
   FROM dead_event_stats('destination', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
--- name: dead_stats_by_error
+-- name: dead_stats_by_error :many
 -- Dead events per error fingerprint, most first: count, first and last death, the lowest event id
 -- as an example and that event's normalised error (migration 0005's dead_event_stats).
 SELECT key AS fingerprint, count, first_seen, last_seen, example_id, signature, example_error
   FROM dead_event_stats('error', %(event_type)s, %(aggregate_type)s, %(since)s, %(until)s, %(error_contains)s, %(error_fingerprint)s, %(destination)s)
 
--- name: event_get
+-- name: event_get :one
 -- One event in any state, with its error fingerprint when dead.
 SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.headers, e.status,
        e.attempts, e.max_attempts, e.priority, e.idempotency_key, e.next_attempt_at,
@@ -106,18 +71,18 @@ SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload, e.header
   LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
  WHERE e.id = %(id)s
 
--- name: event_errors
+-- name: event_errors :many
 -- An event's whole error history, oldest first (it survives redrives).
 SELECT id, attempt, worker, started_at, finished_at, error_type, message, traceback
   FROM outbox_event_error
  WHERE event_id = %(id)s
  ORDER BY id
 
--- name: events_status
+-- name: events_status :many
 -- The status of each of the given ids that exists.
 SELECT id, status FROM outbox_event WHERE id = ANY(%(ids)s::bigint[])
 
--- name: dead_redrive_ids
+-- name: dead_redrive_ids :many
 -- Redrive the given events that are still dead: back to pending, attempts reset, due now, lease
 -- and dead_at cleared, lineage counted; last_error and the error history stay. They leave the
 -- fingerprint mirror here (its trigger skips redrives, see migration 0003).
@@ -142,7 +107,7 @@ WITH redriven AS (
 )
 SELECT id FROM redriven
 
--- name: dead_redrive_batch
+-- name: dead_redrive_batch :one
 -- One batch of a redrive by filter: migration 0005's redrive_dead_events, at most batch_size
 -- events after after_id in id order (rows another transaction holds are skipped, not waited for).
 -- processed < batch_size means nothing matching is left; last_id is where the next batch starts.
@@ -152,15 +117,15 @@ SELECT processed, skipped, failed, last_id
                            actor => %(actor)s, after_id => %(after_id)s,
                            destination => %(destination)s)
 
--- name: outbox_notify
+-- name: outbox_notify :exec
 -- Wake idle workers after a redrive (a hint; they poll anyway).
 SELECT pg_notify('dispatchbox_outbox', '')
 
--- name: export_utc
+-- name: export_utc :exec
 -- Exports write timestamps in UTC, whatever the session's time zone.
 SET LOCAL TIME ZONE 'UTC'
 
--- name: dead_export_json
+-- name: dead_export_json :exec
 -- Open the export cursor over dead events as JSON text, one per row, in id order (json and jsonl
 -- exports); read with dead_export_fetch inside the same transaction. The object is built by
 -- concatenation: json_build_object looks up every argument's type on every row (a third of the
@@ -199,18 +164,10 @@ SELECT e.id, k.payload_intact,
                                  THEN outbox_payload_sha256(e.payload) = e.payload_sha256
                             END AS payload_intact) k
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
  ORDER BY e.id
 
--- name: dead_export_csv
+-- name: dead_export_csv :exec
 -- Open the export cursor over dead events as text columns named as in export.CSV_COLUMNS, in id
 -- order; timestamps in ISO 8601, payload and headers as JSON text; payload_intact 'true',
 -- 'false' or empty (see dead_export_json).
@@ -243,38 +200,22 @@ SELECT e.id::text AS id,
                                  THEN outbox_payload_sha256(e.payload) = e.payload_sha256
                             END AS payload_intact) k
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
  ORDER BY e.id
 
--- name: dead_export_fetch
+-- name: dead_export_fetch :many
 -- The next chunk of the export cursor: a bounded piece, so an export's memory stays flat.
 FETCH FORWARD 5000 FROM dispatchbox_export
 
--- name: dead_count_older_than
+-- name: dead_count_older_than :one
 -- Dead events matching the filter that died before the cutoff (what purge would move).
 SELECT count(*)
   FROM outbox_event e
  WHERE e.status = 'dead'
    AND e.dead_at < %(cutoff)s::timestamptz
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
-   AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+   -- include: dead_event_filter
 
--- name: dead_purge_batch
+-- name: dead_purge_batch :one
 -- One batch of purge: dead events matching the filter that died before the cutoff move, with
 -- their error history, to the archive tables, as outbox_archive_batch('dead', ...) moves them
 -- (migration 0002) but narrowed by the filter. Returns how many moved; rows another transaction
@@ -284,15 +225,7 @@ WITH batch AS (
       FROM outbox_event e
      WHERE e.status = 'dead'
        AND e.dead_at < %(cutoff)s::timestamptz
-       AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-       AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-       AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-       AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-       AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-       AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-               SELECT f.event_id FROM outbox_dead_fingerprint f
-                WHERE f.fingerprint = %(error_fingerprint)s::text))
-       AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
+       -- include: dead_event_filter
      ORDER BY e.dead_at
      LIMIT %(batch_size)s
        FOR UPDATE SKIP LOCKED

@@ -6,7 +6,7 @@
 -- (breaker_take_probe) and take rate-limit tokens in bulk with their claim (delivery_claim).
 -- Every transition names the state it expects. Times are the database's.
 
--- name: breaker_ensure
+-- name: breaker_ensure :exec
 -- Create a destination's breaker row, or update its policy (a deploy may change it); the state
 -- and counters are left as they are.
 INSERT INTO outbox_breaker AS b
@@ -32,7 +32,7 @@ ON CONFLICT (destination) DO UPDATE
         EXCLUDED.min_calls, EXCLUDED.cooldown_seconds, EXCLUDED.max_cooldown_seconds,
         EXCLUDED.health_check, EXCLUDED.replay_dead)
 
--- name: rate_limit_ensure
+-- name: rate_limit_ensure :exec
 -- Create or update a destination's token bucket (a new bucket starts full).
 INSERT INTO outbox_rate_limit AS r (destination, per_second, burst, tokens)
 VALUES (%(destination)s, %(per_second)s, %(burst)s, %(burst)s)
@@ -42,17 +42,17 @@ ON CONFLICT (destination) DO UPDATE
        tokens = LEAST(r.tokens, EXCLUDED.burst)
  WHERE (r.per_second, r.burst) IS DISTINCT FROM (EXCLUDED.per_second, EXCLUDED.burst)
 
--- name: rate_limit_drop
+-- name: rate_limit_drop :exec
 -- Remove the buckets of destinations that no longer have a rate limit.
 DELETE FROM outbox_rate_limit WHERE destination = ANY(%(destinations)s::text[])
 
--- name: breaker_states
+-- name: breaker_states :many
 -- The breakers of the given destinations, as the worker needs them each refresh.
 SELECT destination, state, manual, probe_by, probe_until > now() AS probe_held
   FROM outbox_breaker
  WHERE destination = ANY(%(destinations)s::text[])
 
--- name: breaker_record
+-- name: breaker_record :many
 -- One flush's outcomes per destination (calls, failures, successes, the last error): counts
 -- added, consecutive failures reset by any success, the failure-rate window restarted when it
 -- is older than its length; then closed -> open when a threshold is passed, half_open -> open
@@ -139,7 +139,7 @@ UPDATE outbox_breaker b
 RETURNING b.destination, d.state AS old_state, b.state, b.opened_at, b.open_until,
           b.consecutive_failures, b.last_error, b.replay_dead
 
--- name: breaker_take_probe
+-- name: breaker_take_probe :many
 -- Take the half-open probe of the given destinations whose cool-down is over (or whose probe's
 -- holder stopped renewing its lease): one process on one host wins each. An operator's open
 -- (manual) is never probed.
@@ -156,7 +156,7 @@ UPDATE outbox_breaker
         OR (state = 'half_open' AND (probe_until IS NULL OR probe_until <= now())))
 RETURNING destination
 
--- name: breaker_probe_result
+-- name: breaker_probe_result :many
 -- A health check's verdict, from the probe's holder: half_open -> closed, or -> open with the
 -- cool-down doubled. Returns the breaker when it moved (nothing when it was no longer half-open
 -- or no longer ours: an operator acted, or our lease ran out and another process probed).
@@ -185,7 +185,7 @@ UPDATE outbox_breaker b
 RETURNING b.destination, 'half_open'::text AS old_state, b.state, b.opened_at, b.open_until,
           b.consecutive_failures, b.last_error, b.replay_dead
 
--- name: breaker_list
+-- name: breaker_list :many
 -- Every breaker, for `dispatchbox breakers list`, the API and `db status`.
 SELECT b.destination, b.state, b.manual, b.consecutive_failures, b.window_calls,
        b.window_failures, b.failure_threshold, b.failure_rate, b.cooldown_seconds,
@@ -196,14 +196,14 @@ SELECT b.destination, b.state, b.manual, b.consecutive_failures, b.window_calls,
   LEFT JOIN outbox_rate_limit r ON r.destination = b.destination
  ORDER BY b.destination
 
--- name: breaker_lock
+-- name: breaker_lock :one
 -- One breaker, locked for an operator's action.
 SELECT destination, state, manual, opened_at
   FROM outbox_breaker
  WHERE destination = %(destination)s
    FOR UPDATE
 
--- name: breaker_open_manual
+-- name: breaker_open_manual :one
 -- An operator opens a breaker: it stays open (no probe) until an operator closes it. An outage
 -- already under way keeps its start.
 UPDATE outbox_breaker
@@ -219,7 +219,7 @@ UPDATE outbox_breaker
  WHERE destination = %(destination)s AND NOT (state = 'open' AND manual)
 RETURNING destination, opened_at
 
--- name: breaker_close_manual
+-- name: breaker_close_manual :one
 -- An operator closes an open or half-open breaker (as a successful probe would).
 UPDATE outbox_breaker
    SET state = 'closed',
@@ -242,7 +242,7 @@ UPDATE outbox_breaker
  WHERE destination = %(destination)s AND state <> 'closed'
 RETURNING destination, opened_at, replay_dead
 
--- name: breaker_reset
+-- name: breaker_reset :exec
 -- An operator resets a breaker: closed, counters, growing cool-down and outage forgotten.
 UPDATE outbox_breaker
    SET state = 'closed',
@@ -263,7 +263,7 @@ UPDATE outbox_breaker
  WHERE destination = %(destination)s
 RETURNING destination
 
--- name: delivery_claim
+-- name: delivery_claim :many
 -- Claim up to %(limit)s due pending events of the given event types (one destination) for a
 -- rate-limited destination or a half-open probe. With a token bucket for %(destination)s, at most
 -- as many as whole tokens are available (refilled at per_second since the last take, up to
@@ -312,7 +312,7 @@ spent AS (
 )
 SELECT * FROM claimed
 
--- name: breaker_take_replay
+-- name: breaker_take_replay :many
 -- Take the replays due for the given destinations (a breaker with replay_dead closed): one
 -- process wins each, and runs it from replay_since to the moment the breaker closed.
 UPDATE outbox_breaker b
@@ -324,7 +324,7 @@ UPDATE outbox_breaker b
  WHERE b.destination = old.destination
 RETURNING b.destination, old.replay_since AS since, b.closed_at AS until
 
--- name: replay_candidates
+-- name: replay_candidates :many
 -- Dead events of a destination that died in the outage window, after an id (keyset), with their
 -- last error for the transient/permanent classification in Python. The destination is the one
 -- the worker recorded with the failure (0007); a death recorded without one (a lease that
@@ -339,13 +339,13 @@ SELECT id, last_error
  ORDER BY id
  LIMIT %(limit)s
 
--- name: alert_breaker_open_age
+-- name: alert_breaker_open_age :one
 -- Seconds the longest-open breaker has been open (0 when none is open or half-open).
 SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(opened_at)), 0)::double precision
   FROM outbox_breaker
  WHERE state <> 'closed'
 
--- name: metrics_breakers
+-- name: metrics_breakers :many
 -- Each breaker's state and transition count, for the circuit metrics (observability/metrics.py).
 SELECT destination, state, transitions
   FROM outbox_breaker

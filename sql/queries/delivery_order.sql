@@ -1,13 +1,13 @@
 -- Ordering per aggregate, expiry, backpressure and payload checksums (dispatchbox/delivery/:
 -- ordering.py, expiry.py, backpressure.py, checksum.py; issue 14 items 4-7, migration 0009).
 
--- name: ordering_claim_lock
+-- name: ordering_claim_lock :exec
 -- Taken in the ordered claim's transaction before the claim: ordered claims run one at a time
 -- across every process and host, so each one's snapshot sees what the previous one claimed and
 -- no two events of an aggregate can be claimed by two claims at once. Released at commit.
 SELECT pg_advisory_xact_lock(hashtext('dispatchbox.ordered_claim'))
 
--- name: worker_claim_ordered
+-- name: worker_claim_ordered :many
 -- worker_claim for a worker with ordered handlers (used only then): events of the event types
 -- in %(ordered)s are claimed only at the head of their aggregate: no event of the aggregate (of
 -- an ordered type) running, and no earlier one pending (block, park), pending and due or never
@@ -52,7 +52,7 @@ RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text 
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
           e.expires_at, e.crash_attempts
 
--- name: ordering_park
+-- name: ordering_park :many
 -- ordering="park": for each event in %(ids)s that is dead (and not itself parked), the later
 -- pending events of its aggregate whose types are in %(park)s go dead too, parked_by naming it,
 -- and it is marked holds_parked (its redrive brings them back: trigger outbox_event_unpark).
@@ -84,7 +84,7 @@ marked AS (
 )
 SELECT id, blocker FROM parked ORDER BY id
 
--- name: ordering_blocked_aggregates
+-- name: ordering_blocked_aggregates :one
 -- Aggregates held behind a failing event: a pending event that has failed at least once with a
 -- later pending event of the same aggregate, or a dead event holding parked ones (one snapshot
 -- of the metrics scrape; reads the backlog's aggregate index).
@@ -99,12 +99,12 @@ SELECT (SELECT count(*) FROM (
        (SELECT count(*) FROM outbox_event
          WHERE status = 'dead' AND holds_parked) AS parked
 
--- name: expiry_db_clock
+-- name: expiry_db_clock :many
 -- The database clock, read now and then to judge expiry on the worker without a clock read per
 -- event.
 SELECT now()
 
--- name: backlog_refresh
+-- name: backlog_refresh :many
 -- Recount pending events of the event types in outbox_backlog (those some publisher limits)
 -- when the last count is older than %(interval)s seconds and no other process is counting (the
 -- try-lock): one scan of the pending rows per interval for the whole cluster, none when no
@@ -137,18 +137,18 @@ updated AS (
 )
 SELECT count(*) FROM updated
 
--- name: backlog_register
+-- name: backlog_register :exec
 -- A publisher with a limit for these event types asks the workers to count them (refreshed_at
 -- in the past, so the next refresh is due at once).
 INSERT INTO outbox_backlog (event_type, pending, refreshed_at)
 SELECT t, 0, '-infinity'::timestamptz FROM unnest(%(event_types)s::text[]) AS t
 ON CONFLICT (event_type) DO NOTHING
 
--- name: backlog_read
+-- name: backlog_read :many
 -- The backlog estimate of every event type (0 for a type registered but not counted yet).
 SELECT event_type, pending FROM outbox_backlog
 
--- name: checksum_mismatch_ids
+-- name: checksum_mismatch_ids :many
 -- Of the given events, those whose stored checksum no longer matches their payload (NULL
 -- checksums, from before migration 0009, are not reported).
 SELECT id
@@ -158,7 +158,7 @@ SELECT id
    AND payload_sha256 <> outbox_payload_sha256(payload)
  ORDER BY id
 
--- name: checksum_mismatch_dead
+-- name: checksum_mismatch_dead :many
 -- Dead events matching a dead-event filter whose payload no longer matches its checksum, lowest
 -- ids first, at most %(limit)s (reported before a redrive by filter).
 SELECT e.id

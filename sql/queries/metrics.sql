@@ -4,11 +4,11 @@
 -- however many scrapers ask. Each reads a partial index or a narrow table, never the whole
 -- outbox.
 
--- name: metrics_snapshot
+-- name: metrics_snapshot :exec
 -- First statement of a scrape: one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
--- name: metrics_health
+-- name: metrics_health :one
 -- Counts by state, oldest due pending event's age, oldest dead event's age, expired leases.
 SELECT pending, running, dead, oldest_pending_age_seconds,
        COALESCE(EXTRACT(EPOCH FROM now() - oldest_dead_at), 0)::double precision
@@ -16,14 +16,14 @@ SELECT pending, running, dead, oldest_pending_age_seconds,
        expired_leases
   FROM outbox_health
 
--- name: metrics_dead_by_type
+-- name: metrics_dead_by_type :many
 -- Dead events now, per event type and aggregate type (outbox_dead_fingerprint: one narrow row each).
 SELECT event_type, aggregate_type, count(*) AS count
   FROM outbox_dead_fingerprint
  GROUP BY event_type, aggregate_type
  ORDER BY count DESC, event_type, aggregate_type
 
--- name: metrics_dead_by_destination
+-- name: metrics_dead_by_destination :many
 -- Dead events now, per destination (migration 0007's partial index on dead rows serves it).
 SELECT destination, count(*) AS count
   FROM outbox_event
@@ -31,7 +31,7 @@ SELECT destination, count(*) AS count
  GROUP BY destination
  ORDER BY count DESC, destination
 
--- name: metrics_dead_inflow
+-- name: metrics_dead_inflow :many
 -- Events that died in the last window seconds and are still dead, per error fingerprint.
 SELECT f.fingerprint, count(*) AS count
   FROM outbox_event e
@@ -41,14 +41,14 @@ SELECT f.fingerprint, count(*) AS count
  GROUP BY f.fingerprint
  ORDER BY count DESC, f.fingerprint
 
--- name: metrics_redriven
+-- name: metrics_redriven :many
 -- Events redriven at least once, by where they are now (outbox_event_redriven_idx).
 SELECT status, count(*) AS count
   FROM outbox_event
  WHERE redrive_count > 0
  GROUP BY status
 
--- name: metrics_alert_state
+-- name: metrics_alert_state :many
 -- Each alert's open incident flag and message counters, per channel (outbox_alert_state).
 SELECT alert, channel, active, messages_sent, send_failures
   FROM outbox_alert_state

@@ -1,4 +1,4 @@
--- name: publish_one
+-- name: publish_one :one
 -- Insert one event; with an idempotency key already used, insert nothing (see publish_existing).
 INSERT INTO outbox_event (
     aggregate_type, aggregate_id, event_type, payload, headers, idempotency_key,
@@ -11,11 +11,11 @@ INSERT INTO outbox_event (
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 
--- name: publish_existing
+-- name: publish_existing :one
 -- The id of the event that already holds an idempotency key.
 SELECT id FROM outbox_event WHERE idempotency_key = %(idempotency_key)s
 
--- name: publish_many
+-- name: publish_many :many
 -- Insert a batch from parallel arrays in one round trip; one row out per input row, in input
 -- order: the id drawn for it and whether it was inserted. Rows skipped by an idempotency
 -- conflict report inserted = false, and the caller looks their keys up (publish_existing_many).
@@ -50,15 +50,15 @@ SELECT new_id, new_id IN (SELECT id FROM inserted) AS inserted
   FROM input
  ORDER BY ord
 
--- name: publish_existing_many
+-- name: publish_existing_many :many
 -- The ids of the events holding these idempotency keys.
 SELECT idempotency_key, id FROM outbox_event WHERE idempotency_key = ANY(%(keys)s::text[])
 
--- name: publish_reserve_ids
+-- name: publish_reserve_ids :many
 -- Draw %(n)s event ids, in order, for a COPY batch.
 SELECT nextval('outbox_event_id_seq'::regclass) AS id FROM generate_series(1, %(n)s)
 
--- name: publish_copy
+-- name: publish_copy :copy
 -- The fast path of publish_many: binary COPY of a batch whose ids were drawn beforehand.
 COPY outbox_event (id, aggregate_type, aggregate_id, event_type, payload, headers, priority,
                    max_attempts, payload_sha256, expires_at)

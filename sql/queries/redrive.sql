@@ -6,7 +6,7 @@
 -- dying meanwhile, the canary's own failures among them, are never promoted) and --max-replays
 -- (events redriven that many times already are left dead, so a redrive loop cannot spin).
 
--- name: redrive_plan_totals
+-- name: redrive_plan_totals :one
 -- The selection: how many, how many --max-replays leaves out, oldest and newest death.
 SELECT count(*) FILTER (WHERE %(max_replays)s::integer IS NULL
                            OR e.redrive_count < %(max_replays)s::integer) AS total,
@@ -25,7 +25,7 @@ SELECT count(*) FILTER (WHERE %(max_replays)s::integer IS NULL
    AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
 
 
--- name: redrive_plan_groups
+-- name: redrive_plan_groups :many
 -- The selection counted per error fingerprint, event type, destination and age bucket, in one
 -- scan (GROUPING SETS). The destination is read through to_jsonb(e) so that this query runs
 -- before and after the per-destination dead letters add the column (NULL until then).
@@ -61,7 +61,7 @@ SELECT CASE WHEN GROUPING(fp.fingerprint) = 0 THEN 'fingerprint'
            ELSE '> 7d' END))
  ORDER BY 1, 3 DESC, 2
 
--- name: redrive_plan_conflicts
+-- name: redrive_plan_conflicts :one
 -- What a redrive of the selection would run into: an event whose idempotency key a newer event
 -- holds (live or archived: the live unique index leaves only archived or re-published holders),
 -- and an event whose aggregate moved on (a newer event of the same aggregate is done). Counts,
@@ -110,7 +110,7 @@ SELECT (SELECT count(*) FROM moved_on) AS moved_on,
        (SELECT (array_agg(id ORDER BY id))[1:%(max_ids)s] FROM key_taken) AS key_taken_ids,
        (SELECT count(DISTINCT (aggregate_type, aggregate_id)) FROM sel) AS aggregates
 
--- name: redrive_ordered_batch
+-- name: redrive_ordered_batch :one
 -- One batch of an order-preserving redrive: the next %(batch_size)s dead events of the selection
 -- after %(after_id)s in id order (only those in %(only)s when set, never those in %(exclude)s),
 -- back to pending as dead_redrive_ids does, each aggregate's events due in their original order
@@ -167,7 +167,7 @@ SELECT (SELECT count(*) FROM picked) AS picked,
        (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM redriven) AS ids,
        (SELECT max(id) FROM picked) AS last_id
 
--- name: redrive_baseline
+-- name: redrive_baseline :one
 -- The error fingerprints of the selection: what a canary's failures are compared with.
 SELECT COALESCE(array_agg(DISTINCT fp.fingerprint), '{}') AS baseline
   FROM outbox_event e
@@ -184,7 +184,7 @@ SELECT COALESCE(array_agg(DISTINCT fp.fingerprint), '{}') AS baseline
    AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
    AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
 
--- name: redrive_canary_sample
+-- name: redrive_canary_sample :one
 -- A canary sample of about %(size)s events: whole aggregates picked at random until the sample
 -- holds that many events, so no aggregate is split between the canary and the rest (its events
 -- stay in order). Ids in id order.
@@ -217,7 +217,7 @@ chosen AS (
 SELECT COALESCE(array_agg(m.id ORDER BY m.id), '{}') AS ids
   FROM m JOIN chosen c USING (aggregate_type, aggregate_id)
 
--- name: redrive_outcome
+-- name: redrive_outcome :one
 -- How the given redriven events stand: done, dead again, still open (pending or running),
 -- gone (archived); the failed attempts recorded since %(since)s, and the 90th percentile of
 -- redrive-to-done seconds. The canary's settle check and the paced redrive's health sample.
@@ -233,7 +233,7 @@ SELECT count(*) FILTER (WHERE e.status = 'done') AS done,
   FROM outbox_event e
  WHERE e.id = ANY(%(ids)s::bigint[])
 
--- name: redrive_new_fingerprints
+-- name: redrive_new_fingerprints :many
 -- Error groups of the given events' failed attempts since %(since)s that are not in the baseline:
 -- the canary's "a new error appeared". Fingerprinted as last_error is (type: message).
 SELECT outbox_error_fingerprint(r.error_type || ': ' || r.message) AS fingerprint,
@@ -245,14 +245,14 @@ SELECT outbox_error_fingerprint(r.error_type || ': ' || r.message) AS fingerprin
  GROUP BY 1
  ORDER BY 2 DESC
 
--- name: redrive_op_insert
+-- name: redrive_op_insert :one
 -- Start a redrive operation; returns its id and cutoff (the database's now()).
 INSERT INTO outbox_redrive_operation (actor, mode, phase, filter, settings, baseline, audit_id)
 VALUES (%(actor)s, %(mode)s, %(phase)s, %(filter)s::jsonb, %(settings)s::jsonb,
         %(baseline)s::text[], %(audit_id)s)
 RETURNING id, cutoff
 
--- name: redrive_op_get
+-- name: redrive_op_get :one
 -- One operation, locked against a second runner of the same operation (NOWAIT: a clear error).
 SELECT id, created_at, updated_at, finished_at, actor, mode, phase, filter, settings, cutoff,
        canary_ids, baseline, after_id, redriven, verdict, reason, audit_id
@@ -260,14 +260,14 @@ SELECT id, created_at, updated_at, finished_at, actor, mode, phase, filter, sett
  WHERE id = %(id)s
    FOR UPDATE NOWAIT
 
--- name: redrive_op_read
+-- name: redrive_op_read :one
 -- One operation, unlocked (to show it).
 SELECT id, created_at, updated_at, finished_at, actor, mode, phase, filter, settings, cutoff,
        canary_ids, baseline, after_id, redriven, verdict, reason, audit_id
   FROM outbox_redrive_operation
  WHERE id = %(id)s
 
--- name: redrive_op_list
+-- name: redrive_op_list :many
 -- The latest operations, newest first.
 SELECT id, created_at, updated_at, finished_at, actor, mode, phase, filter, settings, cutoff,
        canary_ids, baseline, after_id, redriven, verdict, reason, audit_id
@@ -275,19 +275,19 @@ SELECT id, created_at, updated_at, finished_at, actor, mode, phase, filter, sett
  ORDER BY id DESC
  LIMIT %(limit)s
 
--- name: redrive_op_canary
+-- name: redrive_op_canary :exec
 -- Record the canary sample that went out.
 UPDATE outbox_redrive_operation
    SET canary_ids = %(ids)s::bigint[], redriven = redriven + %(n)s, updated_at = now()
  WHERE id = %(id)s AND phase = 'canary'
 
--- name: redrive_op_progress
+-- name: redrive_op_progress :exec
 -- Record one committed promotion batch: where the next starts, how many went.
 UPDATE outbox_redrive_operation
    SET after_id = %(after_id)s, redriven = redriven + %(n)s, updated_at = now()
  WHERE id = %(id)s
 
--- name: redrive_op_phase
+-- name: redrive_op_phase :exec
 -- Move an operation to a phase, with the verdict and the reason when there is one.
 UPDATE outbox_redrive_operation
    SET phase = %(phase)s,
@@ -297,11 +297,11 @@ UPDATE outbox_redrive_operation
        updated_at = now()
  WHERE id = %(id)s
 
--- name: redrive_db_now
+-- name: redrive_db_now :one
 -- The database clock.
 SELECT now()
 
--- name: dead_diff
+-- name: dead_diff :many
 -- Error groups against a moment (a deploy): per fingerprint ever seen, the dead events before
 -- and since %(since)s still dead, first and last seen. The caller names each group new (first
 -- seen since), growing (deaths since, seen before), quiet (dead events, none since) or resolved
@@ -322,16 +322,16 @@ SELECT s.fingerprint, s.first_seen_at, s.last_seen_at, s.event_type,
     OR s.last_seen_at >= %(floor)s::timestamptz
  ORDER BY COALESCE(d.since, 0) DESC, s.fingerprint
 
--- name: redrive_op_try_lock
+-- name: redrive_op_try_lock :one
 -- Session lock on one operation, so that two runners (a CLI --resume and the API) never drive
 -- it at once; false when someone else holds it.
 SELECT pg_try_advisory_lock(hashtext('dispatchbox.redrive_operation'), %(id)s::integer)
 
--- name: redrive_op_unlock
+-- name: redrive_op_unlock :one
 -- Release the operation's session lock.
 SELECT pg_advisory_unlock(hashtext('dispatchbox.redrive_operation'), %(id)s::integer)
 
--- name: redrive_audit_reopen
+-- name: redrive_audit_reopen :exec
 -- A resumed operation goes on in its audit row: in progress again.
 UPDATE outbox_dead_letter_audit
    SET outcome = 'in_progress', finished_at = NULL, updated_at = now()

@@ -8,7 +8,7 @@
 -- entries (status_bounded). The oldest pending event is found with one index probe per priority
 -- instead of a scan of every pending entry.
 
--- name: status_estimates
+-- name: status_estimates :many
 -- Rows per state as the statistics of outbox_event.status say (the share of each value times the
 -- table's row count, both from the last ANALYZE), when they were taken, and how many rows changed
 -- since (inserts, updates and deletes: each moves a state's true count at most one away from that
@@ -28,7 +28,7 @@ SELECT v.status,
  WHERE c.oid = 'outbox_event'::regclass
    AND c.reltuples >= 0
 
--- name: status_bounded
+-- name: status_bounded :one
 -- outbox_health's columns, each state counted up to its cap of index entries (0 skips the
 -- count, NULL counts all): pending, running, dead, the oldest due pending event's age, the
 -- oldest dead event, running events whose lease expired.

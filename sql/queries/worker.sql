@@ -1,4 +1,4 @@
--- name: worker_claim
+-- name: worker_claim :many
 -- Claim up to %(limit)s due pending events in priority order: running, one attempt counted,
 -- leased to %(worker)s under %(token)s until now() + lease. Time is the database's.
 -- The locked ids go through an array so that the update is a primary-key lookup per id (a join
@@ -31,7 +31,7 @@ RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text 
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
           e.expires_at, e.crash_attempts
 
--- name: worker_claim_after
+-- name: worker_claim_after :many
 -- worker_claim, resumed per priority after the last event this process claimed at that
 -- priority (%(after_us)s, the place's next_attempt_at in microseconds since the epoch, and
 -- %(after_ids)s: ten entries, priority 1 first; NULL where none). The claims return that time as
@@ -75,7 +75,7 @@ RETURNING e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::text 
           (extract(epoch FROM e.next_attempt_at) * 1000000)::bigint AS next_attempt_us,
           e.expires_at, e.crash_attempts
 
--- name: worker_complete
+-- name: worker_complete :exec
 -- Mark delivered events done where one of our leases still holds.
 -- The ids go through ARRAY(SELECT unnest(...)) so that the planner, not knowing the array's
 -- length, always reads them by primary key: with a literal array of 1,000 ids it would rather
@@ -96,7 +96,7 @@ UPDATE outbox_event e
  WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
    AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
--- name: worker_fail
+-- name: worker_fail :many
 -- Record failed attempts: error history, last_error, then back to pending after the backoff
 -- (%(delays)s seconds from now) or dead at max_attempts or when permanent. A handler's start and
 -- end arrive as seconds before this statement (the worker measures them on its monotonic
@@ -146,7 +146,7 @@ history AS (
 SELECT id, status, attempts, event_type, aggregate_type, NULL::text AS locked_by, destination
   FROM upd
 
--- name: worker_release
+-- name: worker_release :exec
 -- Give back claimed events whose handler never started (shutdown): pending again, the attempt
 -- the claim counted is taken back. Same key lookups and token guard as worker_complete.
 UPDATE outbox_event e
@@ -159,7 +159,7 @@ UPDATE outbox_event e
  WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
    AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
--- name: worker_heartbeat
+-- name: worker_heartbeat :exec
 -- Extend the lease of events this process still holds. Same key lookups and token guard as
 -- worker_complete.
 UPDATE outbox_event e
@@ -167,7 +167,7 @@ UPDATE outbox_event e
  WHERE e.id = ANY (ARRAY(SELECT unnest(%(ids)s::bigint[])))
    AND e.lease_token = ANY (ARRAY(SELECT DISTINCT unnest(%(tokens)s::uuid[])))
 
--- name: reaper_expire
+-- name: reaper_expire :many
 -- Sweep up to %(limit)s running events whose lease expired (their worker died or hung). The lost
 -- attempt is a crash, not a handler error: attempts gives back what the claim counted and
 -- crash_attempts counts it instead, recorded as "LeaseExpired". At %(max_crashes)s crashes (0:
@@ -220,14 +220,10 @@ history AS (
 )
 SELECT id, status, attempts, event_type, aggregate_type, locked_by, destination FROM upd
 
--- name: worker_session_utc
+-- name: worker_session_utc :exec
 -- Timestamps in UTC on the worker's connections (why: dispatchbox/worker/process.py, Connection).
 SET TimeZone TO 'UTC'
 
--- name: worker_db_now
--- The database clock.
-SELECT now()
-
--- name: worker_listen
+-- name: worker_listen :exec
 -- Subscribe to the insert trigger's wake-up notifications.
 LISTEN dispatchbox_outbox

@@ -3,7 +3,7 @@
 -- the others back (due at once), so that a poison event's next crash is shared with no other
 -- suspect and the events it took down with it are not counted towards poison again and again.
 
--- name: worker_defer
+-- name: worker_defer :exec
 -- Give back claimed events whose handler never started, due again in %(seconds)s: pending, the
 -- attempt the claim counted taken back. Same key lookups and token guard as worker_release.
 UPDATE outbox_event e

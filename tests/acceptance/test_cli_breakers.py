@@ -7,7 +7,7 @@ import re
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from tests.conftest import run_cli
 
 

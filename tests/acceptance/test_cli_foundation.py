@@ -160,7 +160,7 @@ def test_installed_wheel_migrates_without_a_checkout(empty_db_dsn: str, tmp_path
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["DISPATCHBOX_DSN"] = empty_db_dsn
     where = subprocess.run(
-        [python, "-c", "import dispatchbox.queries as q; print(q.sql_dir())"],
+        [python, "-c", "import dispatchbox.data.queries as q; print(q.sql_dir())"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

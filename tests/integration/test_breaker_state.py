@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatchbox import BreakerPolicy, Dispatcher, OutboxEvent, publish_many, queries
+from dispatchbox import BreakerPolicy, Dispatcher, OutboxEvent, publish_many
+from dispatchbox.data import queries
 from dispatchbox.delivery import admin
 from dispatchbox.delivery.board import DeliveryBoard
 from dispatchbox.delivery.config import DestinationConfig, is_transient

@@ -10,7 +10,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import publish, publish_many, queries
+from dispatchbox import publish, publish_many
+from dispatchbox.data import queries
 from dispatchbox.worker import store
 from dispatchbox.worker.claim_position import ClaimPositions
 

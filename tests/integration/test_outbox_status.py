@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox import queries
+from dispatchbox.data import queries
 from dispatchbox.outbox_status import outbox_status, status_lines
 from tests.conftest import run_cli
 

@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dispatchbox import OutboxRepository, publish, publish_many, queries
+from dispatchbox import OutboxRepository, publish, publish_many
+from dispatchbox.data import queries
 from dispatchbox.worker import store
 
 EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}

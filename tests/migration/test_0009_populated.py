@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import psycopg
 
-from dispatchbox import migrations, queries
+from dispatchbox import migrations
+from dispatchbox.data import queries
 
 
 def test_0009_adds_its_columns_without_rewriting_a_populated_outbox(empty_db_dsn: str) -> None:

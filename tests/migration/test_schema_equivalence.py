@@ -6,7 +6,8 @@ import re
 
 import psycopg
 
-from dispatchbox import migrations, queries
+from dispatchbox import migrations
+from dispatchbox.data import queries
 from tests.pg import catalog_snapshot
 
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from dispatchbox import db, queries
+from dispatchbox import db
+from dispatchbox.data import queries
 from dispatchbox.errors import ConfigurationError
 
 
 def test_every_query_file_parses_and_names_are_unique() -> None:
     found = queries.all_queries()
     assert "publish_many" in found and "health" in found
-    assert all(body.strip() for body in found.values())
+    assert all(q.text.strip() for q in found.values())
 
 
 def test_parse_rejects_duplicate_names() -> None:
     with pytest.raises(ValueError, match="defined twice"):
-        queries.parse("-- name: a\nSELECT 1\n-- name: a\nSELECT 2\n")
+        queries.parse("-- name: a :one\nSELECT 1\n-- name: a :one\nSELECT 2\n")
 
 
 @pytest.mark.parametrize(
