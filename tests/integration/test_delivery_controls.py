@@ -21,9 +21,9 @@ from dispatchbox import (
     OutboxRepository,
     publish,
     publish_many,
-    queries,
     set_backlog_limit,
 )
+from dispatchbox.data import queries
 from dispatchbox.delivery import backpressure, checksum
 from dispatchbox.delivery.ordering import OrderingPlan, blocked_aggregates
 from dispatchbox.worker import store
