@@ -16,12 +16,8 @@ and sql/queries/audit.sql. Rules it keeps:
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -30,24 +26,23 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from dispatchbox import db
-from dispatchbox.data import queries
-from dispatchbox.delivery import checksum
-from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
-from dispatchbox.export import ExportFormat, Writer
+from dispatchbox import db, repository_bulk, repository_reads, repository_redrive
+from dispatchbox.data import audit
+from dispatchbox.data import dead_letters as data
+from dispatchbox.errors import InvalidFilter
+from dispatchbox.export import ExportFormat
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance import archiver
 from dispatchbox.records import (
     AuditEntry,
     DeadEvent,
     DeadEventStats,
-    ErrorGroup,
-    ErrorRecord,
     EventDetail,
-    GroupStat,
     RedriveCounts,
     default_actor,
 )
+from dispatchbox.repository_redrive import check_positive as _check_positive
+from dispatchbox.repository_redrive import valid_id as _valid_id
 
 if TYPE_CHECKING:
     from dispatchbox.redrive import RedriveService
@@ -59,73 +54,19 @@ logger = logging.getLogger("dispatchbox.repository")
 BATCH_SIZE = 5000
 # cleanup_old_dead_events archives dead events older than this by default (seed 004).
 DEFAULT_CLEANUP_DAYS = 30
-GROUPINGS = ("event_type", "aggregate_type", "destination", "error")
+GROUPINGS = data.GROUPINGS
 MAX_PAGE = 10_000
-# Export chunks fetched ahead of the writer (each is one FETCH, 5,000 rows).
-_PREFETCH = 2
-_MAX_BIGINT = 2**63 - 1
+# The reads' individual filter keywords, in their positional order (OutboxRepository._filter).
+_KEYWORDS = (
+    "aggregate_type",
+    "event_type",
+    "since",
+    "until",
+    "error_contains",
+    "error_fingerprint",
+)
 
 Progress = Callable[[int], None]
-
-
-def _changed(row: dict[str, Any]) -> bool:
-    """An exported row whose payload no longer matches its checksum (json: a boolean column,
-    csv: its text)."""
-    return row.get("payload_intact") in (False, "false")
-
-
-def _valid_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_BIGINT
-
-
-def _check_positive(name: str, value: int | None, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InvalidFilter(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _prefetched(conn: psycopg.Connection[Any], fetch: str) -> Iterator[list[dict[str, Any]]]:
-    """The chunks of an open cursor (``fetch`` is its FETCH query), each fetched by a helper
-    thread while the caller handles the one before.
-
-    A FETCH is a round trip: alone, PostgreSQL idles while the client writes a chunk and the
-    client idles while PostgreSQL builds the next, and an export takes the sum of the two. The
-    helper overlaps them. At most _PREFETCH chunks wait in the queue, so memory stays bounded;
-    the connection is only used by the helper until this generator ends.
-    """
-    handoff: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(_PREFETCH)
-    stop = threading.Event()
-
-    def put(item: list[dict[str, Any]] | BaseException | None) -> None:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def produce() -> None:
-        try:
-            while not stop.is_set() and (chunk := queries.fetch_all(conn, fetch)):
-                put(chunk)
-            put(None)
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            put(exc)
-
-    helper = threading.Thread(target=produce, name="dispatchbox-export-fetch", daemon=True)
-    helper.start()
-    try:
-        while (item := handoff.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        # On the caller's error (or Ctrl-C) too: the helper finishes its FETCH and stops, and
-        # only then does the caller's transaction roll back on this connection.
-        stop.set()
-        helper.join()
 
 
 class OutboxRepository:
@@ -192,8 +133,11 @@ class OutboxRepository:
         return RedriveService(self.connection)
 
     @staticmethod
-    def _filter(filter: DeadEventFilter | None, **fields: Any) -> DeadEventFilter:
-        given = {k: v for k, v in fields.items() if v is not None}
+    def _filter(filter: DeadEventFilter | None, *keywords: Any) -> DeadEventFilter:
+        """The one DeadEventFilter passed down to the data layer: ``filter`` itself, or one
+        built from the reads' individual keywords (aggregate_type, event_type, since, until,
+        error_contains, error_fingerprint, in that order)."""
+        given = {k: v for k, v in zip(_KEYWORDS, keywords, strict=False) if v is not None}
         if filter is None:
             return DeadEventFilter(**given)
         if not isinstance(filter, DeadEventFilter):
@@ -201,33 +145,6 @@ class OutboxRepository:
         if given:
             raise TypeError("pass either filter= or individual filter arguments, not both")
         return filter
-
-    @staticmethod
-    def _audit(
-        conn: psycopg.Connection[Any],
-        *,
-        actor: str,
-        action: str,
-        affected: int,
-        event_ids: Sequence[int] | None = None,
-        filter: DeadEventFilter | None = None,
-        outcome: str = "completed",
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        audit_id = queries.fetch_value(
-            conn,
-            "audit_insert",
-            {
-                "actor": actor,
-                "action": action,
-                "event_ids": list(event_ids) if event_ids is not None else None,
-                "filter": json.dumps(filter.to_json()) if filter is not None else None,
-                "affected": affected,
-                "outcome": outcome,
-                "details": json.dumps(details or {}),
-            },
-        )
-        return int(audit_id)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -251,17 +168,10 @@ class OutboxRepository:
         _check_positive("offset", offset, allow_zero=True)
         _check_positive("after_id", after_id, allow_zero=True)
         flt = self._filter(
-            filter,
-            aggregate_type=aggregate_type,
-            event_type=event_type,
-            since=since,
-            until=until,
-            error_contains=error_contains,
-            error_fingerprint=error_fingerprint,
+            filter, aggregate_type, event_type, since, until, error_contains, error_fingerprint
         )
-        params = {**flt.params(), "limit": limit, "offset": offset, "after_id": after_id}
         with self._connection() as conn:
-            rows = queries.fetch_all(conn, "dead_list", params)
+            rows = data.page(conn, flt, limit=limit, offset=offset, after_id=after_id)
         return [DeadEvent(**row) for row in rows]
 
     def count_dead_events(
@@ -277,16 +187,10 @@ class OutboxRepository:
     ) -> int:
         """How many dead events match."""
         flt = self._filter(
-            filter,
-            aggregate_type=aggregate_type,
-            event_type=event_type,
-            since=since,
-            until=until,
-            error_contains=error_contains,
-            error_fingerprint=error_fingerprint,
+            filter, aggregate_type, event_type, since, until, error_contains, error_fingerprint
         )
         with self._connection() as conn:
-            return int(queries.fetch_value(conn, "dead_count", flt.params()))
+            return data.count(conn, flt)
 
     def dead_event_stats(
         self,
@@ -310,63 +214,23 @@ class OutboxRepository:
         if unknown:
             raise InvalidFilter(f"unknown grouping {unknown[0]!r} (choose {', '.join(GROUPINGS)})")
         flt = self._filter(
-            filter,
-            aggregate_type=aggregate_type,
-            event_type=event_type,
-            since=since,
-            until=until,
-            error_contains=error_contains,
-            error_fingerprint=error_fingerprint,
+            filter, aggregate_type, event_type, since, until, error_contains, error_fingerprint
         )
-        params = flt.params()
-        groups: dict[str, list[dict[str, Any]]] = {}
-        with self._connection() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
-            for name in wanted:
-                groups[name] = queries.fetch_all(conn, f"dead_stats_by_{name}", params)
-            totals = None if wanted else queries.fetch_one(conn, "dead_stats_totals", params)
-        if totals is None:
-            first = groups[wanted[0]]
-            seen_first = [g["first_seen"] for g in first if g["first_seen"] is not None]
-            seen_last = [g["last_seen"] for g in first if g["last_seen"] is not None]
-            totals = {
-                "total": sum(g["count"] for g in first),
-                "oldest_dead_at": min(seen_first, default=None),
-                "newest_dead_at": max(seen_last, default=None),
-            }
-        return DeadEventStats(
-            total=int(totals["total"]),
-            oldest_dead_at=totals["oldest_dead_at"],
-            newest_dead_at=totals["newest_dead_at"],
-            by_event_type=[GroupStat(**g) for g in groups["event_type"]]
-            if "event_type" in groups
-            else None,
-            by_aggregate_type=[GroupStat(**g) for g in groups["aggregate_type"]]
-            if "aggregate_type" in groups
-            else None,
-            by_error=[ErrorGroup(**g) for g in groups["error"]] if "error" in groups else None,
-            by_destination=[GroupStat(**g) for g in groups["destination"]]
-            if "destination" in groups
-            else None,
-        )
+        with self._connection() as conn:
+            return repository_reads.stats(conn, flt, wanted)
 
     def get_event(self, event_id: int) -> EventDetail | None:
         """One event in any state with its error history, or None when there is no such id."""
         if not _valid_id(event_id):
             return None
-        with self._connection() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
-            row = queries.fetch_one(conn, "event_get", {"id": event_id})
-            if row is None:
-                return None
-            errors = queries.fetch_all(conn, "event_errors", {"id": event_id})
-        return EventDetail(**row, errors=[ErrorRecord(**e) for e in errors])
+        with self._connection() as conn:
+            return repository_reads.event_detail(conn, event_id)
 
     def history(self, limit: int = 50) -> list[AuditEntry]:
         """The latest audited actions on dead events, newest first."""
         _check_positive("limit", limit)
         with self._connection() as conn:
-            rows = queries.fetch_all(conn, "audit_history", {"limit": limit})
+            rows = audit.history(conn, limit)
         return [AuditEntry(**row) for row in rows]
 
     # -- redrive -------------------------------------------------------------------------------
@@ -376,44 +240,13 @@ class OutboxRepository:
         (a ValueError) when it exists but is not dead."""
         if not _valid_id(event_id):
             return False
-        who = actor or default_actor()
         with self._connection() as conn:
-            with conn.transaction():
-                done = queries.fetch_all(
-                    conn, "dead_redrive_ids", {"ids": [event_id], "actor": who}
-                )
-                if done:
-                    self._audit(
-                        conn,
-                        actor=who,
-                        action="retry",
-                        affected=1,
-                        event_ids=[event_id],
-                        details=checksum.report("retry", checksum.mismatched(conn, [event_id])),
-                    )
-                    queries.execute(conn, "outbox_notify")
-            if done:
-                return True
-            found = queries.fetch_all(conn, "events_status", {"ids": [event_id]})
-        if not found:
-            return False
-        raise EventNotDead(
-            f"event {event_id} is {found[0]['status']}, not dead; only dead events can be retried"
-        )
+            return repository_redrive.retry_one(conn, event_id, actor=actor or default_actor())
 
     def classify_ids(self, ids: Iterable[int]) -> tuple[list[int], list[int], list[int]]:
         """Split ids into (dead, missing, not dead) without changing anything (for --dry-run)."""
-        wanted = list(dict.fromkeys(ids))
-        candidates = [i for i in wanted if _valid_id(i)]
         with self._connection() as conn:
-            found = {
-                r["id"]: r["status"]
-                for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
-            }
-        dead = [i for i in wanted if found.get(i) == "dead"]
-        missing = [i for i in wanted if i not in found]
-        not_dead = [i for i in wanted if found.get(i) not in (None, "dead")]
-        return dead, missing, not_dead
+            return repository_redrive.classify(conn, ids)
 
     def retry_dead_events_batch(
         self,
@@ -431,49 +264,14 @@ class OutboxRepository:
         """
         if (event_ids is None) == (ids is None):
             raise TypeError("retry_dead_events_batch takes event_ids (or ids=), exactly once")
-        wanted = list(dict.fromkeys(event_ids if event_ids is not None else ids or ()))
-        bad_type = [i for i in wanted if not isinstance(i, int) or isinstance(i, bool)]
-        if bad_type:
-            raise InvalidFilter(f"event ids must be integers, got {bad_type[0]!r}")
+        wanted = repository_redrive.checked_ids(event_ids if event_ids is not None else ids)
         if not wanted:
             return 0
         who = actor or default_actor()
-        out_of_range = [i for i in wanted if not _valid_id(i)]
-        candidates = [i for i in wanted if _valid_id(i)]
-        with self._connection() as conn, conn.transaction():
-            found = {
-                r["id"]: r["status"]
-                for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
-            }
-            missing = out_of_range + [i for i in candidates if i not in found]
-            not_dead = [i for i in candidates if found.get(i) not in (None, "dead")]
-            if (missing or not_dead) and not skip_invalid:
-                raise InvalidEventIds(missing=missing, not_dead=not_dead)
-            dead = [i for i in candidates if found.get(i) == "dead"]
-            done = {
-                r["id"]
-                for r in queries.fetch_all(conn, "dead_redrive_ids", {"ids": dead, "actor": who})
-            }
-            # Redriven or archived by someone else between the two statements.
-            changed = [i for i in dead if i not in done]
-            if changed and not skip_invalid:
-                raise InvalidEventIds(missing=[], not_dead=changed)
-            redriven = [i for i in dead if i in done]
-            self._audit(
-                conn,
-                actor=who,
-                action="retry_batch",
-                affected=len(redriven),
-                event_ids=redriven,
-                details={
-                    "requested": len(wanted),
-                    "skipped": missing + not_dead + changed,
-                    **checksum.report("retry_batch", checksum.mismatched(conn, redriven)),
-                },
+        with self._connection() as conn:
+            return repository_redrive.retry_batch(
+                conn, wanted, actor=who, skip_invalid=skip_invalid
             )
-            if redriven:
-                queries.execute(conn, "outbox_notify")
-        return len(redriven)
 
     def retry_dead_events(
         self,
@@ -514,76 +312,16 @@ class OutboxRepository:
         _check_positive("limit", limit)
         if rate is not None and (isinstance(rate, bool) or not rate > 0):
             raise InvalidFilter(f"rate must be a positive number of events per second, not {rate}")
-        who = actor or default_actor()
-        size = self.batch_size if rate is None else max(1, min(self.batch_size, int(rate)))
-        details: dict[str, Any] = {"limit": limit, "rate": rate, "batch_size": size}
-        params: dict[str, Any] = {**flt.params(), "actor": who}
-        total = skipped = failed = 0
-        after_id = 0
-        audit_id: int | None = None
-        started = time.monotonic()
         with self._connection() as conn:
-            mismatched = checksum.mismatched_dead(conn, flt.params())
-            details.update(checksum.report("retry_filter", mismatched))
-            try:
-                while limit is None or total < limit:
-                    params["after_id"] = after_id
-                    params["batch_size"] = size if limit is None else min(size, limit - total)
-                    with conn.transaction():
-                        current = audit_id
-                        if current is None:
-                            current = self._audit(
-                                conn,
-                                actor=who,
-                                action="retry_filter",
-                                affected=0,
-                                filter=flt,
-                                outcome="in_progress",
-                                details=details,
-                            )
-                        row = queries.fetch_one(conn, "dead_redrive_batch", params)
-                        assert row is not None
-                        n = int(row["processed"])
-                        if n:
-                            queries.execute(conn, "audit_progress", {"id": current, "affected": n})
-                    audit_id = current  # committed: from here on the audit row exists
-                    total += n
-                    skipped += int(row["skipped"])
-                    failed += int(row["failed"])
-                    if progress is not None and n:
-                        progress(total)
-                    # The function stops short of batch_size only when nothing matching is left.
-                    if n < params["batch_size"]:
-                        break
-                    after_id = int(row["last_id"])
-                    if rate is not None:
-                        lag = started + total / rate - time.monotonic()
-                        if lag > 0:
-                            time.sleep(lag)
-            except BaseException:
-                if audit_id is not None:
-                    self._finish(conn, audit_id, "interrupted")
-                logger.info("redrive by filter interrupted after %d events", total)
-                raise
-            if audit_id is not None:
-                self._finish(conn, audit_id, "completed")
-        if skipped or failed:
-            logger.warning(
-                "redrive by filter: %d skipped (held or changed), %d failed", skipped, failed
+            return repository_redrive.redrive_by_filter(
+                conn,
+                flt,
+                actor=actor or default_actor(),
+                batch_size=self.batch_size,
+                limit=limit,
+                rate=rate,
+                progress=progress,
             )
-        return RedriveCounts(processed=total, skipped=skipped, failed=failed)
-
-    @staticmethod
-    def _finish(conn: psycopg.Connection[Any], audit_id: int, outcome: str) -> None:
-        try:
-            if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-                conn.rollback()
-            queries.execute(conn, "audit_finish", {"id": audit_id, "outcome": outcome})
-        except psycopg.Error as exc:
-            # The batches' counts are already in the row; only the outcome is missing (it stays
-            # in_progress, which reads as "died mid-way"). Info, not warning: the caller is
-            # already reporting the failure that brought us here, in one line.
-            logger.info("could not mark audit entry %d %s: %s", audit_id, outcome, exc)
 
     # -- export --------------------------------------------------------------------------------
 
@@ -605,36 +343,16 @@ class OutboxRepository:
         """
         fmt = format if isinstance(format, ExportFormat) else ExportFormat.parse(format)
         flt = self._filter(filter)
-        who = actor or default_actor()
-        writer = Writer(out, fmt, role=who)
-        with self._connection() as conn, conn.transaction():
-            queries.execute(conn, "export_utc")
-            writer.begin()
-            queries.execute(
+        with self._connection() as conn:
+            return repository_bulk.export(
                 conn,
-                "dead_export_csv" if fmt is ExportFormat.CSV else "dead_export_json",
-                flt.params(),
+                out,
+                fmt,
+                flt,
+                actor=actor or default_actor(),
+                destination=destination,
+                progress=progress,
             )
-            mismatched: list[int] = []
-            for chunk in _prefetched(conn, "dead_export_fetch"):
-                writer.write_chunk(chunk)
-                mismatched += [int(r["id"]) for r in chunk if _changed(r)]
-                if progress is not None:
-                    progress(writer.count)
-            writer.end()
-            self._audit(
-                conn,
-                actor=who,
-                action="export",
-                affected=writer.count,
-                filter=flt,
-                details={
-                    "format": fmt.value,
-                    "destination": destination,
-                    **checksum.report("export", mismatched),
-                },
-            )
-        return writer.count
 
     # -- purge ---------------------------------------------------------------------------------
 
@@ -661,52 +379,16 @@ class OutboxRepository:
         """
         _check_positive("older_than_days", older_than_days, allow_zero=True)
         flt = self._filter(filter)
-        who = actor or default_actor()
-        total = 0
-        audit_id: int | None = None
         with self._connection() as conn:
             archiver.require_schema(conn)
-            # One cutoff for the whole run: events dying while it runs are not chased.
-            cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
-            if flt.is_empty:
-                query = "archive_batch"
-                params = {"status": "dead", "cutoff": cutoff, "batch_size": self.batch_size}
-            else:
-                query = "dead_purge_batch"
-                params = {**flt.params(), "cutoff": cutoff, "batch_size": self.batch_size}
-            details = {"older_than_days": older_than_days, "cutoff": cutoff.isoformat()}
-            try:
-                while True:
-                    with conn.transaction():
-                        current = audit_id
-                        if current is None:
-                            current = self._audit(
-                                conn,
-                                actor=who,
-                                action="purge",
-                                affected=0,
-                                filter=None if flt.is_empty else flt,
-                                outcome="in_progress",
-                                details=details,
-                            )
-                        n = int(queries.fetch_value(conn, query, params))
-                        if n:
-                            queries.execute(conn, "audit_progress", {"id": current, "affected": n})
-                    audit_id = current
-                    total += n
-                    if progress is not None:
-                        progress(total)
-                    # Stop on an empty batch, not a short one: rows another transaction holds
-                    # are skipped (SKIP LOCKED), so a short batch does not mean the end.
-                    if n == 0:
-                        break
-            except BaseException:
-                if audit_id is not None:
-                    self._finish(conn, audit_id, "interrupted")
-                raise
-            if audit_id is not None:
-                self._finish(conn, audit_id, "completed")
-        return total
+            return repository_bulk.purge(
+                conn,
+                flt,
+                older_than_days,
+                actor=actor or default_actor(),
+                batch_size=self.batch_size,
+                progress=progress,
+            )
 
     def count_purgeable(
         self, older_than_days: int, *, filter: DeadEventFilter | None = None
@@ -715,9 +397,7 @@ class OutboxRepository:
         _check_positive("older_than_days", older_than_days, allow_zero=True)
         flt = self._filter(filter)
         with self._connection() as conn:
-            cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
-            params = {**flt.params(), "cutoff": cutoff}
-            return int(queries.fetch_value(conn, "dead_count_older_than", params))
+            return repository_bulk.count_purgeable(conn, flt, older_than_days)
 
     # -- archival ------------------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ archival never loses why an event died. Purge deletes archived rows (and their a
 archived more than ``purge_after_days`` ago. ``pending`` and ``running`` rows are never touched.
 
 The work runs inside PostgreSQL, one batch per statement (``outbox_archive_batch``); this module
-only loops. Each batch runs in ``conn.transaction()``: on an autocommit or idle connection that
-commits after every batch, so no lock or snapshot outlives one batch and a long archival never
-holds back vacuum of the busy outbox table; inside a transaction the caller already opened, the
+only loops, with the one batched loop of dispatchbox.data.batches. Each batch runs in
+``conn.transaction()``: on an autocommit or idle connection that commits after every batch, so
+no lock or snapshot outlives one batch and a long archival never holds back vacuum of the busy
+outbox table; inside a transaction the caller already opened, the
 batches become savepoints and commit with the caller. pg_cron runs the same batches through the
 ``run_outbox_archival`` procedure, which commits between them (dispatchbox/maintenance/cron.py).
 """
@@ -24,7 +25,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import archive as data
+from dispatchbox.data.batches import run_batches
 from dispatchbox.errors import InvalidArchiveSettings, SchemaNotCurrent
 
 logger = logging.getLogger("dispatchbox.archiver")
@@ -105,8 +107,7 @@ def check_batch_size(value: object) -> int:
 def require_schema(conn: psycopg.Connection[Any]) -> str:
     """The schema holding the archival functions; SchemaNotCurrent before migration 0002."""
     with conn.transaction():
-        target = queries.fetch_one(conn, "archive_target")
-    assert target is not None
+        target = data.target(conn)
     if target["schema"] is None:
         raise SchemaNotCurrent(
             f"database '{target['database']}' lacks migration 0002_archival: "
@@ -126,31 +127,22 @@ def _cutoff(conn: psycopg.Connection[Any], days: int) -> datetime:
     # In its own transaction block: a bare query on an idle non-autocommit connection would
     # open a transaction that turned every later batch into a savepoint of it.
     with conn.transaction():
-        cutoff: datetime = queries.fetch_value(conn, "archive_cutoff", {"days": days})
-    return cutoff
+        return data.cutoff(conn, days)
 
 
 def _move(
     conn: psycopg.Connection[Any], status: str, cutoff: datetime, batch_size: int, pause: float
 ) -> int:
-    total = 0
-    while True:
-        with conn.transaction():
-            n = int(
-                queries.fetch_value(
-                    conn,
-                    "archive_batch",
-                    {"status": status, "cutoff": cutoff, "batch_size": batch_size},
-                )
-            )
-        # Stop on an empty batch, not a short one: a short batch may only mean that another
-        # archiver held some rows locked (SKIP LOCKED), and the next batch is cheap.
-        if n == 0:
-            return total
-        total += n
-        logger.debug("archived a batch of %d %s events (%d so far)", n, status, total)
-        if pause:
-            time.sleep(pause)
+    def committed(n: int, total: int) -> None:
+        if n:
+            logger.debug("archived a batch of %d %s events (%d so far)", n, status, total)
+
+    return run_batches(
+        conn,
+        lambda _: data.move_batch(conn, status, cutoff, batch_size),
+        committed=committed,
+        pause_seconds=pause,
+    )
 
 
 def run_archive(
@@ -194,19 +186,9 @@ def purge_archive(
     check_batch_size(batch_size)
     pause = check_pause(pause_seconds)
     cutoff = _cutoff(conn, older_than_days)
-    total = 0
-    while True:
-        with conn.transaction():
-            n = int(
-                queries.fetch_value(
-                    conn, "archive_purge_batch", {"cutoff": cutoff, "batch_size": batch_size}
-                )
-            )
-        if n == 0:
-            break
-        total += n
-        if pause:
-            time.sleep(pause)
+    total = run_batches(
+        conn, lambda _: data.purge_batch(conn, cutoff, batch_size), pause_seconds=pause
+    )
     if total:
         logger.info("purged %d archived events", total)
     return total

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import conninfo
 
-from dispatchbox.data import queries
+from dispatchbox.data import archive as data
 from dispatchbox.db import describe
 from dispatchbox.errors import InvalidArchiveSettings, PgCronUnavailable
 from dispatchbox.maintenance.archiver import ArchiverConfig, require_schema
@@ -90,8 +90,7 @@ class ServerFacts:
 
 
 def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
-    row = queries.fetch_one(conn, "pg_cron_server_facts")
-    assert row is not None
+    row = data.cron_server_facts(conn)
     return ServerFacts(
         available_version=row["available_version"],
         launcher_running=bool(row["launcher_running"]),
@@ -139,9 +138,9 @@ def ensure_extension(cron_conn: psycopg.Connection[Any], *, create: bool = False
             f"database '{facts.cron_database}' (cron.database_name): point --cron-dsn "
             f"(DISPATCHBOX_CRON_DSN) there"
         )
-    version = queries.fetch_value(cron_conn, "pg_cron_extension_version")
+    version = data.cron_extension_version(cron_conn)
     if version is not None:
-        return str(version)
+        return version
     if not create:
         raise PgCronUnavailable(
             f"pg_cron is loaded but its extension is not created in database "
@@ -150,14 +149,14 @@ def ensure_extension(cron_conn: psycopg.Connection[Any], *, create: bool = False
         )
     try:
         with cron_conn.transaction():
-            queries.execute(cron_conn, "pg_cron_create_extension")
+            data.cron_create_extension(cron_conn)
     except psycopg.errors.InsufficientPrivilege:
         raise PgCronUnavailable(
             f"cannot create the pg_cron extension in database '{facts.database}': permission "
             f"denied (CREATE EXTENSION pg_cron needs a superuser)"
         ) from None
     logger.info("created the pg_cron extension in database %s", facts.database)
-    return str(queries.fetch_value(cron_conn, "pg_cron_extension_version"))
+    return str(data.cron_extension_version(cron_conn))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +185,8 @@ def archive_job_specs(
         raise InvalidArchiveSettings("the cron expression must not be empty")
     schema = require_schema(outbox_conn)
     database = str(outbox_conn.info.dbname)
-    command = queries.fetch_value(
+    command = data.job_command(
         outbox_conn,
-        "archive_job_command",
         {
             "schema": schema,
             "retention_days": config.retention_days,
@@ -199,9 +197,8 @@ def archive_job_specs(
     )
     specs = [JobSpec(job_name(ARCHIVE_JOB, database), schedule.strip(), command, database)]
     if config.purge_after_days is not None:
-        purge = queries.fetch_value(
+        purge = data.purge_job_command(
             outbox_conn,
-            "archive_purge_job_command",
             {
                 "schema": schema,
                 "older_than_days": config.purge_after_days,
@@ -219,18 +216,15 @@ def schedule(cron_conn: psycopg.Connection[Any], specs: list[JobSpec]) -> list[S
     try:
         with cron_conn.transaction():
             for spec in specs:
-                existing = queries.fetch_value(cron_conn, "pg_cron_job_id", {"name": spec.name})
-                jobid = queries.fetch_value(
+                existing = data.cron_job_id(cron_conn, spec.name)
+                jobid = data.cron_schedule(
                     cron_conn,
-                    "pg_cron_schedule",
-                    {
-                        "name": spec.name,
-                        "schedule": spec.schedule,
-                        "command": spec.command,
-                        "database": spec.database,
-                    },
+                    name=spec.name,
+                    schedule=spec.schedule,
+                    command=spec.command,
+                    database=spec.database,
                 )
-                out.append(ScheduledJob(spec.name, int(jobid), created=existing is None))
+                out.append(ScheduledJob(spec.name, jobid, created=existing is None))
     except psycopg.errors.InsufficientPrivilege:
         raise PgCronUnavailable(
             "this role may not schedule jobs in another database: schedule as a superuser, or "
@@ -257,16 +251,16 @@ def schedule(cron_conn: psycopg.Connection[Any], specs: list[JobSpec]) -> list[S
 def unschedule(cron_conn: psycopg.Connection[Any], names: list[str]) -> list[str]:
     """Remove this role's jobs with these names; return the names removed."""
     with cron_conn.transaction():
-        rows = queries.fetch_all(cron_conn, "pg_cron_unschedule", {"names": names})
+        rows = data.cron_unschedule(cron_conn, names)
     return [str(r["jobname"]) for r in rows if r["removed"]]
 
 
-def jobs(cron_conn: psycopg.Connection[Any], names: list[str]) -> list[queries.Row]:
-    return queries.fetch_all(cron_conn, "pg_cron_jobs", {"names": names})
+def jobs(cron_conn: psycopg.Connection[Any], names: list[str]) -> list[data.Row]:
+    return data.cron_jobs(cron_conn, names)
 
 
 def last_runs(
     cron_conn: psycopg.Connection[Any], names: list[str], *, limit: int = 5
-) -> list[queries.Row]:
+) -> list[data.Row]:
     """The latest runs of these jobs from cron.job_run_details, newest first."""
-    return queries.fetch_all(cron_conn, "pg_cron_last_runs", {"names": names, "limit": limit})
+    return data.cron_last_runs(cron_conn, names, limit=limit)

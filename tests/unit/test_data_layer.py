@@ -27,8 +27,6 @@ NOT_YET_MOVED = {
     "delivery/ordering.py",
     "delivery/replay.py",
     "maintenance/alerts.py",
-    "maintenance/archiver.py",
-    "maintenance/cron.py",
     "maintenance/fingerprint_alert.py",
     "migrations.py",
     "monitor.py",
@@ -39,7 +37,6 @@ NOT_YET_MOVED = {
     "redrive/plan.py",
     "redrive/promote.py",
     "redrive/service.py",
-    "repository.py",
     "roles.py",
     "testing.py",
     # the "worker" helper moves the worker's statements into dispatchbox/data/worker.py

@@ -1,0 +1,118 @@
+"""Dead-letter statements (sql/queries/dead_letters.sql): reads, redrive, export and purge.
+
+Every function that narrows dead events takes the DeadEventFilter itself; its WHERE clause is
+the one fragment sql/fragments/dead_event_filter.sql that the named queries share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from dispatchbox.data import queries
+from dispatchbox.filters import DeadEventFilter
+
+Conn = psycopg.Connection[Any]
+Row = dict[str, Any]
+
+# What stats can group dead events by; each is one named query dead_stats_by_<grouping>.
+GROUPINGS = ("event_type", "aggregate_type", "destination", "error")
+
+
+def snapshot(conn: Conn) -> None:
+    """Make the current transaction one consistent read-only snapshot (its first statement)."""
+    queries.execute(conn, "dead_snapshot")
+
+
+def page(
+    conn: Conn, flt: DeadEventFilter, *, limit: int, offset: int, after_id: int | None
+) -> list[Row]:
+    """One page of dead events in id order: OFFSET pages, or keyset pages after ``after_id``."""
+    params = {**flt.params(), "limit": limit, "offset": offset, "after_id": after_id}
+    return queries.fetch_all(conn, "dead_list", params)
+
+
+def count(conn: Conn, flt: DeadEventFilter) -> int:
+    """How many dead events match."""
+    return int(queries.fetch_value(conn, "dead_count", flt.params()))
+
+
+def stats_by(conn: Conn, grouping: str, flt: DeadEventFilter) -> list[Row]:
+    """Dead events per ``grouping`` (one of GROUPINGS), most first, with first and last death."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"unknown grouping {grouping!r}")
+    return queries.fetch_all(conn, f"dead_stats_by_{grouping}", flt.params())
+
+
+def stats_totals(conn: Conn, flt: DeadEventFilter) -> Row:
+    """Count, oldest and newest death of the matching dead events."""
+    row = queries.fetch_one(conn, "dead_stats_totals", flt.params())
+    assert row is not None  # an aggregate without GROUP BY returns one row
+    return row
+
+
+def event(conn: Conn, event_id: int) -> Row | None:
+    """One event in any state, with its error fingerprint when dead."""
+    return queries.fetch_one(conn, "event_get", {"id": event_id})
+
+
+def event_errors(conn: Conn, event_id: int) -> list[Row]:
+    """An event's whole error history, oldest first."""
+    return queries.fetch_all(conn, "event_errors", {"id": event_id})
+
+
+def statuses(conn: Conn, ids: Sequence[int]) -> dict[int, str]:
+    """The status of each of these ids that exists."""
+    rows = queries.fetch_all(conn, "events_status", {"ids": list(ids)})
+    return {int(r["id"]): str(r["status"]) for r in rows}
+
+
+def redrive_ids(conn: Conn, ids: Sequence[int], *, actor: str) -> set[int]:
+    """Redrive those of these events that are still dead; return the ids redriven."""
+    rows = queries.fetch_all(conn, "dead_redrive_ids", {"ids": list(ids), "actor": actor})
+    return {int(r["id"]) for r in rows}
+
+
+def redrive_batch(
+    conn: Conn, flt: DeadEventFilter, *, actor: str, after_id: int, batch_size: int
+) -> Row:
+    """One batch of a redrive by filter (migration 0005's redrive_dead_events): at most
+    ``batch_size`` events after ``after_id``; a row (processed, skipped, failed, last_id)."""
+    params = {**flt.params(), "actor": actor, "after_id": after_id, "batch_size": batch_size}
+    row = queries.fetch_one(conn, "dead_redrive_batch", params)
+    assert row is not None  # a function returning one row
+    return row
+
+
+def notify_workers(conn: Conn) -> None:
+    """Wake idle workers after a redrive (a hint; they poll anyway)."""
+    queries.execute(conn, "outbox_notify")
+
+
+def open_export(conn: Conn, flt: DeadEventFilter, *, csv: bool) -> None:
+    """Open the export cursor over the matching dead events (CSV columns or JSON text), with
+    timestamps in UTC; read it with ``export_chunk`` in the same transaction."""
+    queries.execute(conn, "export_utc")
+    queries.execute(conn, "dead_export_csv" if csv else "dead_export_json", flt.params())
+
+
+def export_chunk(conn: Conn) -> list[Row]:
+    """The next chunk of the export cursor (empty at the end)."""
+    return queries.fetch_all(conn, "dead_export_fetch")
+
+
+def count_older_than(conn: Conn, flt: DeadEventFilter, cutoff: datetime) -> int:
+    """Matching dead events that died before the cutoff (what purge would move)."""
+    return int(
+        queries.fetch_value(conn, "dead_count_older_than", {**flt.params(), "cutoff": cutoff})
+    )
+
+
+def purge_batch(conn: Conn, flt: DeadEventFilter, cutoff: datetime, batch_size: int) -> int:
+    """Move one batch of matching dead events that died before the cutoff, with their error
+    history, to the archive; return how many moved."""
+    params = {**flt.params(), "cutoff": cutoff, "batch_size": batch_size}
+    return int(queries.fetch_value(conn, "dead_purge_batch", params))
