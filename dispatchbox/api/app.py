@@ -57,8 +57,8 @@ from dispatchbox.errors import (
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance.alerts import AlertGroup
 from dispatchbox.observability.alerting import start_evaluators
+from dispatchbox.observability.database_metrics import DatabaseCollector
 from dispatchbox.observability.metrics import (
-    DatabaseCollector,
     build_registry,
     multiprocess_dir,
 )

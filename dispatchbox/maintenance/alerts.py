@@ -36,7 +36,6 @@ slow database, never delays a handler, a claim, or another channel.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -49,7 +48,8 @@ from typing import Any
 import psycopg
 
 from dispatchbox import db
-from dispatchbox.data import queries
+from dispatchbox.data import alerts as data
+from dispatchbox.data.connection import ReconnectingConnection
 from dispatchbox.errors import DatabaseUnreachable
 from dispatchbox.maintenance import fingerprint_alert
 from dispatchbox.maintenance.alert_config import INCIDENTS, AlertConfig, alerts_enabled
@@ -69,15 +69,6 @@ logger = logging.getLogger("dispatchbox.alerts")
 
 # Seconds of deaths before the first evaluation against a database that are reported.
 FIRST_LOOKBACK = 300.0
-_MEASURES = {
-    "dead_count": "alert_dead_count",
-    "dead_age": "alert_oldest_dead_age",
-    "pending_age": "alert_oldest_pending_age",
-    "breaker_open": "alert_breaker_open_age",
-    "cleanup_held": "alert_cleanup_held",
-}
-
-
 # -- the evaluator -------------------------------------------------------------------------------
 
 
@@ -138,46 +129,24 @@ class AlertEvaluator:
         ]
         self.name = name or evaluator_name()
         self.where = db.describe(dsn)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = ReconnectingConnection(
+            dsn, application_name="dispatchbox-alerts", connect_timeout=5
+        )
         self._ensured = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
 
-    # -- connection ------------------------------------------------------------------------------
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._disconnect()
-            self._conn = db.connect(
-                self.dsn,
-                autocommit=True,
-                connect_timeout=5,
-                application_name="dispatchbox-alerts",
-                prepare_threshold=None,
-            )
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
     # -- one round ---------------------------------------------------------------------------------
 
     def run_once(self) -> list[str]:
         """Evaluate every enabled alert that is due and free; return those that sent a message."""
         sent: list[str] = []
-        conn = self._connection()
+        conn = self._db.get()
         if not self._ensured:
             for alert in self.alerts:
-                queries.execute(
-                    conn,
-                    "alert_ensure",
-                    {"alert": alert, "channel": self.channel, "lookback": self._lookback()},
-                )
+                data.ensure(conn, alert=alert, channel=self.channel, lookback=self._lookback())
             self._ensured = True
         for alert in self.alerts:
             if self._stop.is_set():
@@ -193,11 +162,7 @@ class AlertEvaluator:
 
     def _evaluate(self, conn: psycopg.Connection[Any], alert: str) -> bool:
         with conn.transaction():
-            row = queries.fetch_one(
-                conn,
-                "alert_claim",
-                {"alert": alert, "channel": self.channel, "interval": self.config.interval},
-            )
+            row = data.claim(conn, alert=alert, channel=self.channel, interval=self.config.interval)
             if row is None:
                 return False  # another process holds it, or evaluated it within the interval
             state = _State(**row)
@@ -217,9 +182,7 @@ class AlertEvaluator:
     def _save(
         self, conn: psycopg.Connection[Any], state: _State, *, sent: int = 0, failed: int = 0
     ) -> None:
-        queries.execute(
-            conn, "alert_save", state.params(self.channel, self.name, sent=sent, failed=failed)
-        )
+        data.save(conn, state.params(self.channel, self.name, sent=sent, failed=failed))
 
     def _dead_events(self, conn: psycopg.Connection[Any], state: _State) -> bool:
         cfg = self.config
@@ -233,16 +196,13 @@ class AlertEvaluator:
         if upto <= after:
             self._save(conn, state)
             return False
-        window = {"after": after, "upto": upto}
-        by_type = queries.fetch_all(conn, "alert_new_dead_by_type", window)
+        by_type = data.new_dead_by_type(conn, after=after, upto=upto)
         if not by_type:
             state.cursor_at = upto
             self._save(conn, state)
             return False
-        errors = queries.fetch_all(
-            conn,
-            "alert_new_dead_errors",
-            {**window, "top": cfg.top_errors, "max_ids": cfg.ids_per_error},
+        errors = data.new_dead_errors(
+            conn, after=after, upto=upto, top=cfg.top_errors, max_ids=cfg.ids_per_error
         )
         text = deaths_message(cfg, self.where, state.last_sent_at and after, by_type, errors)
         notice = Notice(
@@ -273,7 +233,7 @@ class AlertEvaluator:
     def _measure(self, conn: psycopg.Connection[Any], alert: str) -> float:
         if alert == "dead_budget":
             return fingerprint_alert.burn_rate(conn, self.config)
-        return float(queries.fetch_value(conn, _MEASURES[alert]) or 0)
+        return data.measure(conn, alert)
 
     def _threshold(self, conn: psycopg.Connection[Any], state: _State) -> bool:
         cfg = self.config
@@ -291,7 +251,7 @@ class AlertEvaluator:
             self._save(conn, state)  # flapping: the last incident closed moments ago
             return False
         if firing:
-            health = queries.fetch_one(conn, "health") or {}
+            health = data.health(conn)
             text = firing_message(cfg, self.where, state.alert, value, health)
             # The incident's key is fixed at the first attempt and saved even if that send
             # fails: a timed-out POST may still have reached PagerDuty, so retries (and the
@@ -358,7 +318,7 @@ class AlertEvaluator:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
-        self._disconnect()
+        self._db.close()
 
     def _loop(self) -> None:
         logger.info(
@@ -379,7 +339,7 @@ class AlertEvaluator:
         try:
             self.run_once()
         except (DatabaseUnreachable, psycopg.Error) as exc:
-            self._disconnect()
+            self._db.close()
             if not self._failing:
                 logger.warning(
                     "alerts_database_unavailable error=%s",

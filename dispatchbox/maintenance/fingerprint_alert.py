@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import alerts as data
 from dispatchbox.maintenance.alert_config import AlertConfig
 from dispatchbox.maintenance.alert_text import Notice, escape, incident_key, summary_line
 
@@ -23,10 +23,7 @@ TOP = 10
 
 
 def burn_rate(conn: psycopg.Connection[Any], config: AlertConfig) -> float:
-    value = queries.fetch_value(
-        conn, "alert_dead_burn_rate", {"window": config.burn_window, "slo": config.slo}
-    )
-    return float(value or 0)
+    return data.dead_burn_rate(conn, window=config.burn_window, slo=config.slo)
 
 
 def message(config: AlertConfig, where: str, groups: list[dict[str, Any]]) -> str:
@@ -55,10 +52,8 @@ def evaluate(evaluator: AlertEvaluator, conn: psycopg.Connection[Any], state: _S
     if upto <= after:
         evaluator._save(conn, state)
         return False
-    groups = queries.fetch_all(
-        conn,
-        "alert_new_fingerprints",
-        {"after": after, "upto": upto, "window": cfg.new_fingerprint, "top": TOP},
+    groups = data.new_fingerprints(
+        conn, after=after, upto=upto, window=cfg.new_fingerprint, top=TOP
     )
     if not groups:
         state.cursor_at = upto

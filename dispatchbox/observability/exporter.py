@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from dispatchbox.errors import DispatchboxError
+from dispatchbox.observability.database_metrics import DatabaseCollector
 from dispatchbox.observability.metrics import (
-    DatabaseCollector,
     MetricsDirectory,
     build_registry,
     multiprocess_dir,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatchbox.observability.metrics import DatabaseCollector
+from dispatchbox.observability.database_metrics import DatabaseCollector
 from tests.docs import names
 
 

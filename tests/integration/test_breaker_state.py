@@ -214,7 +214,7 @@ def test_transient_classification(error: str, expected: bool) -> None:
 
 
 def test_metrics_show_each_breaker_state_and_transitions(db_dsn: str) -> None:
-    from dispatchbox.observability.metrics import DatabaseCollector
+    from dispatchbox.observability.database_metrics import DatabaseCollector
 
     _make(db_dsn)
     with psycopg.connect(db_dsn, autocommit=True) as conn:

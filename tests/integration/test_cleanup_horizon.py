@@ -7,7 +7,7 @@ import time
 
 import psycopg
 
-from dispatchbox.observability.metrics import DatabaseCollector
+from dispatchbox.observability.database_metrics import DatabaseCollector
 from tests.conftest import run_cli
 from tests.integration.test_alerts import FakeSlack, evaluator, rounds_until, slack  # noqa: F401
 from tests.worker_helpers import publish, wait_until

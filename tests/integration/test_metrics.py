@@ -16,7 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatchbox import publish_many
-from dispatchbox.observability.metrics import DatabaseCollector, build_registry
+from dispatchbox.observability.database_metrics import DatabaseCollector
+from dispatchbox.observability.metrics import build_registry
 from dispatchbox.tempcluster import free_port
 from tests.worker_helpers import (
     WorkerRun,

@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from dispatchbox.observability.metrics import DatabaseCollector, WorkerMetrics
+from dispatchbox.observability.database_metrics import DatabaseCollector
+from dispatchbox.observability.metrics import WorkerMetrics
 from tests.pg import skip_outside_ci
 
 ROOT = Path(__file__).resolve().parents[2]
