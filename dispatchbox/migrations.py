@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from dispatchbox import roles
-from dispatchbox.data import queries
+from dispatchbox.data import admin as data
 from dispatchbox.errors import MigrationError, SchemaNotCurrent
 
 logger = logging.getLogger("dispatchbox.migrations")
@@ -53,7 +53,7 @@ class MigrationStatus:
 
 def available(directory: Path | None = None) -> list[Migration]:
     """Migrations shipped with this version, checked for numbering without gaps or duplicates."""
-    directory = directory or queries.sql_dir() / "migrations"
+    directory = directory or data.sql_dir() / "migrations"
     found: list[Migration] = []
     for path in sorted(directory.iterdir()):
         if path.suffix != ".sql":
@@ -71,11 +71,11 @@ def available(directory: Path | None = None) -> list[Migration]:
 
 
 def _applied(conn: psycopg.Connection[Any]) -> list[AppliedMigration]:
-    if not queries.fetch_value(conn, "migrations_version_table_exists"):
+    if not data.version_table_exists(conn):
         return []
     return [
         AppliedMigration(row["version"], row["name"], row["applied_at"])
-        for row in queries.fetch_all(conn, "migrations_applied")
+        for row in data.applied_migrations(conn)
     ]
 
 
@@ -119,12 +119,12 @@ def migrate(
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
     shipped = [m for m in available() if target is None or m.version <= target]
-    queries.fetch_value(conn, "migrations_lock")
+    data.migrations_lock(conn)
     try:
         if dry_run:
             done = {a.version for a in _applied(conn)}
             return [m for m in shipped if m.version not in done]
-        queries.execute(conn, "migrations_create_version_table")
+        data.create_version_table(conn)
         done = {a.version for a in _applied(conn)}
         applied: list[Migration] = []
         for migration in shipped:
@@ -133,15 +133,9 @@ def migrate(
             try:
                 started = time.perf_counter()
                 with conn.transaction():
-                    queries.fetch_value(
-                        conn, "migrations_lock_timeout", {"ms": f"{int(lock_timeout * 1000)}ms"}
-                    )
-                    queries.execute_script(conn, migration.sql())
-                    queries.execute(
-                        conn,
-                        "migrations_record",
-                        {"version": migration.version, "name": migration.name},
-                    )
+                    data.set_local_lock_timeout(conn, lock_timeout)
+                    data.run_script(conn, migration.sql())
+                    data.record_migration(conn, migration.version, migration.name)
             except psycopg.Error as exc:
                 raise MigrationError(
                     f"migration {migration.path.name} failed and was rolled back: "
@@ -167,4 +161,4 @@ def migrate(
             ) from None
         return applied
     finally:
-        queries.fetch_value(conn, "migrations_unlock")
+        data.migrations_unlock(conn)

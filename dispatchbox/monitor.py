@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import metrics, outbox
 
 # Seconds of completions the "out" rate averages over (outbox_event_done_at_idx).
 OUT_WINDOW = 60
@@ -47,11 +47,10 @@ class Rates:
 def sample(conn: psycopg.Connection[Any]) -> Sample:
     """Read one frame on an autocommit connection."""
     with conn.transaction():
-        queries.execute(conn, "console_snapshot")
-        health = queries.fetch_one(conn, "health")
-        rates = queries.fetch_one(conn, "console_rates", {"window": OUT_WINDOW})
-        by_type = queries.fetch_all(conn, "metrics_dead_by_type")
-    assert health is not None and rates is not None
+        outbox.read_snapshot(conn)
+        health = outbox.health(conn)
+        rates = outbox.rates(conn, OUT_WINDOW)
+        by_type = metrics.dead_by_type(conn)
     totals: dict[str, int] = {}
     for row in by_type:
         totals[row["event_type"]] = totals.get(row["event_type"], 0) + int(row["count"])

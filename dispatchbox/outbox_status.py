@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import outbox as data
 
 #: Counts at or below this are exact by default; reading this many index entries takes ~1 ms.
 EXACT_BELOW = 10_000
@@ -48,16 +48,16 @@ def outbox_status(
     """The outbox's health; ``exact_below=None`` counts every state exactly, however long."""
     if exact_below is None:
         caps: dict[str, int | None] = dict.fromkeys(COUNTED)
-        values = queries.fetch_one(conn, "status_bounded", _cap_params(caps)) or {}
+        values = data.status_bounded(conn, _cap_params(caps))
         return OutboxStatus(values=values, exact_below=None)
     cap = exact_below + 1
-    estimates = {r["status"]: r for r in queries.fetch_all(conn, "status_estimates")}
+    estimates = {r["status"]: r for r in data.status_estimates(conn)}
     caps = {}
     for state in COUNTED:
         row = estimates.get(state)
         surely_over = row is not None and row["estimate"] - row["changed_since"] > 2 * cap
         caps[state] = 0 if surely_over else cap
-    values = queries.fetch_one(conn, "status_bounded", _cap_params(caps)) or {}
+    values = data.status_bounded(conn, _cap_params(caps))
     over = [s for s in COUNTED if caps[s] == 0 or values.get(s, 0) >= cap]
     analyzed_at = None
     for state in over:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import publish as data
 from dispatchbox.delivery import backpressure, checksum
 from dispatchbox.errors import InvalidEvent
 
@@ -247,12 +247,10 @@ def publish(
         "expires_at": row.expires_at,
         "payload_sha256": row.checksum,
     }
-    new_id = queries.fetch_value(conn, "publish_one", params)
+    new_id = data.insert_one(conn, params)
     if new_id is None:
-        new_id = queries.fetch_value(
-            conn, "publish_existing", {"idempotency_key": row.idempotency_key}
-        )
-    return int(new_id)
+        new_id = data.existing_id(conn, row.idempotency_key)
+    return new_id
 
 
 def _validate_many(events: Iterable[Mapping[str, Any]]) -> list[_Row]:
@@ -288,9 +286,7 @@ def _copy_batch(conn: psycopg.Connection[Any], batch: list[_Row]) -> list[int]:
     the statement-level NOTIFY trigger and the CHECK constraints like an INSERT;
     next_attempt_at takes its default, now().
     """
-    ids = [
-        int(row["id"]) for row in queries.fetch_all(conn, "publish_reserve_ids", {"n": len(batch)})
-    ]
+    ids = data.reserve_ids(conn, len(batch))
     with conn.cursor() as cur:
         _copy_rows(cur, ids, batch)
     return ids
@@ -302,7 +298,7 @@ _COPY_TYPES += ["text", "timestamptz"]  # payload_sha256, expires_at
 
 
 def _copy_rows(cur: psycopg.Cursor[Any], ids: list[int], batch: list[_Row]) -> None:
-    with cur.copy(queries.copy_statement("publish_copy")) as copy:
+    with cur.copy(data.copy_statement()) as copy:
         copy.set_types(_COPY_TYPES)
         for event_id, r in zip(ids, batch, strict=True):
             copy.write_row(
@@ -356,13 +352,12 @@ def publish_many(
             "expires_at": [r.expires_at for r in batch],
             "payload_sha256": [r.checksum for r in batch],
         }
-        result = queries.fetch_all(conn, "publish_many", params)
+        result = data.insert_many(conn, params)
         skipped = {batch[i].idempotency_key for i, row in enumerate(result) if not row["inserted"]}
         existing: dict[str, int] = {}
         if skipped:
             # Keys used before, or twice in this batch: the event that holds each key wins.
-            found = queries.fetch_all(conn, "publish_existing_many", {"keys": sorted(skipped)})
-            existing = {row["idempotency_key"]: row["id"] for row in found}
+            existing = data.existing_ids(conn, sorted(k for k in skipped if k is not None))
         for i, row in enumerate(result):
             if row["inserted"]:
                 ids.append(int(row["new_id"]))

@@ -15,14 +15,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from dispatchbox.data import queries
+from dispatchbox.data import admin as data
 
 ROLES = ("dispatchbox_worker", "dispatchbox_operator", "dispatchbox_reader")
 
 
 def grant_statements() -> list[str]:
     """sql/grants.sql, one statement an item (every statement ends a line with ';')."""
-    text = (queries.sql_dir() / "grants.sql").read_text(encoding="utf-8")
+    text = (data.sql_dir() / "grants.sql").read_text(encoding="utf-8")
     statements: list[str] = []
     current: list[str] = []
     for line in text.splitlines():
@@ -37,7 +37,7 @@ def grant_statements() -> list[str]:
 
 
 def may_create_roles(conn: psycopg.Connection[Any]) -> bool:
-    return bool(queries.fetch_value(conn, "roles_may_create"))
+    return data.may_create_roles(conn)
 
 
 def grant(conn: psycopg.Connection[Any], *, echo: Callable[[str], None] | None = None) -> list[str]:
@@ -56,7 +56,7 @@ def grant(conn: psycopg.Connection[Any], *, echo: Callable[[str], None] | None =
 
     with conn.transaction():
         for role in ROLES:
-            if not queries.fetch_value(conn, "role_exists", {"role": role}):
+            if not data.role_exists(conn, role):
                 # Roles are cluster-wide: a migrate of another database may create it first.
                 with contextlib.suppress(psycopg.errors.DuplicateObject), conn.transaction():
                     run(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
@@ -75,25 +75,23 @@ def grant_if_allowed(conn: psycopg.Connection[Any]) -> bool:
 
 
 def roles_missing(conn: psycopg.Connection[Any]) -> list[str]:
-    return [r for r in ROLES if not queries.fetch_value(conn, "role_exists", {"role": r})]
+    return [r for r in ROLES if not data.role_exists(conn, r)]
 
 
 def set_rls(conn: psycopg.Connection[Any], *, enabled: bool) -> None:
     with conn.transaction():
-        queries.execute(conn, "rls_enable" if enabled else "rls_disable")
+        data.set_rls(conn, enabled=enabled)
 
 
 def rls_status(conn: psycopg.Connection[Any]) -> dict[str, bool]:
-    return {r["table_name"]: r["enabled"] for r in queries.fetch_all(conn, "rls_status")}
+    return {r["table_name"]: r["enabled"] for r in data.rls_status(conn)}
 
 
 def scope_add(conn: psycopg.Connection[Any], role: str, aggregate_types: list[str]) -> int:
     added = 0
     with conn.transaction():
         for aggregate_type in aggregate_types:
-            added += queries.execute(
-                conn, "scope_add", {"role": role, "aggregate_type": aggregate_type}
-            )
+            added += data.scope_add(conn, role, aggregate_type)
     return added
 
 
@@ -101,11 +99,9 @@ def scope_remove(conn: psycopg.Connection[Any], role: str, aggregate_types: list
     removed = 0
     with conn.transaction():
         for aggregate_type in aggregate_types:
-            removed += queries.execute(
-                conn, "scope_remove", {"role": role, "aggregate_type": aggregate_type}
-            )
+            removed += data.scope_remove(conn, role, aggregate_type)
     return removed
 
 
 def scopes(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    return queries.fetch_all(conn, "scope_list")
+    return data.scopes(conn)

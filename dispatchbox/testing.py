@@ -30,7 +30,7 @@ import pytest
 from psycopg import conninfo, sql
 
 from dispatchbox import migrations
-from dispatchbox.data import queries
+from dispatchbox.data import outbox
 from dispatchbox.dispatcher import Dispatcher
 from dispatchbox.events import OutboxEvent
 from dispatchbox.tempcluster import TempCluster
@@ -107,7 +107,7 @@ def published_events(
 
     Reads through ``conn``, so inside your transaction it also sees what you have not committed.
     """
-    rows = queries.fetch_all(conn, "testing_events", {"event_type": event_type, "status": status})
+    rows = outbox.events(conn, event_type=event_type, status=status)
     return [OutboxEvent(**row) for row in rows]
 
 

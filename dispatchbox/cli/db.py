@@ -8,7 +8,7 @@ import typer
 
 from dispatchbox import migrations, roles
 from dispatchbox.cli.common import connection, fail, info
-from dispatchbox.data import queries
+from dispatchbox.data import delivery, metrics
 from dispatchbox.outbox_status import EXACT_BELOW, outbox_status, status_lines
 
 app = typer.Typer(help="Schema migrations and database status.", no_args_is_help=True)
@@ -90,12 +90,12 @@ def status(
         if any(a.version == 1 for a in st.applied):
             health = outbox_status(conn, exact_below=None if exact else EXACT_BELOW)
         if any(a.version == 7 for a in st.applied):
-            by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
+            by_destination = metrics.dead_by_destination(conn)
         breakers: list[dict[str, Any]] = []
         if any(a.name == "delivery_controls" for a in st.applied):
-            breakers = queries.fetch_all(conn, "breaker_list")
+            breakers = delivery.breaker_list(conn)
         if any(a.version == 10 for a in st.applied):
-            cleanup = queries.fetch_one(conn, "cleanup_horizon")
+            cleanup = metrics.cleanup_horizon(conn)
     for a in st.applied:
         print(f"applied  {a.version:04d}_{a.name}  {a.applied_at.isoformat(timespec='seconds')}")
     for m in st.pending:

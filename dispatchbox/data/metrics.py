@@ -53,6 +53,6 @@ def breakers(conn: Conn) -> list[Row]:
     return queries.fetch_all(conn, "metrics_breakers")
 
 
-def cleanup_horizon(conn: Conn) -> Row:
-    """What holds back vacuum of the outbox (the view outbox_cleanup_horizon; empty if none)."""
-    return queries.fetch_one(conn, "cleanup_horizon") or {}
+def cleanup_horizon(conn: Conn) -> Row | None:
+    """What holds back vacuum of the outbox (the view outbox_cleanup_horizon)."""
+    return queries.fetch_one(conn, "cleanup_horizon")

@@ -145,7 +145,7 @@ class DatabaseCollector:
                 by_destination = data.dead_by_destination(conn)
                 breakers = data.breakers(conn)
                 blocked = ordering.blocked_aggregates(conn)
-                cleanup = data.cleanup_horizon(conn)
+                cleanup = data.cleanup_horizon(conn) or {}
         except (DatabaseUnreachable, psycopg.Error) as exc:
             self._db.close()
             reason = db.redact(" ".join(str(exc).split()), self.dsn)[:300]
