@@ -146,7 +146,7 @@ def redrive_by_filter(
     """OutboxRepository.redrive_dead_events on an autocommit connection."""
     size = batch_size if rate is None else max(1, min(batch_size, int(rate)))
     details: dict[str, Any] = {"limit": limit, "rate": rate, "batch_size": size}
-    details.update(checksum.report("retry_filter", checksum.mismatched_dead(conn, flt.params())))
+    details.update(checksum.report("retry_filter", checksum.mismatched_dead(conn, flt)))
     # Kept only once a batch committed: the audit row, where the next batch starts, the total.
     audit_id: int | None = None
     after_id = 0

@@ -37,7 +37,7 @@ def _insert_params(
         "filter": json.dumps(filter.to_json()) if filter is not None else None,
         "affected": affected,
         "outcome": outcome,
-        "details": json.dumps(details or {}),
+        "details": json.dumps(details or {}, default=str),
     }
 
 

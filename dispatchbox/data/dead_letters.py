@@ -116,3 +116,16 @@ def purge_batch(conn: Conn, flt: DeadEventFilter, cutoff: datetime, batch_size: 
     history, to the archive; return how many moved."""
     params = {**flt.params(), "cutoff": cutoff, "batch_size": batch_size}
     return int(queries.fetch_value(conn, "dead_purge_batch", params))
+
+
+async def aredrive_ids(
+    conn: psycopg.AsyncConnection[Any], ids: Sequence[int], *, actor: str
+) -> set[int]:
+    """``redrive_ids`` on an async connection."""
+    rows = await queries.afetch_all(conn, "dead_redrive_ids", {"ids": list(ids), "actor": actor})
+    return {int(r["id"]) for r in rows}
+
+
+async def anotify_workers(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``notify_workers`` on an async connection."""
+    await queries.aexecute(conn, "outbox_notify")

@@ -7,14 +7,14 @@ Used by `dispatchbox breakers` and the HTTP API; both hand in a psycopg connecti
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import audit
+from dispatchbox.data import delivery as data
 from dispatchbox.errors import DispatchboxError
 
 # dispatchbox_circuit_state's values.
@@ -62,11 +62,11 @@ class Breaker:
 
 
 def list_breakers(conn: psycopg.Connection[Any]) -> list[Breaker]:
-    return [Breaker(**row) for row in queries.fetch_all(conn, "breaker_list")]
+    return [Breaker(**row) for row in data.breaker_list(conn)]
 
 
 def _locked(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
-    row = queries.fetch_one(conn, "breaker_lock", {"destination": name})
+    row = data.breaker_lock(conn, name)
     if row is None:
         raise BreakerNotFound(
             f"no breaker for destination {name!r}; a worker creates it when it starts with "
@@ -76,19 +76,7 @@ def _locked(conn: psycopg.Connection[Any], name: str) -> dict[str, Any]:
 
 
 def _audit(conn: psycopg.Connection[Any], actor: str, action: str, details: dict[str, Any]) -> None:
-    queries.fetch_value(
-        conn,
-        "audit_insert",
-        {
-            "actor": actor,
-            "action": action,
-            "event_ids": None,
-            "filter": None,
-            "affected": 1,
-            "outcome": "completed",
-            "details": json.dumps(details, default=str),
-        },
-    )
+    audit.insert(conn, actor=actor, action=action, affected=1, details=details)
 
 
 def open_breaker(conn: psycopg.Connection[Any], name: str, *, actor: str) -> None:
@@ -96,7 +84,7 @@ def open_breaker(conn: psycopg.Connection[Any], name: str, *, actor: str) -> Non
     it (no probe closes a breaker opened by hand). BreakerStateError if it is open by hand."""
     with conn.transaction():
         before = _locked(conn, name)
-        if queries.fetch_one(conn, "breaker_open_manual", {"destination": name}) is None:
+        if data.breaker_open_manual(conn, name) is None:
             raise BreakerStateError(f"breaker {name!r} is already open (by an operator)")
         _audit(conn, actor, "breaker_open", {"destination": name, "was": before["state"]})
 
@@ -106,7 +94,7 @@ def close_breaker(conn: psycopg.Connection[Any], name: str, *, actor: str) -> No
     the destination has replay_dead_on_recovery). BreakerStateError if it is closed."""
     with conn.transaction():
         before = _locked(conn, name)
-        if queries.fetch_one(conn, "breaker_close_manual", {"destination": name}) is None:
+        if data.breaker_close_manual(conn, name) is None:
             raise BreakerStateError(f"breaker {name!r} is already closed")
         _audit(conn, actor, "breaker_close", {"destination": name, "was": before["state"]})
 
@@ -115,5 +103,5 @@ def reset_breaker(conn: psycopg.Connection[Any], name: str, *, actor: str) -> No
     """Closed, with its counters, growing cool-down and outage forgotten (no replay)."""
     with conn.transaction():
         before = _locked(conn, name)
-        queries.execute(conn, "breaker_reset", {"destination": name})
+        data.breaker_reset(conn, name)
         _audit(conn, actor, "breaker_reset", {"destination": name, "was": before["state"]})

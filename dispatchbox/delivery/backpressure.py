@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import delivery as data
 from dispatchbox.errors import BacklogFullError, ConfigurationError
 
 # The workers recount at most this often (seconds), cluster-wide.
@@ -84,13 +84,12 @@ def _estimate(conn: psycopg.Connection[Any], wanted: dict[str, int]) -> dict[str
     cached = _estimates.get(key)
     if cached is not None and now - cached[0] < _cache_seconds[0]:
         return cached[1]
-    rows = queries.fetch_all(conn, "backlog_read")
-    pending = {r["event_type"]: int(r["pending"]) for r in rows}
+    pending = data.backlog_read(conn)
     missing = sorted(set(wanted) - set(pending))
     if missing:
         # Ask the workers to count these types too. In the caller's transaction: rolled back
         # with it, the request is simply made again next time.
-        queries.execute(conn, "backlog_register", {"event_types": missing})
+        data.backlog_register(conn, missing)
     _estimates[key] = (now, pending)
     return pending
 
@@ -98,5 +97,4 @@ def _estimate(conn: psycopg.Connection[Any], wanted: dict[str, int]) -> dict[str
 async def refresh(conn: psycopg.AsyncConnection[Any]) -> int:
     """Recount the registered event types if the estimate is older than REFRESH_SECONDS and no
     other process is at it; returns how many types were written (0: not due)."""
-    rows = await queries.afetch_tuples(conn, "backlog_refresh", {"interval": REFRESH_SECONDS})
-    return int(rows[0][0])
+    return await data.backlog_refresh(conn, REFRESH_SECONDS)

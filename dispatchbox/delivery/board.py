@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import delivery as data
 from dispatchbox.delivery.config import DestinationConfig
 from dispatchbox.dispatcher import Dispatcher, HandlerSpec
 from dispatchbox.errors import PermanentError
@@ -101,9 +101,8 @@ class DeliveryBoard:
             cfg = self.configs[name]
             policy = cfg.breaker
             assert policy is not None
-            await queries.aexecute(
+            await data.breaker_ensure(
                 conn,
-                "breaker_ensure",
                 {
                     "destination": name,
                     "failure_threshold": policy.failures,
@@ -118,14 +117,10 @@ class DeliveryBoard:
             )
         for name in self.rated:
             cfg = self.configs[name]
-            await queries.aexecute(
-                conn,
-                "rate_limit_ensure",
-                {"destination": name, "per_second": cfg.rate_limit, "burst": cfg.bucket_size},
-            )
+            await data.rate_limit_ensure(conn, name, cfg.rate_limit, cfg.bucket_size)
         unlimited = [n for n in self.configs if n not in self.rated]
         if unlimited:
-            await queries.aexecute(conn, "rate_limit_drop", {"destinations": unlimited})
+            await data.rate_limit_drop(conn, unlimited)
 
     # -- the claim ---------------------------------------------------------------------------------
 
@@ -219,9 +214,8 @@ class DeliveryBoard:
             if not self.types[name]:
                 continue
             token = uuid.uuid4()
-            rows = await queries.afetch_tuples(
+            rows = await data.claim(
                 conn,
-                "delivery_claim",
                 {
                     "destination": name,
                     "event_types": self.types[name],
@@ -230,7 +224,6 @@ class DeliveryBoard:
                     "lease_seconds": lease_seconds,
                     "token": token,
                 },
-                binary=True,
             )
             if name in self.probe_wanted and rows:
                 self.probe_wanted.discard(name)
@@ -278,9 +271,8 @@ class DeliveryBoard:
         names = sorted(n for n in tally if self.configs[n].breaker is not None)
         if not names:
             return []
-        rows = await queries.afetch_all(
+        rows = await data.breaker_record(
             conn,
-            "breaker_record",
             {
                 "destinations": names,
                 "calls": [tally[n][0] for n in names],
@@ -328,7 +320,7 @@ class DeliveryBoard:
         that are due, and run health checks. Returns the changes this process saw."""
         if not self.breakers:
             return []
-        rows = await queries.afetch_all(conn, "breaker_states", {"destinations": self.breakers})
+        rows = await data.abreaker_states(conn, self.breakers)
         changes = []
         for row in rows:
             name = row["destination"]
@@ -357,10 +349,8 @@ class DeliveryBoard:
 
     async def _probes(self, conn: AsyncConn) -> list[Change]:
         due = [n for n in self.breakers if self.state[n] != "closed"]
-        taken = await queries.afetch_all(
-            conn,
-            "breaker_take_probe",
-            {"destinations": due, "worker": self.worker, "lease_seconds": self.probe_lease},
+        taken = await data.breaker_take_probe(
+            conn, due, worker=self.worker, lease_seconds=self.probe_lease
         )
         changes: list[Change] = []
         for row in taken:
@@ -380,10 +370,8 @@ class DeliveryBoard:
             logger.info(
                 "breaker_probe destination=%s healthy=%s error=%s", name, healthy, error or "-"
             )
-            rows = await queries.afetch_all(
-                conn,
-                "breaker_probe_result",
-                {"destination": name, "worker": self.worker, "healthy": healthy, "error": error},
+            rows = await data.breaker_probe_result(
+                conn, name, worker=self.worker, healthy=healthy, error=error
             )
             changes += self._apply(rows)
         return changes

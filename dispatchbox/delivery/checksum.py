@@ -23,7 +23,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import delivery as data
+from dispatchbox.filters import DeadEventFilter
 
 logger = logging.getLogger("dispatchbox.repository")
 
@@ -179,16 +180,15 @@ def mismatched(conn: psycopg.Connection[Any], ids: list[int]) -> list[int]:
     """Of these events, those whose payload no longer matches the checksum taken at publish."""
     if not ids:
         return []
-    return [int(r["id"]) for r in queries.fetch_all(conn, "checksum_mismatch_ids", {"ids": ids})]
+    return data.checksum_mismatched(conn, ids)
 
 
 def mismatched_dead(
-    conn: psycopg.Connection[Any], filter_params: dict[str, Any], limit: int = 1000
+    conn: psycopg.Connection[Any], filter: DeadEventFilter, limit: int = 1000
 ) -> list[int]:
     """Dead events matching a dead-event filter whose payload no longer matches (at most
     ``limit`` ids, lowest first): what a redrive by filter is about to send again."""
-    rows = queries.fetch_all(conn, "checksum_mismatch_dead", {**filter_params, "limit": limit})
-    return [int(r["id"]) for r in rows]
+    return data.checksum_mismatched_dead(conn, filter, limit)
 
 
 def report(action: str, ids: list[int]) -> dict[str, Any]:

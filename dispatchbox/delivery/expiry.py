@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import delivery as data
 from dispatchbox.dispatcher import Dispatcher
 from dispatchbox.errors import EventExpired
 
@@ -45,9 +45,8 @@ class Expiry:
         if time.monotonic() - self._synced_at < CLOCK_RESYNC_SECONDS:
             return
         before = time.time()
-        rows = await queries.afetch_tuples(conn, "expiry_db_clock")
+        db_now: datetime = await data.db_clock(conn)
         after = time.time()
-        db_now: datetime = rows[0][0]
         self.offset = db_now.timestamp() - (before + after) / 2
         self._synced_at = time.monotonic()
 

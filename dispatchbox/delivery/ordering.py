@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import delivery as data
 from dispatchbox.dispatcher import Dispatcher
 
 
@@ -54,10 +54,7 @@ class OrderingPlan:
         ids = list(dead_ids)
         if not self.park or not ids:
             return []
-        rows = await queries.afetch_tuples(
-            conn, "ordering_park", {"ids": ids, "park": list(self.park)}
-        )
-        return [(int(r[0]), int(r[1])) for r in rows]
+        return await data.ordering_park(conn, ids, list(self.park))
 
     async def park_behind_conn(
         self, dead_ids: list[int], conn: psycopg.AsyncConnection[Any]
@@ -69,6 +66,5 @@ class OrderingPlan:
 def blocked_aggregates(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Aggregates held behind a failing event: ``waiting`` (its head failed and waits for a
     retry, later events behind it) and ``parked`` (a dead event holds parked ones)."""
-    row = queries.fetch_one(conn, "ordering_blocked_aggregates")
-    assert row is not None
+    row = data.blocked_aggregates(conn)
     return {"waiting": int(row["waiting"]), "parked": int(row["parked"])}

@@ -11,14 +11,13 @@ the candidates (id and last error, nothing else) are read in keyset pages.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import audit, dead_letters, delivery
 from dispatchbox.delivery.config import DestinationConfig
 
 logger = logging.getLogger("dispatchbox.delivery")
@@ -54,29 +53,16 @@ async def replay(
         "until": until.isoformat(),
         "event_types": event_types,
     }
-    audit_row = await queries.afetch_one(
-        conn,
-        "audit_insert",
-        {
-            "actor": actor,
-            "action": "replay",
-            "event_ids": None,
-            "filter": None,
-            "affected": 0,
-            "outcome": "in_progress",
-            "details": json.dumps(details),
-        },
+    audit_id = await audit.ainsert(
+        conn, actor=actor, action="replay", affected=0, outcome="in_progress", details=details
     )
-    assert audit_row is not None  # INSERT ... RETURNING always returns its row
-    audit = audit_row["id"]
     total, seen, after = 0, 0, 0
     batch = max(1, min(PAGE, int(cfg.replay_rate)))
     outcome = "interrupted"
     try:
         while True:
-            rows = await queries.afetch_all(
+            rows = await delivery.replay_candidates(
                 conn,
-                "replay_candidates",
                 {
                     "destination": cfg.name,
                     "event_types": event_types,
@@ -93,21 +79,19 @@ async def replay(
             ids = [r["id"] for r in rows if replayable(cfg, r["last_error"])]
             if ids:
                 async with conn.transaction():
-                    done = await queries.afetch_all(
-                        conn, "dead_redrive_ids", {"ids": ids, "actor": actor}
-                    )
-                    await queries.aexecute(
-                        conn, "audit_progress", {"id": audit, "affected": len(done)}
-                    )
-                    await queries.aexecute(conn, "outbox_notify")
+                    done = await dead_letters.aredrive_ids(conn, ids, actor=actor)
+                    await audit.aprogress(conn, audit_id, len(done))
+                    await dead_letters.anotify_workers(conn)
                 total += len(done)
                 await asyncio.sleep(len(ids) / cfg.replay_rate)  # the replay's own rate limit
         outcome = "completed"
     finally:
         try:
-            await queries.aexecute(conn, "audit_finish", {"id": audit, "outcome": outcome})
+            await audit.afinish(conn, audit_id, outcome)
         except psycopg.Error:
-            logger.warning("replay_audit_not_finished destination=%s audit_id=%s", cfg.name, audit)
+            logger.warning(
+                "replay_audit_not_finished destination=%s audit_id=%s", cfg.name, audit_id
+            )
     logger.info(
         "breaker_replay destination=%s replayed=%d examined=%d since=%s until=%s",
         cfg.name,

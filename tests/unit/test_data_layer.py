@@ -17,13 +17,6 @@ PACKAGE = Path(queries.__file__).resolve().parent.parent
 # and no module may join it.
 NOT_YET_MOVED = {
     "console/store.py",
-    "delivery/admin.py",
-    "delivery/backpressure.py",
-    "delivery/board.py",
-    "delivery/checksum.py",
-    "delivery/expiry.py",
-    "delivery/ordering.py",
-    "delivery/replay.py",
     "redrive/diff.py",
     "redrive/plan.py",
     "redrive/promote.py",
