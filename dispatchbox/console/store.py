@@ -26,7 +26,8 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from dispatchbox.data import queries
+from dispatchbox.data import audit, dead_letters, metrics
+from dispatchbox.data import console as data
 from dispatchbox.delivery.checksum import payload_sha256
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
@@ -157,7 +158,7 @@ class ConsoleStore:
             conn.prepare_threshold = None  # planned with the actual filter values
             try:
                 with conn.transaction():
-                    queries.execute(conn, "console_snapshot")
+                    data.read_snapshot(conn)
                     yield conn
             finally:
                 conn.prepare_threshold = saved[1]
@@ -179,11 +180,10 @@ class ConsoleStore:
 
     def _read_overview(self) -> Overview:
         with self._read() as conn:
-            states = queries.fetch_one(conn, "console_states")
+            states = data.states(conn)
             groups = self._groups(conn, DeadEventFilter(), top=OVERVIEW_GROUPS)
-            rows = queries.fetch_all(conn, "console_deaths_over_time", {"hours": CHART_HOURS})
-            by_destination = queries.fetch_all(conn, "metrics_dead_by_destination")
-        assert states is not None
+            rows = data.deaths_over_time(conn, CHART_HOURS)
+            by_destination = metrics.dead_by_destination(conn)
         return Overview(
             pending=int(states["pending"]),
             running=int(states["running"]),
@@ -210,7 +210,7 @@ class ConsoleStore:
         top: int,
         destinations: bool = False,
     ) -> Groups:
-        rows = queries.fetch_all(conn, "console_error_groups", flt.params())
+        rows = data.error_groups(conn, flt)
         merged: dict[str, dict[str, Any]] = {}
         types: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -229,12 +229,7 @@ class ConsoleStore:
             kind["first"] = _earliest(kind["first"], row["first_seen"])
             kind["last"] = _latest(kind["last"], row["last_seen"])
         ranked = sorted(merged.items(), key=lambda kv: (-kv[1]["count"], kv[0]))[:top]
-        examples = {
-            r["id"]: r["last_error"]
-            for r in queries.fetch_all(
-                conn, "console_errors_of", {"ids": [g["example"] for _, g in ranked]}
-            )
-        }
+        examples = data.errors_of(conn, [g["example"] for _, g in ranked])
         # A second, bounded query for the groups shown only: the mirror has no destination, and
         # joining the outbox for every dead event would read a million rows on a big table.
         # Filtered by destination, every event of a group died there: nothing to read.
@@ -242,12 +237,8 @@ class ConsoleStore:
         if destinations and ranked and flt.destination is not None:
             places = {key: [(flt.destination, g["count"])] for key, g in ranked}
         elif destinations and ranked:
-            params = {
-                **flt.params(),
-                "fingerprints": [key for key, _ in ranked],
-                "per_group": GROUP_DESTINATION_SAMPLE,
-            }
-            for r in queries.fetch_all(conn, "console_group_destinations", params):
+            keys = [key for key, _ in ranked]
+            for r in data.group_destinations(conn, flt, keys, GROUP_DESTINATION_SAMPLE):
                 places.setdefault(r["fingerprint"], []).append((r["destination"], int(r["count"])))
         groups = []
         for key, g in ranked:
@@ -279,15 +270,11 @@ class ConsoleStore:
     def count_capped(self, flt: DeadEventFilter, cap: int) -> int:
         """How many dead events match, but no more than cap + 1 (a page shows "cap+")."""
         with self._read() as conn:
-            return int(
-                queries.fetch_value(conn, "console_dead_count_capped", {**flt.params(), "cap": cap})
-            )
+            return data.dead_count_capped(conn, flt, cap)
 
     def event_audit(self, event_id: int) -> list[AuditEntry]:
         with self._read() as conn:
-            rows = queries.fetch_all(
-                conn, "console_event_audit", {"id": event_id, "limit": EVENT_AUDIT_LIMIT}
-            )
+            rows = data.event_audit(conn, event_id, EVENT_AUDIT_LIMIT)
         return [AuditEntry(**row) for row in rows]
 
     def breaker_states(self) -> list[Any] | None:
@@ -307,39 +294,28 @@ class ConsoleStore:
             raise ValueError(f"the payload is larger than {MAX_PAYLOAD_BYTES} bytes")
         with self.pool.connection() as conn:
             with conn.transaction():
-                row = queries.fetch_one(
-                    conn, "console_payload_replace", {"id": event_id, "payload": text}
-                )
+                row = data.payload_replace(conn, event_id, text)
                 if row is not None:
                     before = row["before"]
-                    redriven = queries.fetch_all(
-                        conn, "dead_redrive_ids", {"ids": [event_id], "actor": actor}
-                    )
+                    redriven = dead_letters.redrive_ids(conn, [event_id], actor=actor)
                     assert redriven, "the row is locked by this transaction and dead"
                     diff = payload_diff(before, payload)
-                    audit_id = queries.fetch_value(
+                    audit_id = audit.insert(
                         conn,
-                        "audit_insert",
-                        {
-                            "actor": actor,
-                            "action": "retry",
-                            "event_ids": [event_id],
-                            "filter": None,
-                            "affected": 1,
-                            "outcome": "completed",
-                            "details": json.dumps(
-                                {
-                                    "edited_payload": True,
-                                    "diff": diff,
-                                    "checksum_before": payload_checksum(before),
-                                    "checksum_after": payload_checksum(payload),
-                                }
-                            ),
+                        actor=actor,
+                        action="retry",
+                        affected=1,
+                        event_ids=[event_id],
+                        details={
+                            "edited_payload": True,
+                            "diff": diff,
+                            "checksum_before": payload_checksum(before),
+                            "checksum_after": payload_checksum(payload),
                         },
                     )
-                    queries.execute(conn, "outbox_notify")
-                    return EditResult(audit_id=int(audit_id), diff=diff)
-            found = queries.fetch_all(conn, "events_status", {"ids": [event_id]})
+                    dead_letters.notify_workers(conn)
+                    return EditResult(audit_id=audit_id, diff=diff)
+            found = dead_letters.statuses(conn, [event_id])
         if not found:
             return None
-        raise EventNotDead(f"event {event_id} is {found[0]['status']}, not dead; nothing changed")
+        raise EventNotDead(f"event {event_id} is {found[event_id]}, not dead; nothing changed")
