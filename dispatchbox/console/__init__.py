@@ -5,8 +5,8 @@ serves itself from static/ (no build step, no CDN: it works without internet), s
 CSRF tokens, the English and Polish texts, and the console's named queries
 (sql/queries/console.sql).
 
-May import only downward: dispatchbox.repository, records, filters, queries (through store.py),
-and the API's token check (dispatchbox.api.auth). Never the worker.
+May import only downward: dispatchbox.repository, records, filters, dispatchbox.data (through
+store.py), and the API's token check (dispatchbox.api.auth). Never the worker.
 
 ``mount(app, pool, tokens)`` adds it to the API's FastAPI app; web.py builds the app, pages.py
 serves the pages, actions.py the forms, store.py reads and acts through OutboxRepository.

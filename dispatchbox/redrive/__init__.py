@@ -1,9 +1,10 @@
 """Redrive beyond retry-batch: the dry-run plan, canary and health-paced redrives, the order in
 which redriven events come back, and what changed since a deploy (issue 22).
 
-Owns: sql/queries/redrive.sql and the table outbox_redrive_operation. Imports downward only:
-queries, db, filters, records, fingerprint; the CLI (cli/redrive.py) and the HTTP API are its
-clients. Seams for other packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
+Owns: sql/queries/redrive.sql (run through dispatchbox.data.redrive) and the table
+outbox_redrive_operation. Imports downward only: dispatchbox.data, db, filters, records,
+fingerprint; the CLI (cli/redrive.py) and the HTTP API are its clients. Seams for other
+packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
 """
 
 from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, NoBreakers, PaceConfig

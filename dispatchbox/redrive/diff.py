@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import redrive as data
 
 ORDER = {"new": 0, "growing": 1, "quiet": 2, "resolved": 3}
 
@@ -53,7 +53,7 @@ def classify_groups(
     except OverflowError:  # before year 1: every group ever seen
         floor = datetime.min.replace(tzinfo=UTC)
     with connect() as conn:
-        rows = queries.fetch_all(conn, "dead_diff", {"since": since, "floor": floor})
+        rows = data.dead_diff(conn, {"since": since, "floor": floor})
     out = []
     for r in rows:
         before, after = int(r["before"]), int(r["since"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import redrive as data
 from dispatchbox.filters import DeadEventFilter
 
 # Ids listed per conflict kind (the counts are exact).
@@ -77,14 +77,14 @@ def plan_redrive(
 ) -> RedrivePlan:
     """The report, read in one snapshot (call inside a transaction for that)."""
     params = {**selection_params(flt, max_replays=max_replays), "max_ids": CONFLICT_IDS}
-    totals = queries.fetch_one(conn, "redrive_plan_totals", params) or {}
+    totals = data.redrive_plan_totals(conn, params) or {}
     groups: dict[str, list[PlanGroup]] = {d: [] for d in DIMENSIONS}
-    for row in queries.fetch_all(conn, "redrive_plan_groups", params):
+    for row in data.redrive_plan_groups(conn, params):
         if row["dimension"] == "destination" and row["key"] is None:
             continue  # no destination column yet (per-destination dead letters)
         signature = row["signature"] if row["dimension"] == "fingerprint" else None
         groups[row["dimension"]].append(PlanGroup(row["key"], int(row["count"]), signature))
-    conflicts = queries.fetch_one(conn, "redrive_plan_conflicts", params) or {}
+    conflicts = data.redrive_plan_conflicts(conn, params) or {}
     total = int(totals.get("total") or 0)
     todo = total if limit is None else min(total, limit)
     return RedrivePlan(

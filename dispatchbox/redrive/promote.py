@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import audit, dead_letters
+from dispatchbox.data import redrive as data
 from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, PaceConfig
 
 # Events per batch when unpaced (a paced batch is half a second's worth, at most BATCH).
@@ -37,7 +38,7 @@ class Promotion:
 
 
 def health_of(conn: psycopg.Connection[Any], ids: list[int], since: datetime) -> Health:
-    row = queries.fetch_one(conn, "redrive_outcome", {"ids": ids, "since": since}) or {}
+    row = data.redrive_outcome(conn, {"ids": ids, "since": since}) or {}
     p90 = row.get("p90_seconds")
     return Health(
         done=int(row.get("done") or 0),
@@ -101,23 +102,20 @@ def promote(
         size = BATCH if current is None else max(1, min(BATCH, int(current * POLL) or 1))
         batch_started = time.monotonic()
         with conn.transaction():
-            row = queries.fetch_one(
+            row = data.redrive_ordered_batch(
                 conn,
-                "redrive_ordered_batch",
                 {**params, "after_id": after_id, "batch_size": size},
             )
             assert row is not None
             ids = list(row["ids"])
             if row["last_id"] is not None:
                 after_id = int(row["last_id"])
-            queries.execute(
-                conn, "redrive_op_progress", {"id": job.op_id, "after_id": after_id, "n": len(ids)}
-            )
+            data.redrive_op_progress(conn, {"id": job.op_id, "after_id": after_id, "n": len(ids)})
             if job.audit_id is not None and ids:
-                queries.execute(conn, "audit_progress", {"id": job.audit_id, "affected": len(ids)})
+                audit.progress(conn, job.audit_id, len(ids))
             if ids:
-                queries.execute(conn, "outbox_notify")
-            now_db = queries.fetch_value(conn, "redrive_db_now")
+                dead_letters.notify_workers(conn)
+            now_db = data.redrive_db_now(conn)
         sent += len(ids)
         last_sent = time.monotonic()
         if ids:

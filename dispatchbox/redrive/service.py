@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import audit, dead_letters, delivery
+from dispatchbox.data import redrive as data
 from dispatchbox.errors import InvalidFilter, OperationInProgress
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.redrive.pacer import BreakerGate, Health
@@ -108,7 +109,7 @@ class DatabaseBreakers:
         if not names:
             return set()
         with self._connect() as conn:
-            rows = queries.fetch_all(conn, "breaker_states", {"destinations": names})
+            rows = delivery.breaker_states(conn, names)
         return {row["destination"] for row in rows if row["state"] != "closed"}
 
 
@@ -137,20 +138,17 @@ class RedriveService:
         limit: int | None = None,
     ) -> RedrivePlan:
         with self._connect() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
+            dead_letters.snapshot(conn)
             return plan_redrive(conn, flt, max_replays=max_replays, rate=rate, limit=limit)
 
     def get(self, op_id: int) -> RedriveOperation | None:
         with self._connect() as conn:
-            row = queries.fetch_one(conn, "redrive_op_read", {"id": op_id})
+            row = data.redrive_op_read(conn, {"id": op_id})
         return None if row is None else RedriveOperation(**row)
 
     def operations(self, limit: int = 20) -> list[RedriveOperation]:
         with self._connect() as conn:
-            return [
-                RedriveOperation(**r)
-                for r in queries.fetch_all(conn, "redrive_op_list", {"limit": limit})
-            ]
+            return [RedriveOperation(**r) for r in data.redrive_op_list(conn, {"limit": limit})]
 
     # -- start --------------------------------------------------------------------------------
 
@@ -184,28 +182,23 @@ class RedriveService:
                 # The breakers that may pause it: the destinations its events died at, and their
                 # event types (a handler's destination unless it names one; a death without a
                 # recorded destination).
-                types = queries.fetch_all(conn, "dead_stats_by_event_type", flt.params())
-                named = queries.fetch_all(conn, "dead_stats_by_destination", flt.params())
+                types = dead_letters.stats_by(conn, "event_type", flt)
+                named = dead_letters.stats_by(conn, "destination", flt)
                 settings["destinations"] = sorted(
                     {r["key"] for r in types} | {r["key"] for r in named if r["key"]}
                 )
-                baseline = queries.fetch_value(conn, "redrive_baseline", params)
-                audit_id = queries.fetch_value(
+                baseline = data.redrive_baseline(conn, params)
+                audit_id = audit.insert(
                     conn,
-                    "audit_insert",
-                    {
-                        "actor": actor,
-                        "action": f"redrive_{mode}",
-                        "event_ids": None,
-                        "filter": json.dumps(flt.to_json()),
-                        "affected": 0,
-                        "outcome": "in_progress",
-                        "details": json.dumps(settings),
-                    },
+                    actor=actor,
+                    action=f"redrive_{mode}",
+                    affected=0,
+                    filter=flt,
+                    outcome="in_progress",
+                    details=settings,
                 )
-                row = queries.fetch_one(
+                row = data.redrive_op_insert(
                     conn,
-                    "redrive_op_insert",
                     {
                         "actor": actor,
                         "mode": mode,
@@ -240,25 +233,21 @@ class RedriveService:
             if canary[0] == "count":
                 size = int(canary[1])
             else:
-                total = int(queries.fetch_value(conn, "redrive_plan_totals", params) or 0)
+                total = int(data.redrive_plan_total(conn, params) or 0)
                 size = max(1, math.ceil(total * canary[1] / 100))
-            ids = list(
-                queries.fetch_value(conn, "redrive_canary_sample", {**params, "size": size}) or []
-            )
+            ids = list(data.redrive_canary_sample(conn, {**params, "size": size}) or [])
             sent: list[int] = []
             if ids:
-                row = queries.fetch_one(
-                    conn,
-                    "redrive_ordered_batch",
+                row = data.redrive_ordered_batch(conn,
                     {**params, "after_id": 0, "only": ids, "exclude": None,
                      "batch_size": len(ids), "actor": actor},
                 )  # fmt: skip
                 assert row is not None
                 sent = list(row["ids"])
-            queries.execute(conn, "redrive_op_canary", {"id": op_id, "ids": sent, "n": len(sent)})
-            queries.execute(conn, "audit_progress", {"id": audit_id, "affected": len(sent)})
+            data.redrive_op_canary(conn, {"id": op_id, "ids": sent, "n": len(sent)})
+            audit.progress(conn, audit_id, len(sent))
             if sent:
-                queries.execute(conn, "outbox_notify")
+                dead_letters.notify_workers(conn)
 
     # -- run ----------------------------------------------------------------------------------
 
@@ -276,19 +265,19 @@ class RedriveService:
         operation as it stands."""
         say = report or (lambda _: None)
         with self._connect() as conn:
-            if not queries.fetch_value(conn, "redrive_op_try_lock", {"id": op_id}):
+            if not data.redrive_op_try_lock(conn, {"id": op_id}):
                 raise OperationInProgress(f"redrive operation {op_id} is being run by someone else")
             try:
                 deadline = None if budget is None else time.monotonic() + budget
                 self._run_locked(conn, op_id, wait, say, deadline)
             finally:
-                queries.fetch_value(conn, "redrive_op_unlock", {"id": op_id})
+                data.redrive_op_unlock(conn, {"id": op_id})
         found = self.get(op_id)
         assert found is not None
         return found
 
     def _load(self, conn: psycopg.Connection[Any], op_id: int) -> RedriveOperation:
-        row = queries.fetch_one(conn, "redrive_op_read", {"id": op_id})
+        row = data.redrive_op_read(conn, {"id": op_id})
         if row is None:
             raise InvalidFilter(f"no redrive operation {op_id}")
         return RedriveOperation(**row)
@@ -306,7 +295,7 @@ class RedriveService:
             say(f"operation {op_id} is {op.phase}" + (f": {op.reason}" if op.reason else ""))
             return
         if op.audit_id is not None:
-            queries.execute(conn, "redrive_audit_reopen", {"id": op.audit_id})
+            data.redrive_audit_reopen(conn, {"id": op.audit_id})
         try:
             if op.phase in ("canary", "interrupted") and op.mode == "canary" and not op.verdict:
                 verdict = self._await_canary(conn, op, wait, say)
@@ -314,9 +303,7 @@ class RedriveService:
                     self._finish_audit(conn, op, "interrupted")
                     return
                 phase = "promoting" if verdict.passed else "stopped"
-                queries.execute(
-                    conn,
-                    "redrive_op_phase",
+                data.redrive_op_phase(conn,
                     {"id": op_id, "phase": phase, "verdict": json.dumps(asdict(verdict)),
                      "reason": None if verdict.passed else verdict.reason},
                 )  # fmt: skip
@@ -327,9 +314,8 @@ class RedriveService:
                 op = self._load(conn, op_id)
             finished = self._promote(conn, op, say, deadline)
         except BaseException:
-            queries.execute(
+            data.redrive_op_phase(
                 conn,
-                "redrive_op_phase",
                 {"id": op_id, "phase": "interrupted", "verdict": None, "reason": None},
             )
             self._finish_audit(conn, op, "interrupted")
@@ -338,9 +324,8 @@ class RedriveService:
             say(f"promotion paused at its time budget; run it again (--resume {op_id})")
             self._finish_audit(conn, op, "interrupted")
             return
-        queries.execute(
+        data.redrive_op_phase(
             conn,
-            "redrive_op_phase",
             {"id": op_id, "phase": "completed", "verdict": None, "reason": None},
         )
         self._finish_audit(conn, op, "completed")
@@ -348,7 +333,7 @@ class RedriveService:
     @staticmethod
     def _finish_audit(conn: psycopg.Connection[Any], op: RedriveOperation, outcome: str) -> None:
         if op.audit_id is not None:
-            queries.execute(conn, "audit_finish", {"id": op.audit_id, "outcome": outcome})
+            audit.finish(conn, op.audit_id, outcome)
 
     def _await_canary(
         self, conn: psycopg.Connection[Any], op: RedriveOperation, wait: float | None, say: Report
@@ -378,9 +363,8 @@ class RedriveService:
         self, conn: psycopg.Connection[Any], op: RedriveOperation, ids: list[int], health: Health
     ) -> CanaryVerdict:
         required = float(op.settings.get("canary_success") or 0)
-        new = queries.fetch_all(
+        new = data.redrive_new_fingerprints(
             conn,
-            "redrive_new_fingerprints",
             {"ids": ids, "since": op.created_at, "baseline": op.baseline or []},
         )
         judged = health.done + health.dead
