@@ -14,12 +14,12 @@ from typing import Any, TextIO
 
 import psycopg
 
-from dispatchbox.data import archive, audit, batches
+from dispatchbox.data import archive, audit
 from dispatchbox.data import dead_letters as data
 from dispatchbox.delivery import checksum
 from dispatchbox.export import ExportFormat, Writer
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.repository_redrive import finish
+from dispatchbox.repository_redrive import AuditedBatches
 
 Conn = psycopg.Connection[Any]
 Chunk = list[dict[str, Any]]
@@ -127,45 +127,27 @@ def purge(
     # One cutoff for the whole run: events dying while it runs are not chased.
     cutoff = archive.cutoff(conn, older_than_days)
     details = {"older_than_days": older_than_days, "cutoff": cutoff.isoformat()}
-    audit_id: int | None = None
-    current: int | None = None
+    action = AuditedBatches(
+        conn,
+        actor=actor,
+        action="purge",
+        filter=None if flt.is_empty else flt,
+        details=details,
+    )
 
     def step(total: int) -> int:
-        nonlocal current
-        current = audit_id
-        if current is None:
-            current = audit.insert(
-                conn,
-                actor=actor,
-                action="purge",
-                affected=0,
-                filter=None if flt.is_empty else flt,
-                outcome="in_progress",
-                details=details,
-            )
         if flt.is_empty:
             n = archive.move_batch(conn, "dead", cutoff, batch_size)
         else:
             n = data.purge_batch(conn, flt, cutoff, batch_size)
-        if n:
-            audit.progress(conn, current, n)
+        action.record(n)
         return n
 
     def committed(n: int, total: int) -> None:
-        nonlocal audit_id
-        audit_id = current
         if progress is not None:
             progress(total)
 
-    try:
-        total = batches.run_batches(conn, step, committed=committed)
-    except BaseException:
-        if audit_id is not None:
-            finish(conn, audit_id, "interrupted")
-        raise
-    if audit_id is not None:
-        finish(conn, audit_id, "completed")
-    return total
+    return action.run(step, committed=committed)
 
 
 def count_purgeable(conn: Conn, flt: DeadEventFilter, older_than_days: int) -> int:

@@ -65,6 +65,74 @@ def finish(conn: Conn, audit_id: int, outcome: str) -> None:
         logger.info("could not mark audit entry %d %s: %s", audit_id, outcome, exc)
 
 
+class AuditedBatches:
+    """The audit row of a multi-batch action (sql/queries/audit.sql): inserted ``in_progress``
+    in the first batch's transaction, each batch's count added in that batch's transaction, and
+    finished ``completed`` or ``interrupted`` at the end, so that whatever happens its count is
+    what the committed batches did and a failed first batch records nothing."""
+
+    def __init__(
+        self,
+        conn: Conn,
+        *,
+        actor: str,
+        action: str,
+        filter: DeadEventFilter | None,
+        details: dict[str, Any],
+    ) -> None:
+        self.conn = conn
+        self.actor = actor
+        self.action = action
+        self.filter = filter
+        self.details = details
+        self.audit_id: int | None = None  # once its first batch committed
+        self._current: int | None = None  # in the batch in flight
+
+    def record(self, n: int) -> None:
+        """Inside a batch's transaction, after its work: the row exists, with ``n`` added."""
+        self._current = self.audit_id
+        if self._current is None:
+            self._current = audit.insert(
+                self.conn,
+                actor=self.actor,
+                action=self.action,
+                affected=0,
+                filter=self.filter,
+                outcome="in_progress",
+                details=self.details,
+            )
+        if n:
+            audit.progress(self.conn, self._current, n)
+
+    def run(
+        self,
+        step: batches.Step,
+        *,
+        stop: batches.Stop = batches.empty_batch,
+        committed: batches.Committed | None = None,
+        rate: float | None = None,
+    ) -> int:
+        """dispatchbox.data.batches.run_batches, with the row finished at the end; ``step``
+        calls ``record`` in each batch."""
+
+        def after_commit(n: int, total: int) -> None:
+            self.audit_id = self._current  # committed: from here on the audit row exists
+            if committed is not None:
+                committed(n, total)
+
+        try:
+            total = batches.run_batches(
+                self.conn, step, stop=stop, committed=after_commit, rate=rate
+            )
+        except BaseException:
+            if self.audit_id is not None:
+                finish(self.conn, self.audit_id, "interrupted")
+            raise
+        if self.audit_id is not None:
+            finish(self.conn, self.audit_id, "completed")
+        return total
+
+
 def retry_one(conn: Conn, event_id: int, *, actor: str) -> bool:
     """OutboxRepository.retry_dead_event on an autocommit connection."""
     with conn.transaction():
@@ -147,38 +215,24 @@ def redrive_by_filter(
     size = batch_size if rate is None else max(1, min(batch_size, int(rate)))
     details: dict[str, Any] = {"limit": limit, "rate": rate, "batch_size": size}
     details.update(checksum.report("retry_filter", checksum.mismatched_dead(conn, flt)))
-    # Kept only once a batch committed: the audit row, where the next batch starts, the total.
-    audit_id: int | None = None
+    action = AuditedBatches(conn, actor=actor, action="retry_filter", filter=flt, details=details)
+    # Kept only once a batch committed: where the next batch starts, the counts.
     after_id = 0
     done = skipped = failed = 0
     # Of the batch in flight.
-    current: int | None = None
     wanted = size
     row: dict[str, Any] = {}
 
     def step(total: int) -> int:
-        nonlocal current, wanted, row
+        nonlocal wanted, row
         wanted = size if limit is None else min(size, limit - total)
-        current = audit_id
-        if current is None:
-            current = audit.insert(
-                conn,
-                actor=actor,
-                action="retry_filter",
-                affected=0,
-                filter=flt,
-                outcome="in_progress",
-                details=details,
-            )
         row = data.redrive_batch(conn, flt, actor=actor, after_id=after_id, batch_size=wanted)
         n = int(row["processed"])
-        if n:
-            audit.progress(conn, current, n)
+        action.record(n)
         return n
 
     def committed(n: int, total: int) -> None:
-        nonlocal audit_id, after_id, done, skipped, failed
-        audit_id = current  # committed: from here on the audit row exists
+        nonlocal after_id, done, skipped, failed
         done = total
         skipped += int(row["skipped"])
         failed += int(row["failed"])
@@ -192,14 +246,10 @@ def redrive_by_filter(
         return n < wanted or (limit is not None and total >= limit)
 
     try:
-        batches.run_batches(conn, step, stop=stop, committed=committed, rate=rate)
+        action.run(step, stop=stop, committed=committed, rate=rate)
     except BaseException:
-        if audit_id is not None:
-            finish(conn, audit_id, "interrupted")
         logger.info("redrive by filter interrupted after %d events", done)
         raise
-    if audit_id is not None:
-        finish(conn, audit_id, "completed")
     if skipped or failed:
         logger.warning(
             "redrive by filter: %d skipped (held or changed), %d failed", skipped, failed
