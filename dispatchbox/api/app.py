@@ -165,8 +165,14 @@ def _filter(**fields: str | None) -> DeadEventFilter:
         raise InvalidFilter(str(exc) or "invalid filter") from None
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    """The ASGI application. The pool opens (without waiting for the database) at startup."""
+def create_app(
+    settings: ApiSettings,
+    *,
+    mount: Callable[[FastAPI, ConnectionPool[Any]], None] | None = None,
+) -> FastAPI:
+    """The ASGI application. The pool opens (without waiting for the database) at startup.
+    ``mount`` adds what the assembler serves beside the API on the same app and pool (`dispatchbox
+    serve` mounts the console at /ui): the API itself imports nothing above it."""
     pool: ConnectionPool[Any] = ConnectionPool(
         settings.dsn,
         min_size=1,
@@ -337,11 +343,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     add_redrive_routes(api, repo, actor, not_found)
     app.include_router(api)
-    # The dead-letter console (/ui), on the same pool and tokens.
-    from dispatchbox import console
-    from dispatchbox.console.breaker_source import DeliveryBreakers
-
-    console.mount(app, pool, settings.tokens, breakers=DeliveryBreakers(pool))
+    if mount is not None:
+        mount(app, pool)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
     def healthz() -> dict[str, str]:
