@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool
 from dispatchbox import db, queries
 from dispatchbox.delivery import checksum
 from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
+from dispatchbox.events import EventStatus
 from dispatchbox.export import ExportFormat, Writer
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance import archiver
@@ -409,9 +410,9 @@ class OutboxRepository:
                 r["id"]: r["status"]
                 for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
             }
-        dead = [i for i in wanted if found.get(i) == "dead"]
+        dead = [i for i in wanted if found.get(i) == EventStatus.DEAD]
         missing = [i for i in wanted if i not in found]
-        not_dead = [i for i in wanted if found.get(i) not in (None, "dead")]
+        not_dead = [i for i in wanted if found.get(i) not in (None, EventStatus.DEAD)]
         return dead, missing, not_dead
 
     def retry_dead_events_batch(
@@ -445,10 +446,10 @@ class OutboxRepository:
                 for r in queries.fetch_all(conn, "events_status", {"ids": candidates})
             }
             missing = out_of_range + [i for i in candidates if i not in found]
-            not_dead = [i for i in candidates if found.get(i) not in (None, "dead")]
+            not_dead = [i for i in candidates if found.get(i) not in (None, EventStatus.DEAD)]
             if (missing or not_dead) and not skip_invalid:
                 raise InvalidEventIds(missing=missing, not_dead=not_dead)
-            dead = [i for i in candidates if found.get(i) == "dead"]
+            dead = [i for i in candidates if found.get(i) == EventStatus.DEAD]
             done = {
                 r["id"]
                 for r in queries.fetch_all(conn, "dead_redrive_ids", {"ids": dead, "actor": who})
@@ -669,7 +670,11 @@ class OutboxRepository:
             cutoff = queries.fetch_value(conn, "archive_cutoff", {"days": older_than_days})
             if flt.is_empty:
                 query = "archive_batch"
-                params = {"status": "dead", "cutoff": cutoff, "batch_size": self.batch_size}
+                params = {
+                    "status": EventStatus.DEAD,
+                    "cutoff": cutoff,
+                    "batch_size": self.batch_size,
+                }
             else:
                 query = "dead_purge_batch"
                 params = {**flt.params(), "cutoff": cutoff, "batch_size": self.batch_size}

@@ -43,6 +43,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from dispatchbox import db, queries
 from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
+from dispatchbox.events import EventStatus
 
 logger = logging.getLogger("dispatchbox.metrics")
 
@@ -307,10 +308,10 @@ def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
 
 
 REDRIVE_OUTCOMES = {
-    "done": "done",
-    "dead": "dead_again",
-    "pending": "in_flight",
-    "running": "in_flight",
+    EventStatus.DONE: "done",
+    EventStatus.DEAD: "dead_again",
+    EventStatus.PENDING: "in_flight",
+    EventStatus.RUNNING: "in_flight",
 }
 
 
