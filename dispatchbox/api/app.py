@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg_pool import ConnectionPool, PoolTimeout
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatchbox import __version__, db, migrations
@@ -54,6 +55,7 @@ from dispatchbox.errors import (
     OperationInProgress,
     SchemaNotCurrent,
 )
+from dispatchbox.events import EventStatus
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance.alerts import AlertGroup
 from dispatchbox.observability.alerting import start_evaluators
@@ -245,7 +247,7 @@ def create_app(
         error_fingerprint: str | None = _fingerprint(),
         destination: str | None = _destination(),
         who: str = Depends(actor),
-    ) -> DeadEventPage:
+    ) -> BaseModel:
         flt = _filter(
             event_type=event_type,
             aggregate_type=aggregate_type,
@@ -282,7 +284,7 @@ def create_app(
         error_contains: str | None = _contains(),
         error_fingerprint: str | None = _fingerprint(),
         destination: str | None = _destination(),
-    ) -> StatsOut:
+    ) -> BaseModel:
         flt = _filter(
             event_type=event_type,
             aggregate_type=aggregate_type,
@@ -301,7 +303,7 @@ def create_app(
         responses=_responses(404),
         summary="One event (any status) with its whole error history",
     )
-    def get_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> EventDetailOut:
+    def get_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> BaseModel:
         event = repo.get_event(event_id)
         if event is None:
             raise ApiError(404, f"no event with id {event_id}")
@@ -316,7 +318,7 @@ def create_app(
     def retry_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> RetryOut:
         if not repo.retry_dead_event(event_id, actor=who):
             raise ApiError(404, f"no event with id {event_id}; nothing retried")
-        return RetryOut(id=event_id, status="pending")
+        return RetryOut(id=event_id, status=EventStatus.PENDING)
 
     @api.post(
         "/dead-events/retry-batch",
