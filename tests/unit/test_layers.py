@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "delivery",
                 "destinations",
                 "outbox_status",
+                "retry_batch",
             }
         ),
     ),
