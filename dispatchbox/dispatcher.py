@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from dispatchbox.delivery.config import (
     BreakerPolicy,
@@ -53,14 +53,14 @@ class BackoffPolicy:
         return raw * (1.0 - self.jitter * random.random())
 
 
-@dataclass(frozen=True, slots=True)
-class HandlerSpec:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _SpecCommon:
+    """What every handler spec has, whether it takes one event or a list."""
+
     event_type: str
-    func: Handler | BatchHandler
     is_async: bool
     timeout: float | None  # None: the worker's --handler-timeout
     backoff: BackoffPolicy | None  # None: the worker's policy
-    max_batch: int | None = None  # a batch handler: most events per call; None: one per call
     # The system this handler talks to: breakers, rate limits and dead letters are kept per
     # destination. Handlers that name none each get their own, named after the event type.
     destination: str = ""
@@ -68,6 +68,26 @@ class HandlerSpec:
     # counted from publish (None: only the event's own expires_at); docs: delivery-controls.md.
     ordering: str | None = None
     ttl: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventHandlerSpec(_SpecCommon):
+    """A handler called with one event (``@dispatcher.handler``)."""
+
+    func: Handler
+    max_batch: None = None  # one event per call
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchHandlerSpec(_SpecCommon):
+    """A handler called with a list of events (``@dispatcher.batch_handler``, a route's relay)."""
+
+    func: BatchHandler
+    max_batch: int  # most events per call
+
+
+#: What the dispatcher holds for an event type: ``isinstance`` tells which kind of call it takes.
+HandlerSpec = EventHandlerSpec | BatchHandlerSpec
 
 
 @runtime_checkable
@@ -304,17 +324,32 @@ class Dispatcher:
             isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
         ):
             raise ConfigurationError(f"ttl for {event_type!r} must be a positive number of seconds")
-        self._handlers[event_type] = HandlerSpec(
-            event_type=event_type,
-            func=func,
-            is_async=inspect.iscoroutinefunction(func),
-            timeout=timeout,
-            backoff=backoff,
-            max_batch=max_batch,
-            destination=destination or event_type,
-            ordering=ordering,
-            ttl=None if ttl is None else float(ttl),
-        )
+        spec: HandlerSpec
+        if max_batch is None:
+            spec = EventHandlerSpec(
+                event_type=event_type,
+                # register() takes either kind; max_batch is what says which one the caller gave.
+                func=cast(Handler, func),
+                is_async=inspect.iscoroutinefunction(func),
+                timeout=timeout,
+                backoff=backoff,
+                destination=destination or event_type,
+                ordering=ordering,
+                ttl=None if ttl is None else float(ttl),
+            )
+        else:
+            spec = BatchHandlerSpec(
+                event_type=event_type,
+                func=cast(BatchHandler, func),
+                is_async=inspect.iscoroutinefunction(func),
+                timeout=timeout,
+                backoff=backoff,
+                max_batch=max_batch,
+                destination=destination or event_type,
+                ordering=ordering,
+                ttl=None if ttl is None else float(ttl),
+            )
+        self._handlers[event_type] = spec
 
     def get(self, event_type: str) -> HandlerSpec | None:
         """The handler of ``event_type``: its exact handler, else the first matching route's
@@ -326,11 +361,11 @@ class Dispatcher:
             return self._routed[event_type]
         except KeyError:
             pass
-        found = None
+        found: HandlerSpec | None = None
         for route in self._routes:
             if fnmatchcase(event_type, route.pattern):
                 target = route.target
-                found = HandlerSpec(
+                found = BatchHandlerSpec(
                     event_type=event_type,
                     func=target.deliver,
                     is_async=True,

@@ -25,11 +25,12 @@ from typing import Any
 import psycopg
 
 from dispatchbox.data import outbox as data
+from dispatchbox.events import EventStatus
 
 #: Counts at or below this are exact by default; reading this many index entries takes ~1 ms.
 EXACT_BELOW = 10_000
 
-COUNTED = ("pending", "running", "dead")
+COUNTED = (EventStatus.PENDING, EventStatus.RUNNING, EventStatus.DEAD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import psycopg
 from dispatchbox.data import archive, audit
 from dispatchbox.data import dead_letters as data
 from dispatchbox.delivery import checksum
+from dispatchbox.events import EventStatus
 from dispatchbox.export import ExportFormat, Writer
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.repository_redrive import AuditedBatches
@@ -137,7 +138,7 @@ def purge(
 
     def step(total: int) -> int:
         if flt.is_empty:
-            n = archive.move_batch(conn, "dead", cutoff, batch_size)
+            n = archive.move_batch(conn, EventStatus.DEAD, cutoff, batch_size)
         else:
             n = data.purge_batch(conn, flt, cutoff, batch_size)
         action.record(n)

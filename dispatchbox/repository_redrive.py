@@ -19,6 +19,7 @@ from dispatchbox.data import audit, batches
 from dispatchbox.data import dead_letters as data
 from dispatchbox.delivery import checksum
 from dispatchbox.errors import EventNotDead, InvalidEventIds, InvalidFilter
+from dispatchbox.events import EventStatus
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.records import RedriveCounts
 
@@ -161,9 +162,9 @@ def classify(conn: Conn, ids: Iterable[int]) -> tuple[list[int], list[int], list
     """OutboxRepository.classify_ids: (dead, missing, not dead), changing nothing."""
     wanted = list(dict.fromkeys(ids))
     found = data.statuses(conn, [i for i in wanted if valid_id(i)])
-    dead = [i for i in wanted if found.get(i) == "dead"]
+    dead = [i for i in wanted if found.get(i) == EventStatus.DEAD]
     missing = [i for i in wanted if i not in found]
-    not_dead = [i for i in wanted if found.get(i) not in (None, "dead")]
+    not_dead = [i for i in wanted if found.get(i) not in (None, EventStatus.DEAD)]
     return dead, missing, not_dead
 
 
@@ -174,10 +175,10 @@ def retry_batch(conn: Conn, wanted: list[int], *, actor: str, skip_invalid: bool
     with conn.transaction():
         found = data.statuses(conn, candidates)
         missing = out_of_range + [i for i in candidates if i not in found]
-        not_dead = [i for i in candidates if found.get(i) not in (None, "dead")]
+        not_dead = [i for i in candidates if found.get(i) not in (None, EventStatus.DEAD)]
         if (missing or not_dead) and not skip_invalid:
             raise InvalidEventIds(missing=missing, not_dead=not_dead)
-        dead = [i for i in candidates if found.get(i) == "dead"]
+        dead = [i for i in candidates if found.get(i) == EventStatus.DEAD]
         done = data.redrive_ids(conn, dead, actor=actor)
         # Redriven or archived by someone else between the two statements.
         changed = [i for i in dead if i not in done]

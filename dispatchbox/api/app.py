@@ -13,23 +13,31 @@ never carries a secret: database errors are redacted and a token is never echoed
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg_pool import ConnectionPool, PoolTimeout
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 
 from dispatchbox import __version__, db, migrations
+from dispatchbox import retry_batch as retry_batch_path
 from dispatchbox.api.auth import ApiTokens
 from dispatchbox.api.breakers import breaker_router
+from dispatchbox.api.error_replies import (
+    ApiError,
+    error_response,
+    install_error_handlers,
+    redacted,
+    reject,
+    responses,
+)
 from dispatchbox.api.models import (
     FINGERPRINT_SCHEMA,
     ISO_SCHEMA,
@@ -48,12 +56,11 @@ from dispatchbox.api.models import (
 from dispatchbox.api.redrive_routes import add_redrive_routes
 from dispatchbox.errors import (
     DatabaseUnreachable,
-    EventNotDead,
     InvalidEventIds,
     InvalidFilter,
-    OperationInProgress,
     SchemaNotCurrent,
 )
+from dispatchbox.events import EventStatus
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.maintenance.alerts import AlertGroup
 from dispatchbox.observability.alerting import start_evaluators
@@ -123,40 +130,6 @@ class ApiSettings:
     alerts: bool = True
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-
-def _error(
-    status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = ErrorBody(message=message, **extra).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Bad filter or query parameter"},
-    401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
-    503: {"model": ErrorBody, "description": "Database unreachable or schema not current"},
-}
-
-
-def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    extra: dict[int, dict[str, Any]] = {
-        404: {"model": ErrorBody, "description": "No event with this id"},
-        409: {"model": ErrorBody, "description": "The event (or an id of the batch) is not dead"},
-        422: {"model": ErrorBody, "description": "Malformed request body"},
-    }
-    out = dict(_ERRORS)
-    for code in codes:
-        out[code] = extra[code]
-    return out
-
-
 def _filter(**fields: str | None) -> DeadEventFilter:
     try:
         return DeadEventFilter.from_strings(**fields)
@@ -165,8 +138,14 @@ def _filter(**fields: str | None) -> DeadEventFilter:
         raise InvalidFilter(str(exc) or "invalid filter") from None
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    """The ASGI application. The pool opens (without waiting for the database) at startup."""
+def create_app(
+    settings: ApiSettings,
+    *,
+    mount: Callable[[FastAPI, ConnectionPool[Any]], None] | None = None,
+) -> FastAPI:
+    """The ASGI application. The pool opens (without waiting for the database) at startup.
+    ``mount`` adds what the assembler serves beside the API on the same app and pool (`dispatchbox
+    serve` mounts the console at /ui): the API itself imports nothing above it."""
     pool: ConnectionPool[Any] = ConnectionPool(
         settings.dsn,
         min_size=1,
@@ -203,7 +182,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         summary="Dead events of a dispatchbox outbox: list, count, inspect and retry.",
         lifespan=lifespan,
     )
-    _install_error_handlers(app, settings.dsn)
+    install_error_handlers(app, settings.dsn)
 
     bearer = HTTPBearer(auto_error=False, description="DISPATCHBOX_API_TOKEN's secret")
 
@@ -222,7 +201,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @api.get(
         "/dead-events",
         response_model=DeadEventPage,
-        responses=_responses(),
+        responses=responses(),
         summary="List dead events (filters and pagination as the CLI's `dead-events list`)",
     )
     def list_dead_events(
@@ -239,7 +218,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         error_fingerprint: str | None = _fingerprint(),
         destination: str | None = _destination(),
         who: str = Depends(actor),
-    ) -> DeadEventPage:
+    ) -> BaseModel:
         flt = _filter(
             event_type=event_type,
             aggregate_type=aggregate_type,
@@ -262,7 +241,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @api.get(
         "/dead-events/stats",
         response_model=StatsOut,
-        responses=_responses(),
+        responses=responses(),
         summary="Count dead events by event type, aggregate type, destination and normalised error",
     )
     def dead_event_stats(
@@ -276,7 +255,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         error_contains: str | None = _contains(),
         error_fingerprint: str | None = _fingerprint(),
         destination: str | None = _destination(),
-    ) -> StatsOut:
+    ) -> BaseModel:
         flt = _filter(
             event_type=event_type,
             aggregate_type=aggregate_type,
@@ -292,10 +271,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @api.get(
         "/dead-events/{event_id:int}",
         response_model=EventDetailOut,
-        responses=_responses(404),
+        responses=responses(404),
         summary="One event (any status) with its whole error history",
     )
-    def get_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> EventDetailOut:
+    def get_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> BaseModel:
         event = repo.get_event(event_id)
         if event is None:
             raise ApiError(404, f"no event with id {event_id}")
@@ -304,18 +283,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @api.post(
         "/dead-events/{event_id:int}/retry",
         response_model=RetryOut,
-        responses=_responses(404, 409),
+        responses=responses(404, 409),
         summary="Send one dead event back to pending",
     )
     def retry_dead_event(event_id: int = Path(ge=1), who: str = Depends(actor)) -> RetryOut:
         if not repo.retry_dead_event(event_id, actor=who):
             raise ApiError(404, f"no event with id {event_id}; nothing retried")
-        return RetryOut(id=event_id, status="pending")
+        return RetryOut(id=event_id, status=EventStatus.PENDING)
 
     @api.post(
         "/dead-events/retry-batch",
         response_model=RetryBatchOut,
-        responses=_responses(404, 409, 422),
+        responses=responses(404, 409, 422),
         summary='Redrive {"ids": [...]} (all or nothing) or {"filter": {...}} (in batches)',
     )
     def retry_batch(body: RetryBatchIn, who: str = Depends(actor)) -> RetryBatchOut:
@@ -324,8 +303,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         assert body.filter is not None
         flt = _filter(**_filter_fields(body.filter))
         if body.dry_run:
-            count = repo.count_dead_events(filter=flt)
-            todo = count if body.limit is None else min(count, body.limit)
+            todo = retry_batch_path.would_retry_matching(repo, flt, body.limit)
             return RetryBatchOut(retried=0, dry_run=True, would_retry=todo)
         done = repo.retry_dead_events(flt, body.limit, actor=who)
         return RetryBatchOut(retried=done, dry_run=False)
@@ -337,11 +315,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     add_redrive_routes(api, repo, actor, not_found)
     app.include_router(api)
-    # The dead-letter console (/ui), on the same pool and tokens.
-    from dispatchbox import console
-    from dispatchbox.console.breaker_source import DeliveryBreakers
-
-    console.mount(app, pool, settings.tokens, breakers=DeliveryBreakers(pool))
+    if mount is not None:
+        mount(app, pool)
 
     @app.get("/healthz", tags=["probes"], summary="The process is alive")
     def healthz() -> dict[str, str]:
@@ -358,9 +333,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             with db.connect(settings.dsn, autocommit=True, connect_timeout=3) as conn:
                 migrations.check(conn)
         except (DatabaseUnreachable, SchemaNotCurrent) as exc:
-            return _error(503, str(exc))
+            return error_response(503, str(exc))
         except psycopg.Error as exc:
-            return _error(503, "database error: " + _redacted(exc, settings.dsn))
+            return error_response(503, "database error: " + redacted(exc, settings.dsn))
         return {"status": "ready"}
 
     @app.get(
@@ -392,99 +367,18 @@ def _filter_fields(flt: FilterIn) -> dict[str, str | None]:
 
 def _retry_ids(repo: OutboxRepository, body: RetryBatchIn, who: str) -> RetryBatchOut:
     assert body.ids is not None
-    if body.dry_run:
-        dead, missing, not_dead = repo.classify_ids(body.ids)
-        if (missing or not_dead) and not body.skip_invalid:
-            _reject(missing, not_dead)
-        return RetryBatchOut(
-            retried=0, dry_run=True, would_retry=len(dead), missing=missing, not_dead=not_dead
-        )
-    if body.skip_invalid:
-        # What is skipped is named from a look just before: the retry itself names nothing.
-        _, missing, not_dead = repo.classify_ids(body.ids)
-        done = repo.retry_dead_events_batch(body.ids, actor=who, skip_invalid=True)
-        return RetryBatchOut(retried=done, dry_run=False, missing=missing, not_dead=not_dead)
     try:
-        done = repo.retry_dead_events_batch(body.ids, actor=who)
+        result = retry_batch_path.retry_ids(
+            repo, body.ids, actor=who, dry_run=body.dry_run, skip_invalid=body.skip_invalid
+        )
     except InvalidEventIds as exc:
-        _reject(exc.missing, exc.not_dead)
-    return RetryBatchOut(retried=done, dry_run=False)
-
-
-def _reject(missing: list[int], not_dead: list[int]) -> None:
-    error = InvalidEventIds(missing=missing, not_dead=not_dead)
-    # 409 when some event is in the wrong state; 404 when the only fault is ids that do not exist.
-    raise ApiError(409 if not_dead else 404, str(error), missing=missing, not_dead=not_dead)
-
-
-def _redacted(exc: BaseException, dsn: str) -> str:
-    return db.redact(" ".join(str(exc).split()), dsn)[:300]
-
-
-def _install_error_handlers(app: FastAPI, dsn: str) -> None:
-    def reply(status: int, message: Callable[[Any], str]) -> Callable[[Request, Any], Any]:
-        async def respond(request: Request, exc: Any) -> JSONResponse:
-            return _error(status, message(exc))
-
-        return respond
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _error(exc.status, exc.message, headers=headers, **exc.extra)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {
-                "location": [str(p) for p in e.get("loc", ())],
-                "message": str(e.get("msg", "")).removeprefix("Value error, "),
-            }
-            for e in exc.errors()
-        ]
-        # A malformed body is 422; a bad query parameter or filter (in the query string or in
-        # the body's "filter") is a bad filter: 400.
-        in_body = any(
-            p["location"][:1] == ["body"] and p["location"][1:2] != ["filter"] for p in problems
-        )
-        summary = "; ".join(
-            f"{'.'.join(p['location'][1:]) or p['location'][0]}: {p['message']}"
-            for p in problems[:5]
-        )
-        return _error(422 if in_body else 400, summary or "invalid request", errors=problems)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=exc.headers)
-
-    app.add_exception_handler(InvalidFilter, reply(400, str))
-    app.add_exception_handler(EventNotDead, reply(409, str))
-    app.add_exception_handler(OperationInProgress, reply(409, str))
-    app.add_exception_handler(DatabaseUnreachable, reply(503, str))
-    app.add_exception_handler(
-        PoolTimeout, reply(503, lambda exc: "database unavailable: no connection in time")
+        reject(exc.missing, exc.not_dead)
+    if result.dry_run and result.invalid and not body.skip_invalid:
+        reject(result.missing, result.not_dead)
+    return RetryBatchOut(
+        retried=result.retried,
+        dry_run=result.dry_run,
+        would_retry=result.would_retry,
+        missing=result.missing,
+        not_dead=result.not_dead,
     )
-
-    @app.exception_handler(psycopg.Error)
-    async def database_error(request: Request, exc: psycopg.Error) -> JSONResponse:
-        reason = _redacted(exc, dsn)
-        if isinstance(exc, psycopg.OperationalError):
-            return _error(503, f"database unavailable: {reason}")
-        if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedFunction):
-            return _error(
-                503,
-                f"the dispatchbox schema is missing or not current ({reason}); "
-                "run `dispatchbox db migrate`",
-            )
-        logger.error("api_database_error path=%s error=%s", request.url.path, reason)
-        return _error(500, "database error (logged on the server)")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error(
-            "api_unexpected_error path=%s error=%s",
-            request.url.path,
-            _redacted(exc, dsn),
-            exc_info=(type(exc), exc, exc.__traceback__),
-        )
-        return _error(500, "internal error (logged on the server)")

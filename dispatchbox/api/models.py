@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+import dataclasses
+import functools
+import operator
+import types
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
+
+from dispatchbox import records
 
 MAX_BIGINT = 2**63 - 1
 MAX_BATCH_IDS = 10_000
@@ -28,119 +33,83 @@ class ErrorBody(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
-class DeadEventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+def _swap(tp: Any, models: dict[Any, type[BaseModel]]) -> Any:
+    """tp with each nested record type replaced by its model: list[GroupStat] | None ->
+    list[GroupStatOut] | None."""
+    if tp in models:
+        return models[tp]
+    args = get_args(tp)
+    if not args:
+        return tp
+    swapped = tuple(_swap(arg, models) for arg in args)
+    if get_origin(tp) in (Union, types.UnionType):
+        return functools.reduce(operator.or_, swapped)
+    return types.GenericAlias(get_origin(tp), swapped)
 
-    id: int
-    aggregate_type: str
-    aggregate_id: str
-    event_type: str
-    payload: Any
-    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
-    status: str
-    attempts: int
-    max_attempts: int
-    priority: int
-    last_error: str | None
-    last_error_at: datetime | None
-    created_at: datetime
-    dead_at: datetime | None
-    redrive_count: int
-    last_redriven_at: datetime | None
-    last_redriven_by: str | None
-    error_fingerprint: str | None
-    destination: str | None = Field(
-        default=None, description="The destination whose delivery failed last (null: none)."
+
+def _from_record(
+    record: type[Any],
+    name: str,
+    *,
+    nested: dict[Any, type[BaseModel]] | None = None,
+    described: dict[str, str] | None = None,
+) -> type[BaseModel]:
+    """A response model with the record's fields, in its order, with its types and defaults;
+    ``nested`` gives the model of each record a field holds, ``described`` a field's
+    description in the OpenAPI document."""
+    hints = get_type_hints(record)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        tp = _swap(hints[f.name], nested or {})
+        text = (described or {}).get(f.name)
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (tp, Field(default=f.default, description=text))
+        elif f.default_factory is not dataclasses.MISSING and text is None:
+            fields[f.name] = (tp, Field(default_factory=f.default_factory))
+        else:  # required (a described list, such as errors, is always sent)
+            fields[f.name] = (tp, Field(description=text))
+    model: type[BaseModel] = create_model(
+        name, __config__=ConfigDict(from_attributes=True), **fields
     )
+    return model
 
 
-class DeadEventPage(BaseModel):
-    items: list[DeadEventOut]
-    total: int = Field(description="Dead events matching the filters, on every page.")
-    limit: int
-    offset: int
-    next_after_id: int | None = Field(
-        description="Pass as after_id for the next page (keyset, fast); null on the last page."
-    )
+_DESTINATION = {"destination": "The destination whose delivery failed last (null: none)."}
 
-
-class ErrorRecordOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    attempt: int
-    worker: str | None
-    started_at: datetime | None
-    finished_at: datetime
-    error_type: str
-    message: str
-    traceback: str | None
-
-
-class EventDetailOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    aggregate_type: str
-    aggregate_id: str
-    event_type: str
-    payload: Any
-    headers: Any  # a JSON object when written by publish(); any JSON when written by hand
-    status: str
-    attempts: int
-    max_attempts: int
-    priority: int
-    idempotency_key: str | None
-    next_attempt_at: datetime
-    locked_by: str | None
-    locked_until: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    done_at: datetime | None
-    dead_at: datetime | None
-    redrive_count: int
-    last_redriven_at: datetime | None
-    last_redriven_by: str | None
-    error_fingerprint: str | None
-    destination: str | None = Field(
-        default=None, description="The destination whose delivery failed last (null: none)."
-    )
-    errors: list[ErrorRecordOut] = Field(description="Every failed attempt, oldest first.")
-
-
-class GroupStatOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    key: str | None = Field(description="The group's value; null: no destination recorded.")
-    count: int
-    first_seen: datetime | None
-    last_seen: datetime | None
-
-
-class ErrorGroupOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    fingerprint: str
-    signature: str | None
-    count: int
-    first_seen: datetime | None
-    last_seen: datetime | None
-    example_id: int
-    example_error: str | None
-
-
-class StatsOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    total: int
-    oldest_dead_at: datetime | None
-    newest_dead_at: datetime | None
-    by_event_type: list[GroupStatOut] | None = None
-    by_aggregate_type: list[GroupStatOut] | None = None
-    by_error: list[ErrorGroupOut] | None = None
-    by_destination: list[GroupStatOut] | None = None
+# Response bodies: the records OutboxRepository returns (dispatchbox.records), field for field.
+DeadEventOut = _from_record(records.DeadEvent, "DeadEventOut", described=_DESTINATION)
+ErrorRecordOut = _from_record(records.ErrorRecord, "ErrorRecordOut")
+EventDetailOut = _from_record(
+    records.EventDetail,
+    "EventDetailOut",
+    nested={records.ErrorRecord: ErrorRecordOut},
+    described={**_DESTINATION, "errors": "Every failed attempt, oldest first."},
+)
+GroupStatOut = _from_record(
+    records.GroupStat,
+    "GroupStatOut",
+    described={"key": "The group's value; null: no destination recorded."},
+)
+ErrorGroupOut = _from_record(records.ErrorGroup, "ErrorGroupOut")
+StatsOut = _from_record(
+    records.DeadEventStats,
+    "StatsOut",
+    nested={records.GroupStat: GroupStatOut, records.ErrorGroup: ErrorGroupOut},
+)
+_PAGE_ITEMS: Any = types.GenericAlias(list, (DeadEventOut,))
+DeadEventPage: type[BaseModel] = create_model(
+    "DeadEventPage",
+    items=(_PAGE_ITEMS, ...),
+    total=(int, Field(description="Dead events matching the filters, on every page.")),
+    limit=(int, ...),
+    offset=(int, ...),
+    next_after_id=(
+        int | None,
+        Field(
+            description="Pass as after_id for the next page (keyset, fast); null on the last page."
+        ),
+    ),
+)
 
 
 class RetryOut(BaseModel):

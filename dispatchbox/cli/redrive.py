@@ -15,7 +15,8 @@ from typing import Any
 import typer
 
 from dispatchbox.cli.common import fail, info, usage_error
-from dispatchbox.cli.dead_events import _emit_json, _repo, _table, _when, app
+from dispatchbox.cli.dead_event_parts import emit_json, open_repo, table, when
+from dispatchbox.cli.dead_events import app
 from dispatchbox.filters import DeadEventFilter, parse_timestamp
 from dispatchbox.records import default_actor
 from dispatchbox.redrive import RedriveOperation, RedrivePlan, parse_canary
@@ -37,8 +38,8 @@ def print_plan(plan: RedrivePlan) -> None:
     """The dry-run report, on stdout."""
     print(
         f"would retry {plan.total:,} dead events of {plan.aggregates:,} aggregates "
-        f"(dry run: nothing changed); oldest died {_when(plan.oldest_dead_at)}, "
-        f"newest {_when(plan.newest_dead_at)} (UTC)"
+        f"(dry run: nothing changed); oldest died {when(plan.oldest_dead_at)}, "
+        f"newest {when(plan.newest_dead_at)} (UTC)"
     )
     if plan.over_replays:
         print(f"left dead by --max-replays: {plan.over_replays:,} (redriven that often already)")
@@ -53,7 +54,7 @@ def print_plan(plan: RedrivePlan) -> None:
     for dimension, groups in plan.groups.items():
         print()
         rows = [[g.key, f"{g.count:,}", g.signature or ""] for g in groups[:REPORT_ROWS]]
-        _table([titles[dimension], "COUNT", ""], rows, right={1})
+        table([titles[dimension], "COUNT", ""], rows, right={1})
         if len(groups) > REPORT_ROWS:
             print(f"... and {len(groups) - REPORT_ROWS} more")
     print()
@@ -115,11 +116,11 @@ def redrive_filter(
     size = parse_canary(canary) if canary is not None else None
     if limit is not None and (size is not None or adaptive):
         usage_error("--limit does not combine with --canary or --adaptive")
-    service = _repo(ctx).redrive()
+    service = open_repo(ctx).redrive()
     if dry_run:
         plan = service.plan(flt, max_replays=max_replays, rate=rate, limit=limit)
         if fmt == "json":
-            _emit_json(plan.to_json())
+            emit_json(plan.to_json())
         else:
             print_plan(plan)
         return
@@ -138,7 +139,7 @@ def redrive_filter(
 
 
 def resume(ctx: typer.Context, op_id: int, fmt: str) -> None:
-    service = _repo(ctx).redrive()
+    service = open_repo(ctx).redrive()
     if service.get(op_id) is None:
         fail(f"no redrive operation {op_id}")
     _drive(service, op_id, fmt)
@@ -151,7 +152,7 @@ def _drive(service: Any, op_id: int, fmt: str) -> None:
         info(f"interrupted: committed batches stay redriven; resume with --resume {op_id}")
         raise typer.Exit(130) from None
     if fmt == "json":
-        _emit_json(op.to_json())
+        emit_json(op.to_json())
     else:
         print(_operation_text(op))
     if op.phase == "stopped":
@@ -168,7 +169,7 @@ def operations(
     fmt: str = typer.Option("table", "--format", metavar="table|json", help="Output format."),
 ) -> None:
     """Canary and paced redrives (retry-batch --canary/--adaptive): phase, counts, verdict."""
-    service = _repo(ctx).redrive()
+    service = open_repo(ctx).redrive()
     if op_id is not None:
         try:
             ident = int(op_id)
@@ -181,17 +182,17 @@ def operations(
     else:
         found = service.operations(limit)
     if fmt == "json":
-        _emit_json([o.to_json() for o in found])
+        emit_json([o.to_json() for o in found])
         return
     if not found:
         print("no redrive operations")
         return
-    _table(
+    table(
         ["ID", "STARTED (UTC)", "MODE", "PHASE", "REDRIVEN", "ACTOR", "REASON"],
         [
             [
                 str(o.id),
-                _when(o.created_at),
+                when(o.created_at),
                 o.mode,
                 o.phase,
                 f"{o.redriven:,}",
@@ -222,14 +223,14 @@ def diff(
     moment = parse_timestamp("--since", since)
     if moment > datetime.now(UTC) + timedelta(minutes=5):
         usage_error("--since is in the future")
-    groups = classify_groups(_repo(ctx).connection, moment, lookback=lookback)
+    groups = classify_groups(open_repo(ctx).connection, moment, lookback=lookback)
     if fmt == "json":
-        _emit_json([g.to_json() for g in groups])
+        emit_json([g.to_json() for g in groups])
         return
     if not groups:
-        print(f"no error groups around {_when(moment)} (UTC)")
+        print(f"no error groups around {when(moment)} (UTC)")
         return
-    _table(
+    table(
         ["CHANGE", "FINGERPRINT", "BEFORE", "SINCE", "FIRST SEEN (UTC)", "ERROR"],
         [
             [
@@ -237,7 +238,7 @@ def diff(
                 g.fingerprint,
                 f"{g.before:,}",
                 f"{g.since:,}",
-                _when(g.first_seen_at),
+                when(g.first_seen_at),
                 (g.signature or "")[:60],
             ]
             for g in groups

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import typer
 
@@ -65,8 +66,12 @@ def serve_command(
     try:
         import jinja2  # noqa: F401 - the console's templates (/ui)
         import uvicorn
+        from fastapi import FastAPI
+        from psycopg_pool import ConnectionPool
 
+        from dispatchbox import console
         from dispatchbox.api.app import ApiSettings, create_app
+        from dispatchbox.console.breaker_source import DeliveryBreakers
     except ImportError as exc:
         fail(
             f"dispatchbox serve needs the api extra ({exc.name or 'fastapi'} is not installed): "
@@ -94,7 +99,12 @@ def serve_command(
     )
     if alerting:
         logging.getLogger("dispatchbox.alerts").info("%s", alerting)
-    app = create_app(ApiSettings(dsn=dsn, tokens=tokens))
+
+    def add_console(app: FastAPI, pool: ConnectionPool[Any]) -> None:
+        """The dead-letter console (/ui), on the API's pool and tokens."""
+        console.mount(app, pool, tokens, breakers=DeliveryBreakers(pool))
+
+    app = create_app(ApiSettings(dsn=dsn, tokens=tokens), mount=add_console)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler
     # that was there before it: with this one, a stopped server exits 0, like the worker.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

@@ -5,10 +5,12 @@ serves itself from static/ (no build step, no CDN: it works without internet), s
 CSRF tokens, the English and Polish texts, and the console's named queries
 (sql/queries/console.sql).
 
-May import only downward: dispatchbox.repository, records, filters, dispatchbox.data (through
-store.py), and the API's token check (dispatchbox.api.auth). Never the worker.
+Layer: entry points (docs/en/architecture.md). May import only downward:
+dispatchbox.repository, delivery (breakers, checksums), records, filters, dispatchbox.data (through
+store.py), and the API's token check (dispatchbox.api.auth). Never the worker or the CLI.
 
-``mount(app, pool, tokens)`` adds it to the API's FastAPI app; web.py builds the app, pages.py
+``mount(app, pool, tokens)`` adds it to the API's FastAPI app (``dispatchbox serve`` passes it to
+``create_app(mount=...)``: the API does not import the console); web.py builds the app, pages.py
 serves the pages, actions.py the forms, store.py reads and acts through OutboxRepository.
 """
 

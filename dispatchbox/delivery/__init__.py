@@ -8,7 +8,8 @@ per event: ordering per aggregate (``ordering``), expiry (``expiry``), backpress
 (migrations 0008 and 0009; SQL in sql/queries/delivery.sql and delivery_order.sql), never in one
 process.
 
-May import only downward: ``dispatchbox.errors``, ``dispatchbox.events``,
-``dispatchbox.data`` and psycopg (``dispatchbox.dispatcher`` imports ``config``); never the
-worker, the CLI, the API or observability (they import this).
+Layer: domain (docs/en/architecture.md). May import its domain siblings
+(``dispatchbox.dispatcher``, which imports ``config``; ``dispatchbox.repository`` for checksums),
+the data layer (``dispatchbox.data``) and the base modules; never the worker, maintenance,
+redrive, observability, the API, the console or the CLI (they import this).
 """

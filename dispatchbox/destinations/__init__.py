@@ -6,12 +6,12 @@ Owns: the one shared interface (``base.Destination``: ``send_batch``, ``health_c
 destination errors, one module per destination, and the TOML route file of ``dispatchbox worker
 --config`` (``config.py``).
 
-May import, only downward: ``dispatchbox.dispatcher``, ``dispatchbox.errors``,
-``dispatchbox.events``, and the leaf helper ``dispatchbox.observability.delivery`` (httpx log
-redaction shared with the alert channels); never the worker, the CLI or the API. Broker client
-libraries (aio-pika, nats-py, redis-py) are optional extras, imported inside the destination
-that needs them when it first connects, so ``import dispatchbox`` stays fast and a worker host
-installs only the clients it uses.
+Layer: domain (docs/en/architecture.md). May import, only downward: ``dispatchbox.dispatcher``,
+``dispatchbox.errors``, ``dispatchbox.events``, and the base helper ``dispatchbox.outbound``
+(httpx log redaction shared with the alert channels); never the worker, observability, the CLI
+or the API. Broker client libraries (aio-pika, nats-py, redis-py) are optional extras, imported
+inside the destination that needs them when it first connects, so ``import dispatchbox`` stays
+fast and a worker host installs only the clients it uses.
 """
 
 from __future__ import annotations

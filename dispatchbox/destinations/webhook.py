@@ -34,7 +34,7 @@ from dispatchbox.destinations.base import (
 )
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.events import OutboxEvent
-from dispatchbox.observability.delivery import hide_in_httpx_logs
+from dispatchbox.outbound import hide_in_httpx_logs
 
 TRANSIENT_STATUSES = frozenset({408, 429})
 

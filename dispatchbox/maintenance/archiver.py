@@ -28,6 +28,7 @@ import psycopg
 from dispatchbox.data import archive as data
 from dispatchbox.data.batches import run_batches
 from dispatchbox.errors import InvalidArchiveSettings, SchemaNotCurrent
+from dispatchbox.events import EventStatus
 
 logger = logging.getLogger("dispatchbox.archiver")
 
@@ -131,7 +132,11 @@ def _cutoff(conn: psycopg.Connection[Any], days: int) -> datetime:
 
 
 def _move(
-    conn: psycopg.Connection[Any], status: str, cutoff: datetime, batch_size: int, pause: float
+    conn: psycopg.Connection[Any],
+    status: EventStatus,
+    cutoff: datetime,
+    batch_size: int,
+    pause: float,
 ) -> int:
     def committed(n: int, total: int) -> None:
         if n:
@@ -163,10 +168,10 @@ def run_archive(
     check_batch_size(batch_size)
     pause = check_pause(pause_seconds)
 
-    done = _move(conn, "done", _cutoff(conn, retention_days), batch_size, pause)
+    done = _move(conn, EventStatus.DONE, _cutoff(conn, retention_days), batch_size, pause)
     dead = 0
     if dead_retention_days is not None:
-        dead = _move(conn, "dead", _cutoff(conn, dead_retention_days), batch_size, pause)
+        dead = _move(conn, EventStatus.DEAD, _cutoff(conn, dead_retention_days), batch_size, pause)
     if done or dead:
         logger.info("archived %d done and %d dead events", done, dead)
     return ArchiveResult(done_moved=done, dead_moved=dead)

@@ -25,6 +25,7 @@ from dispatchbox.data import metrics as data
 from dispatchbox.data.connection import ReconnectingConnection
 from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
+from dispatchbox.events import EventStatus
 
 logger = logging.getLogger("dispatchbox.metrics")
 
@@ -74,10 +75,10 @@ def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
 
 
 REDRIVE_OUTCOMES = {
-    "done": "done",
-    "dead": "dead_again",
-    "pending": "in_flight",
-    "running": "in_flight",
+    EventStatus.DONE: "done",
+    EventStatus.DEAD: "dead_again",
+    EventStatus.PENDING: "in_flight",
+    EventStatus.RUNNING: "in_flight",
 }
 
 

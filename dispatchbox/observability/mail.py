@@ -24,7 +24,7 @@ from email.utils import formatdate, make_msgid
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog, positive_seconds
+from dispatchbox.outbound import DeliveryLog, positive_seconds
 
 logger = logging.getLogger("dispatchbox.email")
 

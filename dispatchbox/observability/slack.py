@@ -24,7 +24,7 @@ from slack_sdk.webhook import WebhookClient
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import DeliveryLog
+from dispatchbox.outbound import DeliveryLog
 
 logger = logging.getLogger("dispatchbox.slack")
 

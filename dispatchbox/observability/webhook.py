@@ -28,7 +28,7 @@ import httpx
 
 from dispatchbox.errors import ConfigurationError
 from dispatchbox.maintenance.alert_text import Notice
-from dispatchbox.observability.delivery import (
+from dispatchbox.outbound import (
     DeliveryLog,
     hide_in_httpx_logs,
     http_url,

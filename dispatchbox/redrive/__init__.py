@@ -2,9 +2,11 @@
 which redriven events come back, and what changed since a deploy (issue 22).
 
 Owns: sql/queries/redrive.sql (run through dispatchbox.data.redrive) and the table
-outbox_redrive_operation. Imports downward only: dispatchbox.data, db, filters, records,
-fingerprint; the CLI (cli/redrive.py) and the HTTP API are its clients. Seams for other
-packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
+outbox_redrive_operation. Layer: services (docs/en/architecture.md). Imports downward only:
+dispatchbox.data, db, filters, records, fingerprint; never the repository
+(``OutboxRepository.redrive()`` builds this service), observability, the API or the CLI, which
+are its clients (cli/redrive.py, api/redrive_routes.py).
+Seams for other packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
 """
 
 from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, NoBreakers, PaceConfig

@@ -44,7 +44,7 @@ from dispatchbox.delivery import backpressure
 from dispatchbox.delivery.board import DeliveryBoard, DestinationPaused
 from dispatchbox.delivery.expiry import Expiry
 from dispatchbox.delivery.ordering import OrderingPlan
-from dispatchbox.dispatcher import Dispatcher, HandlerSpec
+from dispatchbox.dispatcher import BatchHandlerSpec, Dispatcher, EventHandlerSpec, HandlerSpec
 from dispatchbox.errors import BatchFailure, EventExpired, PermanentError, RetryLater
 from dispatchbox.worker import decode, store
 from dispatchbox.worker.claim_position import ClaimPositions
@@ -499,9 +499,10 @@ class WorkerProcess:
             return self._run_batch(item)
         start = time.monotonic()
         spec = self.specs[item.event_type]
+        assert isinstance(spec, EventHandlerSpec)  # a one-event run: a one-event handler
         try:
             self.expiry.check(item)  # claimed just before its expiry, it may have waited past it
-            spec.func(decode.event(item))  # type: ignore[arg-type]  # a one-event handler
+            spec.func(decode.event(item))
         except DestinationPaused:
             return Outcome(item, "released", 0.0)
         except EventExpired as exc:
@@ -519,8 +520,9 @@ class WorkerProcess:
         """In a pool thread: one call of a sync batch handler, every exception caught."""
         start = time.monotonic()
         spec = self.specs[batch.event_type]
+        assert isinstance(spec, BatchHandlerSpec)
         try:
-            spec.func([decode.event(item) for item in batch.items])  # type: ignore[arg-type]
+            spec.func([decode.event(item) for item in batch.items])
         except Exception as exc:
             return self._batch_outcomes(batch, spec, exc, start)
         seconds = time.monotonic() - start
@@ -567,12 +569,16 @@ class WorkerProcess:
 
     def _call_async(self, run: Run) -> Awaitable[Any]:
         """In a lane: the async handler's awaitable for one event or a batch."""
-        if type(run) is Batch:
+        if isinstance(run, Batch):
             batch_spec = self.specs[run.event_type]
-            return batch_spec.func([decode.event(item) for item in run.items])  # type: ignore[arg-type,no-any-return]
+            assert isinstance(batch_spec, BatchHandlerSpec)
+            awaitable: Awaitable[Any] = batch_spec.func([decode.event(i) for i in run.items])
+            return awaitable
         spec = self.specs[run.event_type]
-        self.expiry.check(run)  # type: ignore[arg-type]  # one event; raises EventExpired
-        return spec.func(decode.event(run))  # type: ignore[arg-type,no-any-return]  # one event
+        assert isinstance(spec, EventHandlerSpec)
+        self.expiry.check(run)  # one event; raises EventExpired
+        one: Awaitable[Any] = spec.func(decode.event(run))
+        return one
 
     def _async_done(self, run: Run, seconds: float) -> None:
         if type(run) is Batch:

@@ -319,6 +319,18 @@ def test_a_handler_still_running_when_the_grace_period_ends_costs_no_attempt(
     assert [r[0] for r in records(record_dir)] == ["start"]
 
 
+def idle_on_listen(dsn: str) -> bool:
+    """The worker's connections are all idle, its listener among them: nothing left to claim,
+    it waits on the notification (or its poll)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE state <> 'idle'), "
+            "       count(*) FILTER (WHERE application_name = 'dispatchbox-worker-listen') "
+            "  FROM pg_stat_activity WHERE application_name LIKE 'dispatchbox-worker-%'"
+        ).fetchone()
+    return row is not None and row[0] == 0 and row[1] >= 1
+
+
 def test_notify_wakes_an_idle_worker_well_before_the_poll(
     db_dsn: str, record_dir: Path, tmp_path: Path
 ) -> None:
@@ -326,7 +338,7 @@ def test_notify_wakes_an_idle_worker_well_before_the_poll(
     try:
         publish(db_dsn, "test.ok", 1)  # the first claim happens at start-up anyway
         wait_until(lambda: counts(db_dsn)["done"] == 1, 30, "first event")
-        time.sleep(0.5)  # idle now, waiting on LISTEN with a 30 s poll
+        wait_until(lambda: idle_on_listen(db_dsn), 30, "the worker idle, waiting on LISTEN")
         latencies = []
         for _ in range(5):
             n = counts(db_dsn)["done"] + 1
@@ -351,7 +363,8 @@ def test_postgresql_restart_during_a_run_ends_with_all_events_done(
     try:
         wait_until(lambda: counts(db_dsn)["done"] >= 300, 60, "some progress")
         pg_server.cluster.stop_server("fast")
-        time.sleep(2)
+        # Start it again once a worker process has noticed it gone (it logs that once).
+        wait_until(lambda: "database_unreachable" in run.log(), 60, "a process noticing")
         pg_server.cluster.start_server()
         wait_until(lambda: counts(db_dsn) == {"done": 3000}, 120, "all 3000 done after restart")
     finally:

@@ -16,7 +16,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -244,6 +244,27 @@ def rounds_until(evs: list[AlertEvaluator], predicate: Any, timeout: float = 15.
     raise AssertionError("timed out waiting for the alert condition")
 
 
+def evaluated_rounds(
+    dsn: str, run: Callable[[], object], alert: str, channels: list[str], n: int
+) -> None:
+    """n rounds of run() that each evaluate ``alert`` on every channel: the database records an
+    evaluation in the channel's evaluated_at, and a round within the interval skips, so this
+    waits for that record instead of sleeping out the interval."""
+
+    def evaluated_at() -> dict[str, Any]:
+        return {c: (state(dsn, alert, c) or {}).get("evaluated_at") for c in channels}
+
+    for _ in range(n):
+        before = evaluated_at()
+
+        def evaluated(before: dict[str, Any] = before) -> bool:
+            run()
+            now = evaluated_at()
+            return all(now[c] is not None and now[c] != before[c] for c in channels)
+
+        wait_until(evaluated, 10, f"a round that evaluates {alert}", step=0.02)
+
+
 def redrive_all(dsn: str) -> None:
     OutboxRepository(dsn=dsn).retry_dead_events(actor="test")
 
@@ -276,10 +297,8 @@ def test_email_over_starttls_with_login_one_trigger_and_one_resolve(
         for i in range(2)
     ]
     rounds_until(evs, lambda: len(smtp.mails) >= 1)
-    for _ in range(5):  # more rounds on both: the incident is announced, nothing more is sent
-        for ev in evs:
-            ev.run_once()
-        time.sleep(0.06)
+    # Five more evaluated rounds on both: the incident is announced, nothing more is sent.
+    evaluated_rounds(db_dsn, lambda: [ev.run_once() for ev in evs], "dead_count", ["email"], 5)
     assert len(smtp.mails) == 1
     trigger = smtp.mails[0]
     assert trigger.tls, "the message went before STARTTLS"
@@ -455,9 +474,7 @@ def test_failing_channels_keep_their_secrets_out_of_logs(
         db_dsn, channels, AlertConfig(**{**CONFIG, "dead_threshold": 1})
     )
     with caplog.at_level(logging.DEBUG):
-        for _ in range(2):
-            group.run_once()
-            time.sleep(0.06)
+        evaluated_rounds(db_dsn, group.run_once, "dead_count", ["pagerduty", "webhook", "email"], 2)
     group.stop()
     for name in ("pagerduty", "webhook", "email"):
         assert f"{name}_delivery_failed" in caplog.text

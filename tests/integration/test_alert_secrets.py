@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dispatchbox.observability.delivery import redact, url_secrets
 from dispatchbox.observability.webhook import WebhookConfig, WebhookSender
+from dispatchbox.outbound import redact, url_secrets
 from tests.integration.test_alert_channels import HOOK_SECRET, Endpoint
 from tests.integration.test_alert_channels import hook as hook  # the fixture
 from tests.integration.test_alerts import _worker

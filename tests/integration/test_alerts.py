@@ -189,6 +189,48 @@ def rounds_until(ev: AlertEvaluator, predicate: Any, timeout: float = 10.0) -> N
     raise AssertionError("timed out waiting for the alert condition")
 
 
+def one_round(dsn: str, ev: AlertEvaluator, alert: str, timeout: float = 10.0) -> list[str]:
+    """Rounds until one of them evaluates ``alert`` (the database records each evaluation in
+    evaluated_at; a round within the interval skips the alert): what those rounds sent."""
+    before = state_row(dsn, alert)["evaluated_at"]
+    sent: list[str] = []
+
+    def evaluated() -> bool:
+        sent.extend(ev.run_once())
+        return state_row(dsn, alert)["evaluated_at"] != before
+
+    wait_until(evaluated, timeout, f"a round that evaluates {alert}", step=ev.config.interval / 2)
+    return sent
+
+
+def wait_for_evaluations(dsn: str, alert: str, n: int, timeout: float) -> None:
+    """Until ``alert`` has been evaluated n more times, by any process (polled at a fraction of
+    the tests' intervals, so each evaluation's evaluated_at is seen)."""
+    seen = {state_row(dsn, alert)["evaluated_at"]}
+    first = len(seen)
+
+    def evaluated() -> bool:
+        seen.add(state_row(dsn, alert)["evaluated_at"])
+        return len(seen) - first >= n
+
+    wait_until(evaluated, timeout, f"{n} more evaluations of {alert}", step=0.05)
+
+
+def wait_past_window(dsn: str, alert: str, seconds: float, timeout: float = 10.0) -> None:
+    """Until the database's clock is ``seconds`` past the alert's last message."""
+
+    def passed() -> bool:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT now() >= last_sent_at + make_interval(secs => %s) "
+                "FROM outbox_alert_state WHERE alert = %s",
+                [seconds, alert],
+            ).fetchone()
+        return bool(row and row[0])
+
+    wait_until(passed, timeout, f"{seconds}s past the last {alert} message", step=0.05)
+
+
 # -- "events went dead" ----------------------------------------------------------------------
 
 
@@ -235,7 +277,7 @@ def test_next_window_reports_only_the_new_deaths(db_dsn: str, slack: FakeSlack) 
     assert "3 events went dead" in first and "a.first" in first
     assert "2 events went dead" in second and "b.second" in second and "a.first" not in second
     assert all(str(i) in second for i in later)
-    time.sleep(1.2)
+    wait_past_window(db_dsn, "dead_events", 1.0)  # a new window: unreported deaths would go now
     ev2 = evaluator(db_dsn, slack, dead_window=1.0)
     try:
         ev2.run_once()  # a new process: the database says all was reported
@@ -265,8 +307,7 @@ def test_dead_count_fires_once_resolves_once_and_cooldown_holds_a_relapse(
     try:
         rounds_until(ev, lambda: len(slack.texts()) == 1)
         for _ in range(3):  # still above: the open incident says nothing more
-            time.sleep(0.08)
-            assert ev.run_once() == []
+            assert one_round(db_dsn, ev, "dead_count") == []
         assert state_row(db_dsn, "dead_count")["active"] is True
         with psycopg.connect(db_dsn) as conn:
             conn.execute(
@@ -277,8 +318,7 @@ def test_dead_count_fires_once_resolves_once_and_cooldown_holds_a_relapse(
         rounds_until(ev, lambda: len(slack.texts()) == 2)
         make_dead(db_dsn, "x.dead", "RuntimeError: boom", 1)  # above again, within cooldown
         for _ in range(3):
-            time.sleep(0.08)
-            assert ev.run_once() == []
+            assert one_round(db_dsn, ev, "dead_count") == []
     finally:
         ev.stop()
     firing, resolved = slack.texts()
@@ -422,7 +462,8 @@ def test_two_worker_hosts_send_one_message_for_one_incident(
         publish(db_dsn, "test.ok", 50)
         wait_until(lambda: counts(db_dsn) == {"dead": 20, "done": 50}, 60, "events finished")
         wait_until(lambda: len(slack.texts()) >= 1, 30, "a Slack message")
-        time.sleep(3)  # ten more evaluation intervals for a second message to (not) appear
+        # Ten more evaluations, by either host, for a second message to (not) appear.
+        wait_for_evaluations(db_dsn, "dead_events", 10, 30)
     finally:
         for run in runs:
             assert run.stop() == 0, run.log()
@@ -651,7 +692,10 @@ def test_serve_evaluates_alerts_too(
     srv = Server(db_dsn, tmp_path / "serve.log", "--insecure-no-auth", token=None, keep_env=True)
     try:
         wait_until(lambda: len(slack.texts()) >= 2, 30, "two Slack messages")
-        time.sleep(1)
+        # Three more evaluations for a third message to (not) appear, and metrics that say so.
+        wait_for_evaluations(db_dsn, "dead_count", 3, 30)
+        active = 'dispatchbox_alert_active{alert="dead_count",channel="slack"} 1.0'
+        wait_until(lambda: active in srv.client.get("/metrics").text, 30, "the alert gauge")
         metrics = srv.client.get("/metrics").text
     finally:
         assert srv.stop() == 0

@@ -4,6 +4,7 @@ audit, and the token bucket, on a real PostgreSQL. Several sessions stand for se
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import psycopg
@@ -38,6 +39,21 @@ def state(dsn: str) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         rows = queries.fetch_all(conn, "breaker_list")
     return rows[0]
+
+
+async def cooled_down(dsn: str, timeout: float = 10.0) -> None:
+    """Until the database's clock passes the breaker's open_until: its cool-down is over and a
+    refresh may take the half-open probe. Polled, so the test waits no longer than it must."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT bool_and(now() >= open_until) FROM outbox_breaker"
+            ).fetchone()
+        if row is not None and row[0]:
+            return
+        assert time.monotonic() < deadline, "the breaker's cool-down did not end"
+        await asyncio.sleep(0.02)
 
 
 def test_consecutive_failures_from_two_workers_add_up_and_open_it(db_dsn: str) -> None:
@@ -97,7 +113,7 @@ def test_half_open_probe_is_taken_once_and_health_decides(db_dsn: str) -> None:
         a, ca = await board_for(db_dsn, d, "A")
         b, cb = await board_for(db_dsn, d, "B")
         await a.record(ca, [], [("ledger.post", False, "ConnectionError: down")])
-        await asyncio.sleep(0.3)
+        await cooled_down(db_dsn)
         # Both look; exactly one takes the probe (the health check fails: open again).
         await asyncio.gather(a.refresh(ca), b.refresh(cb))
         row = state(db_dsn)
@@ -107,7 +123,7 @@ def test_half_open_probe_is_taken_once_and_health_decides(db_dsn: str) -> None:
             0.4, abs=0.05
         )
         healthy["now"] = True
-        await asyncio.sleep(0.5)
+        await cooled_down(db_dsn)
         await a.refresh(ca)
         await b.refresh(cb)
         assert state(db_dsn)["state"] == "closed"

@@ -1,4 +1,5 @@
-"""What every alert channel shares: one log line per outage, with its secrets blanked.
+"""What every outbound HTTP sender shares (the alert channels of dispatchbox.observability and
+the webhook destination): URL checks, secret redaction, one log line per outage.
 
 A channel that keeps failing would otherwise log at every evaluation round; this logs the first
 failure at WARNING, the next ones at DEBUG, and one INFO line when a message gets through again.
