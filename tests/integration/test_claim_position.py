@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from dispatchbox import publish, publish_many, queries
-from dispatchbox.worker import store
+from dispatchbox.data import worker as store
 from dispatchbox.worker.claim_position import ClaimPositions
 
 EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}
