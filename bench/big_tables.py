@@ -22,7 +22,7 @@ machine weighs on each alike. In a round, on each outbox:
 * dead-letter reads through OutboxRepository, as the CLI, API and console make them: stats (what
   `dead-events stats` shows: totals and every grouping), stats by error fingerprint only, count,
   the first list page, a keyset page deep in the ids.
-* claim latency: --claims / --rounds claims of --claim-batch events (worker.store.claim, then
+* claim latency: --claims / --rounds claims of --claim-batch events (data.worker.claim, then
   complete, as a worker does); p50 and p99 over every round's claims.
 * drain: a real `dispatchbox worker` (--processes 2) delivers --drain no-op events from the
   backlog; the rate runs from the first to the last of them done (database clock), so process
@@ -52,8 +52,8 @@ from psycopg_pool import ConnectionPool
 from bench.common import BenchDatabase, checkpoint, emit_json, launch_worker, percentile
 from dispatchbox import OutboxRepository
 from dispatchbox.data import queries
+from dispatchbox.data import worker as store
 from dispatchbox.outbox_status import outbox_status
-from dispatchbox.worker import store
 
 CHUNK = 1_000_000
 

@@ -14,8 +14,8 @@ from dispatchbox import redaction
 from dispatchbox.api.auth import TOKEN_ENV, ApiTokens
 from dispatchbox.cli.common import fail, state, usage_error
 from dispatchbox.db import describe
+from dispatchbox.logging_setup import configure_logging
 from dispatchbox.observability import alerting as alerts
-from dispatchbox.worker.supervisor import configure_logging
 
 logger = logging.getLogger("dispatchbox.api")
 

@@ -11,11 +11,13 @@ from dispatchbox import migrations
 from dispatchbox.cli.common import state
 from dispatchbox.db import connect, describe
 from dispatchbox.errors import ConfigurationError
+from dispatchbox.logging_setup import configure_logging
 from dispatchbox.observability import alerting as alerts
 from dispatchbox.observability.exporter import MetricsExporter
+from dispatchbox.observability.worker_hooks import make_hooks
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.loader import load_dispatcher
-from dispatchbox.worker.supervisor import Supervisor, configure_logging
+from dispatchbox.worker.supervisor import Supervisor
 
 
 def _on_off(flag: str, value: str) -> bool:
@@ -189,7 +191,10 @@ def worker_command(
     configure_logging(config.log_level)
     exporter = MetricsExporter(config.dsn, port=metrics_port, host=metrics_host)
     exporter.prepare()  # the metrics directory: the worker processes inherit its variable
-    supervisor = Supervisor(config, on_process_exit=exporter.process_exited)
+    # Observability is assembled here and handed down: the worker package imports none of it.
+    supervisor = Supervisor(
+        config, hook_factory=make_hooks, on_process_exit=exporter.process_exited
+    )
     supervisor.fork_initial()
     # Fail fast, in the supervisor, on what would make every worker process fail, while the
     # forked processes wait at their gates.

@@ -56,12 +56,6 @@ class OrderingPlan:
             return []
         return await data.ordering_park(conn, ids, list(self.park))
 
-    async def park_behind_conn(
-        self, dead_ids: list[int], conn: psycopg.AsyncConnection[Any]
-    ) -> list[tuple[int, int]]:
-        """park_behind with the connection last (for functools.partial)."""
-        return await self.park_behind(conn, dead_ids)
-
 
 def blocked_aggregates(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Aggregates held behind a failing event: ``waiting`` (its head failed and waits for a

@@ -1,23 +1,23 @@
 """The worker's observer: counts outcomes into the metrics and wakes the alert evaluator.
 
-The supervisor's worker processes import ``make_hooks`` (dispatchbox.worker.supervisor
-._hook_factory) and pass the hooks to the worker loop. Metrics are recorded when the supervisor
-set up a multiprocess directory (``--metrics-port``, or ``PROMETHEUS_MULTIPROC_DIR``); the alert
-evaluators run on their own threads, one per configured channel. Hooks run on the worker's event
-loop: each call only bumps in-memory counters (memory-mapped files) or sets an event, and never
-raises.
+``dispatchbox worker`` (dispatchbox/cli/worker.py) hands ``make_hooks`` to the supervisor, and
+each worker process calls it once and passes the hooks to its loop. Metrics are recorded when
+the supervisor set up a multiprocess directory (``--metrics-port``, or
+``PROMETHEUS_MULTIPROC_DIR``); the alert evaluators run on their own threads, one per configured
+channel. Hooks run on the worker's event loop: each call only bumps in-memory counters
+(memory-mapped files) or sets an event, and never raises.
 """
 
 from __future__ import annotations
 
 import logging
 
+from dispatchbox.data.worker import Transition
 from dispatchbox.maintenance.alerts import AlertGroup
 from dispatchbox.observability.alerting import start_evaluators
 from dispatchbox.observability.metrics import WorkerMetrics, multiprocess_dir
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
-from dispatchbox.worker.store import Transition
 
 logger = logging.getLogger("dispatchbox.observability")
 

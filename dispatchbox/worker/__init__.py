@@ -1,13 +1,15 @@
 """The worker: ``dispatchbox worker``'s supervisor and its processes.
 
-Owns: starting and watching worker processes (``supervisor``), claiming events, running their
-handlers on threads or an event loop, recording outcomes, keeping leases, listening for new
-events and reaping expired leases (``process``, ``store``, ``threads``, ``lanes``, ``delivery``,
-``outage``), the worker's settings (``config``) and loading the user's Dispatcher (``loader``).
+Owns: starting and watching worker processes (``supervisor``) and, in each process, a unit a
+step of an event's trip: claiming (``claimer``, ``claim_position``), running handlers on threads
+or an event loop (``handlers``, ``threads``, ``lanes``), turning results into outcomes and
+writing them (``outcomes``, ``flusher``), keeping leases (``leases``), waking on new events
+(``listener``), routed deliveries (``delivery``, ``outage``); ``process`` wires them. Also the
+worker's settings (``config``) and loading the user's Dispatcher (``loader``).
 
 Layer: services (docs/en/architecture.md). May import only downward: the domain
-(``dispatcher``, ``delivery``, ``destinations``), the data layer and the base modules. Metrics
-and alert hooks (``hooks.WorkerHooks``) come from above: one arrow still runs up, the
-supervisor's load of ``dispatchbox.observability.worker_hooks``, listed in
-tests/unit/test_layers.py until the hooks are passed in.
+(``dispatcher``, ``delivery``, ``destinations``), the data layer (``dispatchbox.data.worker``
+holds its statements), the base modules, and ``maintenance.reaper`` (a service of the same layer
+that each process runs). Metrics and alert hooks (``hooks.WorkerHooks``) are built by the layer
+that assembles the worker (the CLI) and passed in.
 """

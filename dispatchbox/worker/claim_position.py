@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from dispatchbox.worker.store import Claimed
+from dispatchbox.data.worker import Claimed
 
 PRIORITIES = 10  # priority is 1..10 (a CHECK constraint on outbox_event)
 # A claim from the start again after this many times its own cost has passed.

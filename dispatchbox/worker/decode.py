@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
+from dispatchbox.data.worker import Claimed
 from dispatchbox.events import OutboxEvent
-from dispatchbox.worker.store import Claimed
 
 _LONG_DIGITS = re.compile(r"\d{19}")
 

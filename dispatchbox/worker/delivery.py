@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from dispatchbox.data import queries
+from dispatchbox.data import worker as worker_data
 from dispatchbox.db import connect_async
 from dispatchbox.delivery.board import REFRESH, Change, DeliveryBoard
 from dispatchbox.delivery.replay import replay
-from dispatchbox.worker import store
 from dispatchbox.worker.outage import CONNECTION_ERRORS
 
 if TYPE_CHECKING:
@@ -44,15 +43,15 @@ class WorkerDelivery:
 
     async def claim_extra(
         self, conn: psycopg.AsyncConnection[Any], limit: int
-    ) -> list[store.Claimed]:
+    ) -> list[worker_data.Claimed]:
         """What the ordinary claim left out and may be claimed now: rate-limited destinations'
         events against their buckets, half-open probes."""
-        items: list[store.Claimed] = []
+        items: list[worker_data.Claimed] = []
         if self.board.wants_extra():
             for rows, token in await self.board.claim_extra(
                 conn, limit=limit, lease_seconds=self.proc.config.lease_seconds
             ):
-                items += store.claimed_rows(rows, token)
+                items += worker_data.claimed_rows(rows, token)
         return items
 
     def wait(self, poll_interval: float) -> float:
@@ -61,8 +60,8 @@ class WorkerDelivery:
     async def record(
         self,
         conn: psycopg.AsyncConnection[Any],
-        done: Sequence[store.Claimed],
-        failed: Sequence[tuple[store.Failure, str]],
+        done: Sequence[worker_data.Claimed],
+        failed: Sequence[tuple[worker_data.Failure, str]],
     ) -> None:
         changes = await self.board.record(
             conn,
@@ -79,7 +78,7 @@ class WorkerDelivery:
         conn = proc.delivery_conn
         while True:
             await asyncio.sleep(REFRESH)
-            changes = await proc._with_db(conn, self.board.refresh)
+            changes = await proc.with_db(conn, self.board.refresh)
             if changes:
                 self.react(changes)
             if self.board.probe_wanted:
@@ -103,17 +102,18 @@ class WorkerDelivery:
         the other destinations' events keep their place in the queues."""
         proc = self.proc
         paused = self.board.paused_types
-        assert proc.pool is not None and proc.lanes is not None
+        pool, lanes = proc.handlers.pool, proc.handlers.lanes
+        assert pool is not None and lanes is not None
         back: list[tuple[int, Any]] = []
         for take, submit in (
-            (proc.pool.take_unstarted, proc.pool.submit),
-            (proc.lanes.take_unstarted, proc.lanes.submit),
+            (pool.take_unstarted, pool.submit),
+            (lanes.take_unstarted, lanes.submit),
         ):
             keep = []
             for run in take():
                 if run.event_type in paused:
                     # A Batch has .items; a single event is itself.
-                    events: list[store.Claimed] = getattr(run, "items", None) or [run]
+                    events: list[worker_data.Claimed] = getattr(run, "items", None) or [run]
                     proc.batch_extra -= len(events) - 1
                     back += [(item.id, item.token) for item in events]
                 else:
@@ -130,8 +130,8 @@ class WorkerDelivery:
 
     async def _release(self, items: list[tuple[int, Any]]) -> None:
         proc = self.proc
-        released = await proc._with_db(
-            proc.flush_conn, lambda c: store.release(c, items), until_stopped=False
+        released = await proc.with_db(
+            proc.flush_conn, lambda c: worker_data.release(c, items), until_stopped=False
         )
         for event_id, _ in items:
             proc.leased.pop(event_id, None)
@@ -141,7 +141,7 @@ class WorkerDelivery:
             proc.name,
             released,
         )
-        if proc._queued() < proc.low_water:
+        if proc.queued() < proc.low_water:
             proc.want_more.set()
 
     async def _take_replays(self) -> None:
@@ -151,9 +151,9 @@ class WorkerDelivery:
             return
         conn_holder = self.proc.delivery_conn
         try:
-            taken = await self.proc._with_db(
+            taken = await self.proc.with_db(
                 conn_holder,
-                lambda c: queries.afetch_all(c, "breaker_take_replay", {"destinations": names}),
+                lambda c: worker_data.take_replay(c, names),
             )
             for row in taken or []:
                 name = row["destination"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatchbox.worker.store import Transition
+from dispatchbox.data.worker import Transition
 
 
 class WorkerHooks:

@@ -7,12 +7,15 @@ no lock. They wait at a gate while the supervisor checks the app and the schema,
 app themselves; if a check fails they are killed before they print anything. A process restarted
 later is started with "spawn": by then the supervisor holds the app, connections and threads,
 none of which a worker may inherit. Handlers run only in the workers.
+
+Observers (metrics, alerts) are not this package's to import: the layer that assembles the
+worker (dispatchbox/cli/worker.py) hands the supervisor a hook factory, a module-level callable
+(picklable for a spawned process) that each worker process calls once to build its hooks.
 """
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import multiprocessing
 import os
@@ -26,17 +29,14 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from dispatchbox.errors import DispatchboxError
+from dispatchbox.logging_setup import configure_logging
 from dispatchbox.worker.config import WorkerConfig
 from dispatchbox.worker.hooks import WorkerHooks
 
 logger = logging.getLogger("dispatchbox.supervisor")
 
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+# Builds one worker process's hooks, in that process: (config, slot) -> hooks.
+HookFactory = Callable[[WorkerConfig, int], WorkerHooks]
 
 
 GO = b"go"  # through a forked worker's gate: the supervisor's checks passed
@@ -45,6 +45,7 @@ GO = b"go"  # through a forked worker's gate: the supervisor's checks passed
 def worker_main(
     config: WorkerConfig,
     slot: int,
+    hook_factory: HookFactory | None = None,
     gate: Connection | None = None,
     inherited: tuple[Connection, ...] = (),
 ) -> None:
@@ -70,10 +71,7 @@ def worker_main(
 
     try:
         dispatcher = load_dispatcher(config.app, config.app_path, routes_file=config.routes_file)
-        hooks = None
-        hook_factory = _hook_factory()
-        if hook_factory is not None:
-            hooks = hook_factory(config, slot)
+        hooks = None if hook_factory is None else hook_factory(config, slot)
         run_process(config, dispatcher, hooks)
     except DispatchboxError as exc:
         logger.error("worker_process_failed slot=%d error=%s", slot, exc)
@@ -88,22 +86,11 @@ def preload() -> None:
     import dispatchbox.worker.loader
     import dispatchbox.worker.process  # noqa: F401
 
-    _hook_factory()
     # Out of the cycle collector's sight before the fork, as each worker would do at start
     # (tune_gc): a full collection of all these modules costs every worker ~17 ms otherwise,
     # and frozen objects are not written to, so their pages stay shared with the workers.
     gc.collect()
     gc.freeze()
-
-
-def _hook_factory() -> Callable[[WorkerConfig, int], WorkerHooks] | None:
-    """Observability plugs in here (metrics, alerts) when it is present; None otherwise."""
-    try:
-        module = importlib.import_module("dispatchbox.observability.worker_hooks")
-    except ModuleNotFoundError:
-        return None
-    factory: Callable[[WorkerConfig, int], WorkerHooks] = module.make_hooks
-    return factory
 
 
 @dataclass
@@ -117,9 +104,15 @@ class _Slot:
 
 class Supervisor:
     def __init__(
-        self, config: WorkerConfig, *, on_process_exit: Callable[[int], None] | None = None
+        self,
+        config: WorkerConfig,
+        *,
+        hook_factory: HookFactory | None = None,
+        on_process_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
+        # Each worker process calls it once for its hooks (None: the no-op hooks).
+        self.hook_factory = hook_factory
         # Called with the pid of every worker process that ended (metrics bookkeeping).
         self.on_process_exit = on_process_exit
         self.ctx = multiprocessing.get_context("spawn")
@@ -136,7 +129,7 @@ class Supervisor:
             self._gates.append(release_end)
             proc = fork.Process(
                 target=worker_main,
-                args=(self.config, slot.index, wait_end, tuple(self._gates)),
+                args=(self.config, slot.index, self.hook_factory, wait_end, tuple(self._gates)),
                 name=f"dispatchbox-worker-{slot.index}",
             )
             proc.start()
@@ -170,7 +163,7 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         proc = self.ctx.Process(
             target=worker_main,
-            args=(self.config, slot.index),
+            args=(self.config, slot.index, self.hook_factory),
             name=f"dispatchbox-worker-{slot.index}",
         )
         proc.start()

@@ -117,7 +117,7 @@ class SyncPool(Generic[T, R]):
                 # rather than by the thread for every event it starts.
                 if item is None or now < started + self._timeout_of(item):
                     continue
-                if not _settle(ticket):
+                if not _take_ticket(ticket):
                     continue  # it finished just now
                 self._retired.add(tid)
                 expired.append(item)
@@ -133,7 +133,7 @@ class SyncPool(Generic[T, R]):
         return [
             item
             for item, _, ticket in list(self._running.values())
-            if item is not None and _settle(ticket)
+            if item is not None and _take_ticket(ticket)
         ]
 
     def stop(self) -> None:
@@ -199,7 +199,7 @@ class SyncPool(Generic[T, R]):
             # Still busy until the result is in the deque: shutdown must not see this thread
             # idle, collect, and flush in the moment between the handler's return and here.
             running[me] = _STARTING
-            if not _settle(ticket):  # the watchdog settled it: timed out, or shutdown gave up
+            if not _take_ticket(ticket):  # the watchdog settled it: timed out, or shutdown gave up
                 del running[me]
                 with cond:  # the watchdog decides under the lock whether this thread retires
                     retired = me in self._retired
@@ -219,8 +219,9 @@ class SyncPool(Generic[T, R]):
         running.pop(me, None)
 
 
-def _settle(ticket: list[None]) -> bool:
-    """True for the one caller that settles a run (list.pop is atomic)."""
+def _take_ticket(ticket: list[None]) -> bool:
+    """True for the one caller (the thread, or the watchdog giving up) that takes a run's one
+    ticket and so decides how it ended (list.pop is atomic)."""
     try:
         ticket.pop()
     except IndexError:

@@ -191,7 +191,7 @@ def test_token_bucket_grants_no_more_than_it_holds(db_dsn: str) -> None:
             * 20,
         )
         # The ordinary claim leaves rate-limited types alone.
-        from dispatchbox.worker import store
+        from dispatchbox.data import worker as store
 
         assert (
             await store.claim(

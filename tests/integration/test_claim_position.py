@@ -12,7 +12,7 @@ import psycopg
 
 from dispatchbox import publish, publish_many
 from dispatchbox.data import queries
-from dispatchbox.worker import store
+from dispatchbox.data import worker as store
 from dispatchbox.worker.claim_position import ClaimPositions
 
 EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}

@@ -24,9 +24,9 @@ from dispatchbox import (
     set_backlog_limit,
 )
 from dispatchbox.data import queries
+from dispatchbox.data import worker as store
 from dispatchbox.delivery import backpressure, checksum
 from dispatchbox.delivery.ordering import OrderingPlan, blocked_aggregates
-from dispatchbox.worker import store
 
 Conn = psycopg.Connection[Any]
 

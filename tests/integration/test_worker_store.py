@@ -14,7 +14,7 @@ import pytest
 
 from dispatchbox import OutboxRepository, publish, publish_many
 from dispatchbox.data import queries
-from dispatchbox.worker import store
+from dispatchbox.data import worker as store
 
 EVENT = {"aggregate_type": "order", "aggregate_id": "1", "event_type": "e", "payload": {}}
 
@@ -312,7 +312,7 @@ def test_claim_respects_the_limit(db_dsn: str, limit: int) -> None:
 
 
 def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str) -> None:
-    from dispatchbox.worker.process import Connection
+    from dispatchbox.data.worker import ReconnectingConnection as Connection
 
     async def setting(conn: Connection) -> tuple[str, str]:
         c = await conn.get()
@@ -337,8 +337,8 @@ def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str
 def test_claimed_timestamps_are_utc_whatever_the_servers_time_zone(db_dsn: str) -> None:
     # The worker's sessions set TimeZone to UTC (fast timestamp decoding); handlers get
     # created_at in UTC, the same instant the database stored, on a server set to another zone.
+    from dispatchbox.data.worker import ReconnectingConnection as Connection
     from dispatchbox.worker import decode
-    from dispatchbox.worker.process import Connection
 
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         dbname = conn.info.dbname

@@ -12,15 +12,6 @@ from dispatchbox.data import queries
 
 PACKAGE = Path(queries.__file__).resolve().parent.parent
 
-# Modules that still pick queries by name: the worker's, which the "worker" helper moves onto
-# dispatchbox/data/worker.py (issue 13, items 1 and 2). The list only shrinks: a module leaving
-# it must not return, and no module may join it.
-NOT_YET_MOVED = {
-    "worker/delivery.py",
-    "worker/process.py",
-    "worker/store.py",
-}
-
 
 def test_every_header_carries_a_known_cardinality_marker() -> None:
     found = queries.all_queries()
@@ -80,9 +71,4 @@ def test_only_the_data_layer_imports_the_named_queries() -> None:
         if _imports_queries(path)
     }
     outside = {p for p in importers if not p.startswith("data/")}
-    assert outside <= NOT_YET_MOVED, (
-        f"import dispatchbox.data.* functions instead: {outside - NOT_YET_MOVED}"
-    )
-    assert not NOT_YET_MOVED - outside, (
-        f"moved onto the data layer, remove from NOT_YET_MOVED: {NOT_YET_MOVED - outside}"
-    )
+    assert not outside, f"import dispatchbox.data.* functions instead: {sorted(outside)}"

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from dispatchbox.data.worker import Claimed, array_literal
 from dispatchbox.events import OutboxEvent
 from dispatchbox.worker import decode
-from dispatchbox.worker.store import Claimed, array_literal
 
 DOCUMENTS = [
     '{"n": 1}',

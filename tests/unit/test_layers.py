@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "redaction",
                 "export",
                 "outbound",
+                "logging_setup",
             }
         ),
     ),
@@ -71,10 +72,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("dispatchbox.repository", "dispatchbox.redrive"): (
         "OutboxRepository.redrive() is the documented Python entry to redrive operations; "
         "a lazy import, and dispatchbox.redrive never imports the repository"
-    ),
-    ("dispatchbox.worker.supervisor", "dispatchbox.observability.worker_hooks"): (
-        "the supervisor loads the worker's metrics and alert hooks by name; the 'worker' "
-        "refactor passes them in from the CLI instead (drop this row with it)"
     ),
 }
 

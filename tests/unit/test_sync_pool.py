@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from dispatchbox.data.worker import Claimed
 from dispatchbox.worker import threads
-from dispatchbox.worker.store import Claimed
 from dispatchbox.worker.threads import SyncPool
 
 
@@ -183,15 +183,15 @@ def test_a_finished_handler_counts_as_busy_until_its_result_is_collectable(
 ) -> None:
     # Shutdown waits while busy() > 0, then collects once: a thread between its handler's
     # return and handing the result over must still count, or that result misses the last
-    # flush. A slow settle step stands in for losing the GIL at that moment.
+    # flush. A slow ticket take stands in for losing the GIL at that moment.
     returned = threading.Event()
-    settle = threads._settle
+    take_ticket = threads._take_ticket
 
-    def slow_settle(ticket: list[None]) -> bool:
+    def slow_take_ticket(ticket: list[None]) -> bool:
         time.sleep(0.2)
-        return settle(ticket)
+        return take_ticket(ticket)
 
-    monkeypatch.setattr(threads, "_settle", slow_settle)
+    monkeypatch.setattr(threads, "_take_ticket", slow_take_ticket)
 
     def run(item: Claimed) -> int:
         returned.set()
