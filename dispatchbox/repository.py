@@ -321,7 +321,7 @@ class OutboxRepository:
         params = flt.params()
         groups: dict[str, list[dict[str, Any]]] = {}
         with self._connection() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
+            queries.execute(conn, "read_snapshot")
             for name in wanted:
                 groups[name] = queries.fetch_all(conn, f"dead_stats_by_{name}", params)
             totals = None if wanted else queries.fetch_one(conn, "dead_stats_totals", params)
@@ -355,7 +355,7 @@ class OutboxRepository:
         if not _valid_id(event_id):
             return None
         with self._connection() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
+            queries.execute(conn, "read_snapshot")
             row = queries.fetch_one(conn, "event_get", {"id": event_id})
             if row is None:
                 return None
@@ -636,7 +636,7 @@ class OutboxRepository:
             )
         return writer.count
 
-    # -- purge ---------------------------------------------------------------------------------
+    # -- purge: the CLI's verb, which archives ---------------------------------------------------
 
     def cleanup_old_dead_events(
         self,
@@ -655,7 +655,7 @@ class OutboxRepository:
         ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their
         error history into outbox_event_archive and outbox_event_error_archive in one statement.
         With a non-empty ``filter`` only the matching dead events move (query
-        ``dead_purge_batch``, the same move narrowed by the filter); archived events can no
+        ``dead_archive_batch``, the same move narrowed by the filter); archived events can no
         longer be retried, so an operator purges one error group without touching the others.
         Each batch is its own transaction, with the audit row (action ``purge``) kept up to date.
         """
@@ -676,7 +676,7 @@ class OutboxRepository:
                     "batch_size": self.batch_size,
                 }
             else:
-                query = "dead_purge_batch"
+                query = "dead_archive_batch"
                 params = {**flt.params(), "cutoff": cutoff, "batch_size": self.batch_size}
             details = {"older_than_days": older_than_days, "cutoff": cutoff.isoformat()}
             try:
@@ -712,10 +712,11 @@ class OutboxRepository:
                 self._finish(conn, audit_id, "completed")
         return total
 
-    def count_purgeable(
+    def count_archivable(
         self, older_than_days: int, *, filter: DeadEventFilter | None = None
     ) -> int:
-        """How many dead events purge --older-than-days N (and the filter) would move."""
+        """How many dead events ``dead-events purge --older-than-days N`` (and the filter) would
+        move to the archive."""
         _check_positive("older_than_days", older_than_days, allow_zero=True)
         flt = self._filter(filter)
         with self._connection() as conn:

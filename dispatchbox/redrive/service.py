@@ -137,7 +137,7 @@ class RedriveService:
         limit: int | None = None,
     ) -> RedrivePlan:
         with self._connect() as conn, conn.transaction():
-            queries.execute(conn, "dead_snapshot")
+            queries.execute(conn, "read_snapshot")
             return plan_redrive(conn, flt, max_replays=max_replays, rate=rate, limit=limit)
 
     def get(self, op_id: int) -> RedriveOperation | None:

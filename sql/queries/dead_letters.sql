@@ -16,7 +16,7 @@
 -- The repository runs these unprepared, so PostgreSQL plans each with the actual values: a NULL
 -- filter folds away and the partial indexes on dead rows serve what remains.
 
--- name: dead_snapshot
+-- name: read_snapshot
 -- First statement of a multi-query read (stats, show): one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
@@ -274,10 +274,10 @@ SELECT count(*)
             WHERE f.fingerprint = %(error_fingerprint)s::text))
    AND (%(destination)s::text IS NULL OR e.destination = %(destination)s::text)
 
--- name: dead_purge_batch
--- One batch of purge: dead events matching the filter that died before the cutoff move, with
--- their error history, to the archive tables, as outbox_archive_batch('dead', ...) moves them
--- (migration 0002) but narrowed by the filter. Returns how many moved; rows another transaction
+-- name: dead_archive_batch
+-- One batch of `dead-events purge`, which archives (it never deletes): dead events matching the
+-- filter that died before the cutoff move, with their error history, to the archive tables, as
+-- outbox_archive_batch('dead', ...) moves them (migration 0002) but narrowed by the filter. Returns how many moved; rows another transaction
 -- holds are skipped, so only an empty batch means the end.
 WITH batch AS (
     SELECT e.id

@@ -164,7 +164,7 @@ def test_every_copy_of_the_filter_block_in_dead_letters_sql_is_identical() -> No
         "dead_export_json",
         "dead_export_csv",
         "dead_count_older_than",
-        "dead_purge_batch",
+        "dead_archive_batch",
     }
     for name, lines in blocks.items():
         assert lines == documented, f"{name}: its filter block differs from the documented one"
