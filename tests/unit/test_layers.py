@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "redaction",
                 "export",
                 "outbound",
+                "logging_setup",  # the 'worker' refactor's home for logging configuration
             }
         ),
     ),
