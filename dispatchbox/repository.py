@@ -354,7 +354,7 @@ class OutboxRepository:
                 progress=progress,
             )
 
-    # -- purge ---------------------------------------------------------------------------------
+    # -- purge: the CLI's verb, which archives ---------------------------------------------------
 
     def cleanup_old_dead_events(
         self,
@@ -373,7 +373,7 @@ class OutboxRepository:
         ``outbox_archive_batch('dead', cutoff, batch_size)``, which moves the events and their
         error history into outbox_event_archive and outbox_event_error_archive in one statement.
         With a non-empty ``filter`` only the matching dead events move (query
-        ``dead_purge_batch``, the same move narrowed by the filter); archived events can no
+        ``dead_archive_batch``, the same move narrowed by the filter); archived events can no
         longer be retried, so an operator purges one error group without touching the others.
         Each batch is its own transaction, with the audit row (action ``purge``) kept up to date.
         """
@@ -390,14 +390,15 @@ class OutboxRepository:
                 progress=progress,
             )
 
-    def count_purgeable(
+    def count_archivable(
         self, older_than_days: int, *, filter: DeadEventFilter | None = None
     ) -> int:
-        """How many dead events purge --older-than-days N (and the filter) would move."""
+        """How many dead events ``dead-events purge --older-than-days N`` (and the filter) would
+        move to the archive."""
         _check_positive("older_than_days", older_than_days, allow_zero=True)
         flt = self._filter(filter)
         with self._connection() as conn:
-            return repository_bulk.count_purgeable(conn, flt, older_than_days)
+            return repository_bulk.count_archivable(conn, flt, older_than_days)
 
     # -- archival ------------------------------------------------------------------------------
 

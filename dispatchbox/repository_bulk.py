@@ -140,7 +140,7 @@ def purge(
         if flt.is_empty:
             n = archive.move_batch(conn, EventStatus.DEAD, cutoff, batch_size)
         else:
-            n = data.purge_batch(conn, flt, cutoff, batch_size)
+            n = data.archive_batch(conn, flt, cutoff, batch_size)
         action.record(n)
         return n
 
@@ -151,6 +151,6 @@ def purge(
     return action.run(step, committed=committed)
 
 
-def count_purgeable(conn: Conn, flt: DeadEventFilter, older_than_days: int) -> int:
-    """OutboxRepository.count_purgeable on a connection."""
+def count_archivable(conn: Conn, flt: DeadEventFilter, older_than_days: int) -> int:
+    """OutboxRepository.count_archivable on a connection."""
     return data.count_older_than(conn, flt, archive.cutoff(conn, older_than_days))

@@ -340,7 +340,7 @@ def purge(
     matching = "" if flt.is_empty else " matching the filters"
     repo = open_repo(ctx)
     if dry_run:
-        count = repo.count_purgeable(days, filter=flt)
+        count = repo.count_archivable(days, filter=flt)
         print(f"would archive {count:,} dead events{matching} (dry run)")
         return
     moved = repo.cleanup_old_dead_events(days, filter=flt, actor=default_actor())

@@ -164,7 +164,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
         days = number(
             request.query_params, "older_than_days", DEFAULT_PURGE_DAYS, 0, 36500, "older_than_days"
         )
-        count = store.repo.count_purgeable(days, filter=flt)
+        count = store.repo.count_archivable(days, filter=flt)
         return console.render(
             request,
             "confirm.html",

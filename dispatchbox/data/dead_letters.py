@@ -24,7 +24,7 @@ GROUPINGS = ("event_type", "aggregate_type", "destination", "error")
 
 def snapshot(conn: Conn) -> None:
     """Make the current transaction one consistent read-only snapshot (its first statement)."""
-    queries.execute(conn, "dead_snapshot")
+    queries.execute(conn, "read_snapshot")
 
 
 def page(
@@ -111,11 +111,11 @@ def count_older_than(conn: Conn, flt: DeadEventFilter, cutoff: datetime) -> int:
     )
 
 
-def purge_batch(conn: Conn, flt: DeadEventFilter, cutoff: datetime, batch_size: int) -> int:
+def archive_batch(conn: Conn, flt: DeadEventFilter, cutoff: datetime, batch_size: int) -> int:
     """Move one batch of matching dead events that died before the cutoff, with their error
     history, to the archive; return how many moved."""
     params = {**flt.params(), "cutoff": cutoff, "batch_size": batch_size}
-    return int(queries.fetch_value(conn, "dead_purge_batch", params))
+    return int(queries.fetch_value(conn, "dead_archive_batch", params))
 
 
 async def aredrive_ids(

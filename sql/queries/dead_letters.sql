@@ -5,7 +5,7 @@
 -- (dispatchbox/data/queries.py) replaces with the fragment; tests/unit/test_dead_letter_filters.py
 -- checks that no query spells the block out again.
 
--- name: dead_snapshot :exec
+-- name: read_snapshot :exec
 -- First statement of a multi-query read (stats, show): one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
@@ -215,11 +215,12 @@ SELECT count(*)
    AND e.dead_at < %(cutoff)s::timestamptz
    -- include: dead_event_filter
 
--- name: dead_purge_batch :one
--- One batch of purge: dead events matching the filter that died before the cutoff move, with
--- their error history, to the archive tables, as outbox_archive_batch('dead', ...) moves them
--- (migration 0002) but narrowed by the filter. Returns how many moved; rows another transaction
--- holds are skipped, so only an empty batch means the end.
+-- name: dead_archive_batch :one
+-- One batch of `dead-events purge`, which archives (it never deletes): dead events matching the
+-- filter that died before the cutoff move, with their error history, to the archive tables, as
+-- outbox_archive_batch('dead', ...) moves them (migration 0002) but narrowed by the filter.
+-- Returns how many moved; rows another transaction holds are skipped, so only an empty batch
+-- means the end.
 WITH batch AS (
     SELECT e.id
       FROM outbox_event e

@@ -620,7 +620,7 @@ def test_purge_moves_old_dead_events_and_their_history_to_the_archive(
     now = datetime.now(UTC)
     old = make_dead(conn, 3, dead_at=now - timedelta(days=40), attempts=2)
     young = make_dead(conn, 2, dead_at=now - timedelta(days=5))
-    assert repo.count_purgeable(30) == 3
+    assert repo.count_archivable(30) == 3
     assert repo.cleanup_old_dead_events(30, actor="frank") == 3
     remaining = [e.id for e in repo.fetch_dead_events()]
     assert remaining == young

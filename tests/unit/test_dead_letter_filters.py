@@ -168,7 +168,7 @@ def test_the_filter_block_has_one_definition_every_filtered_query_includes() -> 
         "dead_export_json",
         "dead_export_csv",
         "dead_count_older_than",
-        "dead_purge_batch",
+        "dead_archive_batch",
         "console_dead_count_capped",
     }
     for name, body in raw.items():

@@ -56,7 +56,7 @@ LAYERS: list[tuple[str, frozenset[str]]] = [
                 "redaction",
                 "export",
                 "outbound",
-                "logging_setup",
+                "logging_setup",  # the 'worker' refactor's home for logging configuration
             }
         ),
     ),
