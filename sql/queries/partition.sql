@@ -50,3 +50,13 @@ SELECT outbox_partition_create_ahead(%(spare)s)
 -- name: partition_retire
 -- Retire partitions that hold only done events older than the retention; returns the count.
 CALL outbox_partition_retire(make_interval(days => %(retention_days)s), %(lock_timeout_ms)s, NULL)
+
+-- name: partition_outbox_is_partitioned
+-- true when outbox_event is the partitioned table (false before migration 0013 too).
+SELECT COALESCE((SELECT c.relkind = 'p' FROM pg_class c
+                  WHERE c.oid = to_regclass('outbox_event')), false)
+
+-- name: partition_job_command
+-- The statement the pg_cron partition job runs, quoted by the server.
+SELECT format('CALL %%I.outbox_partition_maintain(retention_days => %%s)',
+              %(schema)s::text, %(retention_days)s::integer)
