@@ -5,7 +5,9 @@ The work is in SQL (migration 0013, named queries in sql/queries/partition.sql);
 the steps in order on an autocommit connection and measures them. Conversion
 (docs/en/scaling.md "A partitioned outbox"):
 
-1. ``CREATE INDEX CONCURRENTLY`` of the idempotency-key look-up index (no blocking lock).
+1. ``CREATE INDEX CONCURRENTLY`` of the idempotency-key look-up index (no blocking lock), and
+   ``outbox_partition_track_keys``: a trigger that records the keys of events published from
+   now on (a brief lock).
 2. ``outbox_partition_prepare``: the partitioned table beside the populated one, and a
    ``NOT VALID`` check ``id < first bound`` on the populated table (a brief lock).
 3. ``VALIDATE CONSTRAINT`` of that check: a scan under SHARE UPDATE EXCLUSIVE, which does not
@@ -14,7 +16,7 @@ the steps in order on an autocommit connection and measures them. Conversion
    becomes partition ``outbox_event_p0``.
 5. ``outbox_partition_finish``: validate the re-created foreign keys (no blocking).
 
-Steps 2 and 4 wait at most ``lock_timeout_ms`` for their lock and are tried again after a
+The locking steps wait at most ``lock_timeout_ms`` for their lock and are tried again after a
 short pause: a waiting ACCESS EXCLUSIVE request queues every later worker statement behind it,
 so a long wait would stop the workers even before the lock is held.
 """
@@ -137,6 +139,9 @@ def convert(
 
     prepare_seconds, prepare_attempts = 0.0, 0
     if st["phase"] is None:
+        _with_lock_retries(
+            conn, "partition_track_keys", None, lock_timeout_ms=lock_timeout_ms, attempts=attempts
+        )
         try:
             _, prepare_attempts, prepare_seconds = _with_lock_retries(
                 conn,

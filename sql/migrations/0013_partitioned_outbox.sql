@@ -13,7 +13,8 @@
 --   commit or roll back) and skips the event's row when the key is taken, exactly what
 --   `ON CONFLICT DO NOTHING` did on the single table. Deleting the event (archival, purge)
 --   releases the key; retiring a partition releases its keys. Unused on the single table.
--- * outbox_partition_prepare / outbox_partition_swap: the two steps of the conversion. Prepare
+-- * outbox_partition_track_keys / outbox_partition_prepare / outbox_partition_swap /
+--   outbox_partition_finish: the steps of the conversion. Prepare
 --   builds the partitioned table beside the populated one (no lock on it but a brief one to add
 --   a NOT VALID bound check); the caller validates that check (no blocking lock) and then runs
 --   swap, the only step that locks the outbox exclusively: a few catalog changes, no scan.
@@ -100,6 +101,26 @@ BEGIN
 END;
 $$;
 
+-- Step 0 of the conversion: from now on every keyed insert into the single table records its
+-- key too (the trigger is dropped at swap). CREATE TRIGGER waits for the inserts in flight to
+-- commit, so prepare's copy, which starts after this commits, sees every key the trigger does
+-- not. A brief lock (SHARE ROW EXCLUSIVE): commit at once.
+CREATE FUNCTION outbox_partition_track_keys() RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF outbox_is_partitioned() THEN
+        RAISE EXCEPTION 'outbox_event is already partitioned' USING ERRCODE = 'object_in_use';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'outbox_event'::regclass
+                      AND tgname = 'outbox_event_track_idempotency_key') THEN
+        CREATE TRIGGER outbox_event_track_idempotency_key
+            AFTER INSERT ON outbox_event
+            FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL)
+            EXECUTE FUNCTION outbox_idempotency_claim();
+    END IF;
+END;
+$$;
+
 -- Step 1 of the conversion. Builds outbox_event_partitioned (no partition below p_first_bound
 -- yet: the populated table becomes that one at swap) with every index, trigger, policy, grant
 -- and comment of outbox_event, adds the NOT VALID check id < first bound to outbox_event, and
@@ -159,8 +180,14 @@ BEGIN
                                || ' ON outbox_event_partitioned ');
     END LOOP;
 
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = old
+                      AND tgname = 'outbox_event_track_idempotency_key') THEN
+        RAISE EXCEPTION 'run outbox_partition_track_keys() first'
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
     FOR r IN SELECT pg_get_triggerdef(t.oid) AS def
                FROM pg_trigger t WHERE t.tgrelid = old AND NOT t.tgisinternal
+                AND t.tgname <> 'outbox_event_track_idempotency_key'
     LOOP
         EXECUTE regexp_replace(r.def, ' ON (\S+\.)?outbox_event ',
                                ' ON outbox_event_partitioned ');
@@ -201,7 +228,7 @@ BEGIN
     SELECT p_partition_size, bound, bound, c.reloptions, 'prepared'
       FROM pg_class c WHERE c.oid = old;
 
-    -- Keys known now; swap adds those published in between.
+    -- Keys known now; outbox_event_track_idempotency_key records those published from now on.
     INSERT INTO outbox_idempotency_key (idempotency_key, event_id)
     SELECT idempotency_key, id FROM outbox_event WHERE idempotency_key IS NOT NULL
     ON CONFLICT (idempotency_key) DO NOTHING;
@@ -297,13 +324,6 @@ BEGIN
                        fks[i][1], fks[i][2], fks[i][3]);
     END LOOP;
 
-    -- Keys published since prepare (ids above the highest copied one).
-    INSERT INTO outbox_idempotency_key (idempotency_key, event_id)
-    SELECT e.idempotency_key, e.id FROM outbox_event_p0 e
-     WHERE e.idempotency_key IS NOT NULL
-       AND e.id > COALESCE((SELECT max(event_id) FROM outbox_idempotency_key), 0)
-    ON CONFLICT (idempotency_key) DO NOTHING;
-
     PERFORM outbox_partition_add(st.first_bound, st.first_bound + st.partition_size);
     PERFORM outbox_partition_add(st.first_bound + st.partition_size,
                                  st.first_bound + 2 * st.partition_size);
@@ -398,7 +418,10 @@ DECLARE
                           AND o.attnum > 0 AND NOT o.attisdropped));
 BEGIN
     retired := 0;
-    IF NOT outbox_is_partitioned() THEN
+    -- One retirement at a time (pg_cron and a `db partition maintain` by hand): a session lock,
+    -- since the procedure commits between steps.
+    IF NOT outbox_is_partitioned()
+       OR NOT pg_try_advisory_lock(hashtext('dispatchbox.outbox_partition_retire')) THEN
         RETURN;
     END IF;
     last_id := COALESCE(pg_sequence_last_value('outbox_event_id_seq'), 0);
@@ -442,6 +465,7 @@ BEGIN
         END;
         COMMIT;
     END LOOP;
+    PERFORM pg_advisory_unlock(hashtext('dispatchbox.outbox_partition_retire'));
 END;
 $$;
 

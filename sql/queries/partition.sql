@@ -60,3 +60,7 @@ SELECT COALESCE((SELECT c.relkind = 'p' FROM pg_class c
 -- The statement the pg_cron partition job runs, quoted by the server.
 SELECT format('CALL %%I.outbox_partition_maintain(retention_days => %%s)',
               %(schema)s::text, %(retention_days)s::integer)
+
+-- name: partition_track_keys
+-- Step 0: keyed inserts into the single table record their keys from now on (a brief lock).
+SELECT outbox_partition_track_keys()

@@ -105,15 +105,21 @@ def test_conversion_with_workers_running_loses_nothing_and_runs_nothing_twice(
         assert names[0] == "outbox_event_p0"
         # Keys from before the conversion and from during it still name their first event.
         assert publish(conn, **_events("test.ok", 1, key_prefix="pre")[0]) == keyed[0]
-        again = publish(
+        # Every key the probe published before, during and after the swap names its event.
+        again = publish_many(
             conn,
-            aggregate_type="probe",
-            aggregate_id="0",
-            event_type="test.ok",
-            payload={},
-            idempotency_key=probe.keys[-1],
+            [
+                {
+                    "aggregate_type": "probe",
+                    "aggregate_id": "0",
+                    "event_type": "test.ok",
+                    "payload": {},
+                    "idempotency_key": key,
+                }
+                for key in probe.keys
+            ],
         )
-        assert again == probe.ids[-1]
+        assert again == probe.ids
         n = conn.execute(
             "SELECT count(*) FROM outbox_event WHERE idempotency_key = %s", (probe.keys[-1],)
         ).fetchone()
