@@ -1753,6 +1753,7 @@ DECLARE
     last_id bigint := COALESCE(pg_sequence_last_value(pg_get_serial_sequence('outbox_event', 'id')::regclass), 0);
     bound bigint;
     r record;
+    i integer;
 BEGIN
     IF outbox_is_partitioned() THEN
         RAISE EXCEPTION 'outbox_event is already partitioned' USING ERRCODE = 'object_in_use';
@@ -1844,8 +1845,20 @@ BEGIN
     EXECUTE format('COMMENT ON TABLE outbox_event_partitioned IS %L', obj_description(old, 'pg_class'));
 
     INSERT INTO outbox_partition_state (partition_size, first_bound, next_bound, reloptions, phase)
-    SELECT p_partition_size, bound, bound, c.reloptions, 'prepared'
+    SELECT p_partition_size, bound, bound + 2 * p_partition_size, c.reloptions, 'prepared'
       FROM pg_class c WHERE c.oid = old;
+
+    -- The first two partitions, created here (nothing uses this table yet) so that swap,
+    -- under its exclusive lock, creates none.
+    FOR i IN 0 .. 1 LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF outbox_event_partitioned '
+                       'FOR VALUES FROM (%s) TO (%s)', 'outbox_event_p' || (bound + i * p_partition_size),
+                       bound + i * p_partition_size, bound + (i + 1) * p_partition_size);
+        IF (SELECT c.reloptions FROM pg_class c WHERE c.oid = old) IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE %I SET (%s)', 'outbox_event_p' || (bound + i * p_partition_size),
+                           (SELECT array_to_string(c.reloptions, ', ') FROM pg_class c WHERE c.oid = old));
+        END IF;
+    END LOOP;
 
     -- Keys known now; outbox_event_track_idempotency_key records those published from now on.
     INSERT INTO outbox_idempotency_key (idempotency_key, event_id)
@@ -1943,12 +1956,7 @@ BEGIN
                        fks[i][1], fks[i][2], fks[i][3]);
     END LOOP;
 
-    PERFORM outbox_partition_add(st.first_bound, st.first_bound + st.partition_size);
-    PERFORM outbox_partition_add(st.first_bound + st.partition_size,
-                                 st.first_bound + 2 * st.partition_size);
-    UPDATE outbox_partition_state
-       SET phase = 'partitioned', partitioned_at = now(),
-           next_bound = st.first_bound + 2 * st.partition_size;
+    UPDATE outbox_partition_state SET phase = 'partitioned', partitioned_at = now();
     RETURN st.first_bound;
 END;
 $$;
