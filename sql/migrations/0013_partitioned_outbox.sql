@@ -366,6 +366,24 @@ BEGIN
 END;
 $$;
 
+-- Undo a prepared conversion that was not swapped (publishers reached the first bound, or the
+-- operator changed their mind): drop the prepared table and its partitions, the bound check
+-- and the key-tracking trigger, forget the state and the copied keys. Brief locks only.
+CREATE FUNCTION outbox_partition_abandon() RETURNS void
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF outbox_is_partitioned() THEN
+        RAISE EXCEPTION 'outbox_event is already partitioned: a swapped conversion stays'
+            USING ERRCODE = 'object_in_use';
+    END IF;
+    DROP TABLE IF EXISTS outbox_event_partitioned;
+    ALTER TABLE outbox_event DROP CONSTRAINT IF EXISTS outbox_event_p0_bound;
+    DROP TRIGGER IF EXISTS outbox_event_track_idempotency_key ON outbox_event;
+    DELETE FROM outbox_partition_state;
+    TRUNCATE outbox_idempotency_key;
+END;
+$$;
+
 -- Partitions ahead of the id sequence: at least p_spare whole partitions above the last id
 -- drawn. Returns how many it created. An insert with no partition for its id fails, so run
 -- this (outbox_partition_maintain does) well before publishers use p_spare partitions up.

@@ -330,3 +330,28 @@ def test_cli_converts_shows_and_refuses_bad_input(db_dsn: str) -> None:
     again = run_cli("db", "partition", "convert", dsn=db_dsn)
     assert again.code == 1
     assert "already partitioned" in again.stderr
+
+
+def test_ids_past_the_headroom_are_refused_and_the_conversion_can_be_abandoned(
+    conn: psycopg.Connection[Any],
+) -> None:
+    conn.autocommit = True
+    conn.execute("SELECT outbox_partition_track_keys()")
+    conn.execute(
+        "CREATE INDEX CONCURRENTLY outbox_event_idempotency_key_idx ON outbox_event "
+        "(idempotency_key) WHERE idempotency_key IS NOT NULL"
+    )
+    bound = conn.execute("SELECT outbox_partition_prepare(1000, 0)").fetchone()
+    assert bound == (1000,)
+    conn.execute("SELECT setval(pg_get_serial_sequence('outbox_event', 'id'), 999)")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        publish(conn, **_events("test.ok", 1)[0])
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="first partition"):
+        conn.execute("SELECT outbox_partition_swap()")
+    conn.execute("SELECT outbox_partition_abandon()")
+    assert partitioner.status(conn)["phase"] is None
+    event_id = publish(conn, **_events("test.ok", 1, key_prefix="after")[0])
+    assert event_id > 1000
+    # Nothing of the prepared conversion is left: it can start again.
+    report = partitioner.convert(conn, partition_size=1000, lock_timeout_ms=LOCK_TIMEOUT_MS)
+    assert report.first_bound > event_id
