@@ -3,7 +3,7 @@ partition at a time: table size and drain rate over rounds, and the longest lock
 worker backend while archival or retirement runs.
 
     python -m bench partition [--rounds 5] [--events 100000] [--processes 2] [--quick]
-                              [--convert-rows 600000]
+                              [--convert-rows 600000] [--partition-size N]
 
 Each round commits --events no-op events in one statement and times them until the last is
 done while the previous round's done events leave the outbox: on the single table by
@@ -201,10 +201,16 @@ def size_mb(dsn: str) -> float:
 
 
 def run(
-    db: BenchDatabase, *, partitioned: bool, rounds: int, events: int, processes: int
+    db: BenchDatabase,
+    *,
+    partitioned: bool,
+    rounds: int,
+    events: int,
+    processes: int,
+    partition_size: int | None = None,
 ) -> list[dict[str, Any]]:
     dsn = db.fresh()
-    size = max(1000, events // 2)
+    size = partition_size or max(1000, events // 2)
     spare = events // size + 2
     out: list[dict[str, Any]] = []
     try:
@@ -245,6 +251,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--convert-rows", type=int, default=600_000)
+    parser.add_argument(
+        "--partition-size", type=int, default=None, help="ids a partition (default --events / 2)"
+    )
     parser.add_argument("--quick", action="store_true", help="3 rounds of 20,000")
     args = parser.parse_args(argv or [])
     if args.quick:
@@ -259,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rounds=args.rounds,
                 events=args.events,
                 processes=args.processes,
+                partition_size=args.partition_size,
             )
         converted = conversion(
             db, rows=args.convert_rows, pending=args.events, processes=args.processes
