@@ -13,8 +13,10 @@ overhead, the adaptive pace against a failing destination, poison detection), bi
 (claim, drain, db status and the dead-letter reads on 10,000,000 pending + 1,000,000 dead events
 against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' worth of workers;
 needs root), wal (WAL bytes per event published, drained and archived), console (every page of
-/ui on 1,000,000 dead events). One scenario takes its own
-options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
+/ui on 1,000,000 dead events), partition (the single table archived row by row beside the
+partitioned outbox retired by partition: size, drain rate, longest worker lock wait). One
+scenario takes its own options after its name: `python -m bench peers --quick`,
+`python -m bench drain --help`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ EXTRA = [
     "hosts",
     "wal",
     "console",
+    "partition",
 ]
 
 

@@ -94,6 +94,10 @@ class InvalidArchiveSettings(DispatchboxError, ValueError):
     exit_code = 2
 
 
+class PartitionError(DispatchboxError):
+    """The outbox cannot be partitioned as asked; the message says why and what to do."""
+
+
 class PgCronUnavailable(DispatchboxError):
     """pg_cron is not installed, not preloaded, or its extension is not created; says how to fix."""
 

@@ -10,8 +10,10 @@
 -- dispatchbox_operator: read everything; redrive, export, purge and archive dead events; the
 --                       audit trail (it writes a row for every action).
 -- dispatchbox_reader:   read-only, the audit trail included.
--- Functions keep PostgreSQL's default EXECUTE for PUBLIC: they run with the caller's rights
--- (none is SECURITY DEFINER), so the table grants below decide what a call may touch.
+-- Functions keep PostgreSQL's default EXECUTE for PUBLIC: they run with the caller's rights, so
+-- the table grants below decide what a call may touch. The two exceptions are trigger functions
+-- (callable only as triggers): outbox_idempotency_claim and outbox_idempotency_release keep the
+-- idempotency keys of a partitioned outbox for whichever role publishes or archives.
 -- Every line is one statement ending with ";" at the end of the line (roles.py splits on that).
 
 GRANT USAGE ON SCHEMA public TO dispatchbox_worker, dispatchbox_operator, dispatchbox_reader;
@@ -48,6 +50,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_fingerprint TO dispatchbox_o
 GRANT SELECT, INSERT, UPDATE ON outbox_dead_letter_audit TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_operator;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_operator;
+GRANT SELECT ON outbox_partition_state, outbox_idempotency_key TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_breaker TO dispatchbox_operator;
 GRANT SELECT ON outbox_rate_limit, outbox_backlog TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_redrive_operation, outbox_error_fingerprint_seen
@@ -62,3 +65,4 @@ GRANT SELECT ON outbox_dead_letter_audit, outbox_alert_state TO dispatchbox_read
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_reader;
 GRANT SELECT ON outbox_breaker, outbox_rate_limit, outbox_backlog TO dispatchbox_reader;
 GRANT SELECT ON outbox_redrive_operation, outbox_error_fingerprint_seen TO dispatchbox_reader;
+GRANT SELECT ON outbox_partition_state, outbox_idempotency_key TO dispatchbox_reader;

@@ -1,4 +1,4 @@
-"""`dispatchbox db migrate | check | status`."""
+"""`dispatchbox db migrate | check | status | grant | rls ... | partition ...`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from dispatchbox import migrations, roles
+from dispatchbox.cli import partition
 from dispatchbox.cli.common import connection, fail, info
 from dispatchbox.data import delivery, metrics
 from dispatchbox.outbox_status import EXACT_BELOW, outbox_status, status_lines
@@ -16,6 +17,7 @@ rls_app = typer.Typer(
     help="Row-level security: limit roles to some aggregate types (opt-in).", no_args_is_help=True
 )
 app.add_typer(rls_app, name="rls")
+app.add_typer(partition.app, name="partition")
 
 
 @app.command()

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import conninfo
 
 from dispatchbox.data import archive as data
+from dispatchbox.data import partition as partition_data
 from dispatchbox.db import describe
 from dispatchbox.errors import InvalidArchiveSettings, PgCronUnavailable
 from dispatchbox.maintenance.archiver import ArchiverConfig, require_schema
@@ -31,6 +32,10 @@ logger = logging.getLogger("dispatchbox.cron")
 DEFAULT_SCHEDULE = "0 3 * * *"
 ARCHIVE_JOB = "dispatchbox-archive"
 PURGE_JOB = "dispatchbox-purge"
+# A partitioned outbox (migration 0013): partitions ahead of the ids and retirement. Frequent,
+# whatever the archive's schedule: an insert whose id has no partition fails.
+PARTITION_JOB = "dispatchbox-partitions"
+PARTITION_SCHEDULE = "*/5 * * * *"
 # cron.job.jobname is of type name: PostgreSQL cuts it at 63 bytes, silently.
 _NAME_BYTES = 63
 
@@ -49,7 +54,11 @@ def job_name(kind: str, database: str) -> str:
 
 def job_names(database: str) -> list[str]:
     """Every job dispatchbox may register for this outbox database."""
-    return [job_name(ARCHIVE_JOB, database), job_name(PURGE_JOB, database)]
+    return [
+        job_name(ARCHIVE_JOB, database),
+        job_name(PURGE_JOB, database),
+        job_name(PARTITION_JOB, database),
+    ]
 
 
 def _enable_lines(cron_database: str) -> str:
@@ -179,8 +188,9 @@ class ScheduledJob:
 def archive_job_specs(
     outbox_conn: psycopg.Connection[Any], *, schedule: str, config: ArchiverConfig
 ) -> list[JobSpec]:
-    """The archive job (done, then dead rows) and, when config.purge_after_days is set, the
-    purge job, for the outbox database of ``outbox_conn``."""
+    """The archive job (done, then dead rows), when config.purge_after_days is set the purge
+    job, and when the outbox is partitioned the partition job (every five minutes, retiring
+    partitions after ``config.retention_days``), for the outbox database of ``outbox_conn``."""
     if not schedule.strip():
         raise InvalidArchiveSettings("the cron expression must not be empty")
     schema = require_schema(outbox_conn)
@@ -207,6 +217,10 @@ def archive_job_specs(
             },
         )
         specs.append(JobSpec(job_name(PURGE_JOB, database), schedule.strip(), purge, database))
+    if partition_data.is_partitioned(outbox_conn):
+        command = partition_data.job_command(outbox_conn, schema, config.retention_days)
+        name = job_name(PARTITION_JOB, database)
+        specs.append(JobSpec(name, PARTITION_SCHEDULE, command, database))
     return specs
 
 

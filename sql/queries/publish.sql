@@ -8,7 +8,7 @@ INSERT INTO outbox_event (
     %(idempotency_key)s, %(priority)s, %(max_attempts)s, COALESCE(%(available_at)s, now()),
     %(expires_at)s, %(payload_sha256)s
 )
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT DO NOTHING
 RETURNING id
 
 -- name: publish_existing :one
@@ -43,7 +43,7 @@ inserted AS (
            payload_sha256
       FROM input
      ORDER BY ord
-    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id
 )
 SELECT new_id, new_id IN (SELECT id FROM inserted) AS inserted

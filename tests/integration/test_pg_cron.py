@@ -11,7 +11,7 @@ import pytest
 from psycopg import conninfo
 
 from dispatchbox.errors import PgCronUnavailable
-from dispatchbox.maintenance import cron
+from dispatchbox.maintenance import cron, partitioner
 from dispatchbox.maintenance.archiver import ArchiverConfig
 from tests.integration.test_archive import add, ids_in
 from tests.pg import PgServer, skip_outside_ci
@@ -212,3 +212,30 @@ def test_pg_cron_itself_runs_the_job_and_archives_rows(cron_conn: Conn, db_dsn: 
         assert ids_in(outbox, "outbox_event_archive") == set(old_done + old_dead)
         assert ids_in(outbox, "outbox_event") == set(keep)
     assert database in {r["database"] for r in cron.jobs(cron_conn, [job.name])}
+
+
+def test_a_partitioned_outbox_gets_the_partition_job_and_its_command_retires(
+    cron_conn: Conn, db_dsn: str
+) -> None:
+    database = _dbname(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as outbox:
+        assert [
+            s.name
+            for s in cron.archive_job_specs(outbox, schedule="0 3 * * *", config=ArchiverConfig())
+        ] == [cron.job_name(cron.ARCHIVE_JOB, database)]
+        first = partitioner.convert(outbox, partition_size=1000).first_bound
+        old = outbox.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, status, done_at)"
+            " SELECT 'order', g::text, 'e', 'done', now() - interval '8 days'"
+            " FROM generate_series(1, 1001) g RETURNING id"
+        ).fetchall()
+    cron.schedule(cron_conn, _specs(db_dsn, "0 3 * * *", ArchiverConfig(retention_days=7)))
+    (job,) = cron.jobs(cron_conn, [cron.job_name(cron.PARTITION_JOB, database)])
+    assert job["schedule"] == cron.PARTITION_SCHEDULE
+    assert job["command"] == "CALL public.outbox_partition_maintain(retention_days => 7)"
+    with psycopg.connect(db_dsn, autocommit=True) as outbox:
+        outbox.execute(job["command"].encode())
+        names = [p["partition_name"] for p in partitioner.partitions(outbox)]
+        archived = ids_in(outbox, "outbox_event_archive")
+    assert f"outbox_event_p{first}" not in names and "outbox_event_p0" not in names
+    assert archived == {row[0] for row in old[:1000]}
