@@ -16,6 +16,11 @@ destination, and poison detection.
 * **Poison detection**: one event whose handler calls ``os._exit`` among ``--poison-rows`` good
   ones, ``--max-crashes 3``, 2 s leases: crashes until dead, seconds from publish to dead, and
   how many good events got a crash attempt (none may go dead or lose an attempt).
+* **The error-budget measure** (the ``dead_budget`` alert's query, ``alert_dead_burn_rate``):
+  ``--budget-rows`` finished events (1,000,000) spread over a day, ``--budget-window-rows`` of
+  them (and 1% dead) in its 5-minute window, a tenth of those delivered late. EXPLAIN ANALYZE
+  execution time of the query (median of 5) against the reference: the same late/dead share
+  counted over every finished row (what a measure without the time-bounded index scans costs).
 
 Prints tables, then one JSON line.
 """
@@ -33,7 +38,7 @@ from typing import Any
 import psycopg
 
 from bench.common import BenchDatabase, emit_json, print_table, worker
-from dispatchbox import OutboxRepository, publish_many
+from dispatchbox import OutboxRepository, publish_many, queries
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.redrive import RedriveService
 
@@ -187,6 +192,63 @@ def poison(db: BenchDatabase, good: int) -> dict[str, Any]:
     }
 
 
+BUDGET_SEED = """
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
+    created_at, done_at, dead_at, last_error)
+SELECT 'order', g::text, 'bench.noop', '{}', CASE WHEN g %% 100 = 0 THEN 'dead' ELSE 'done' END, 1,
+       t - CASE WHEN g %% 10 = 0 THEN interval '10 minutes' ELSE interval '1 second' END,
+       CASE WHEN g %% 100 = 0 THEN NULL ELSE t END, CASE WHEN g %% 100 = 0 THEN t END,
+       CASE WHEN g %% 100 = 0 THEN 'ConnectionError: refused' END
+  FROM generate_series(1, %(rows)s) g,
+       LATERAL (SELECT CASE WHEN g <= %(window_rows)s
+                            THEN now() - (g::float / %(window_rows)s) * interval '290 seconds'
+                            ELSE now() - interval '10 minutes'
+                                 - (g::float / %(rows)s) * interval '1 day' END AS t) w
+"""
+# The reference: the same share counted over every finished row, bounded by nothing.
+BUDGET_REFERENCE = b"""
+SELECT count(*) FILTER (WHERE status = 'dead'),
+       count(*) FILTER (WHERE status = 'done' AND done_at > created_at + interval '300 s')
+  FROM outbox_event WHERE status IN ('done', 'dead')
+"""
+
+
+def _explain_ms(conn: psycopg.Connection[Any], statement: bytes, params: Any) -> float:
+    times = []
+    for _ in range(5):
+        plan = conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params).fetchone()
+        assert plan is not None
+        times.append(float(plan[0][0]["Execution Time"]))
+    return statistics.median(times)
+
+
+def budget_measure(db: BenchDatabase, rows: int, window_rows: int) -> dict[str, Any]:
+    dsn = db.fresh()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(BUDGET_SEED, {"rows": rows, "window_rows": window_rows})
+            conn.execute("VACUUM ANALYZE outbox_event")
+            params = {"window": 300.0, "slo": 0.999, "objective": 300.0}
+            burn = queries.fetch_value(conn, "alert_dead_burn_rate", params)
+            measure_ms = _explain_ms(conn, queries.query("alert_dead_burn_rate"), params)
+            reference_ms = _explain_ms(conn, BUDGET_REFERENCE, None)
+            plan = conn.execute(
+                b"EXPLAIN (COSTS OFF) " + queries.query("alert_dead_burn_rate"), params
+            ).fetchall()
+    finally:
+        db.drop(dsn)
+    indexes = sorted({w for (line,) in plan for w in line.split() if w.endswith("_idx")})
+    return {
+        "rows": rows,
+        "window_rows": window_rows,
+        "burn_rate": round(float(burn), 1),
+        "measure_ms": round(measure_ms, 2),
+        "reference_ms": round(reference_ms, 2),
+        "ratio": round(measure_ms / reference_ms, 4),
+        "indexes": ",".join(indexes),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="Smaller runs, once each.")
@@ -196,8 +258,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=1000.0, help="Top redrive rate, events/s.")
     parser.add_argument("--down", type=float, default=8.0, help="Seconds the destination fails.")
     parser.add_argument("--poison-rows", type=int, default=500, help="Good events beside it.")
+    parser.add_argument("--budget-rows", type=int, default=1_000_000, help="Finished events.")
     parser.add_argument(
-        "--only", choices=["canary", "outage", "poison"], help="Run one of the three parts."
+        "--budget-window-rows", type=int, default=30_000, help="Of them, in the 5-min window."
+    )
+    parser.add_argument(
+        "--only",
+        choices=["canary", "outage", "poison", "budget"],
+        help="Run one of the four parts.",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -218,6 +286,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.only in (None, "poison"):
             result["poison"] = poison(db, args.poison_rows)
             print_table("poison detection", [result["poison"]])
+        if args.only in (None, "budget"):
+            result["budget"] = budget_measure(db, args.budget_rows, args.budget_window_rows)
+            print_table("error-budget measure vs a full count", [result["budget"]])
     finally:
         db.close()
     emit_json("redrive", result)
