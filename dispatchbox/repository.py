@@ -47,6 +47,7 @@ from dispatchbox.records import (
     RedriveCounts,
     default_actor,
 )
+from dispatchbox.redrive import plain
 
 if TYPE_CHECKING:
     from dispatchbox.redrive import RedriveService
@@ -502,10 +503,11 @@ class OutboxRepository:
     ) -> RedriveCounts:
         """Redrive every dead event that matches (at most ``limit``), in batches.
 
-        Each batch is one call of the SQL function ``redrive_dead_events`` (migration 0005, the
-        one a DBA runs from psql or pg_cron) and its own transaction, taking the next dead events
-        in id order. ``rate`` caps events made pending per second (batches shrink to at most
-        ``rate`` and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
+        Each batch is its own transaction (``dispatchbox.redrive.plain``), taking the next dead
+        events in id order and never letting an aggregate's later event overtake an earlier one
+        that another transaction held (those aggregates are skipped for the rest of the run).
+        ``rate`` caps events made pending per second (batches shrink to at most ``rate`` and are
+        paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
         an error), it keeps the batches already committed, records the action as interrupted
         with their count, and re-raises; run it again to continue.
         """
@@ -519,6 +521,7 @@ class OutboxRepository:
         params: dict[str, Any] = {**flt.params(), "actor": who}
         total = skipped = failed = 0
         after_id = 0
+        held = plain.Held()  # aggregates whose later events must not overtake a skipped one
         audit_id: int | None = None
         started = time.monotonic()
         with self._connection() as conn:
@@ -540,21 +543,19 @@ class OutboxRepository:
                                 outcome="in_progress",
                                 details=details,
                             )
-                        row = queries.fetch_one(conn, "dead_redrive_batch", params)
-                        assert row is not None
-                        n = int(row["processed"])
+                        batch = plain.redrive_batch(conn, params, held)
+                        n = batch.processed
                         if n:
                             queries.execute(conn, "audit_progress", {"id": current, "affected": n})
                     audit_id = current  # committed: from here on the audit row exists
                     total += n
-                    skipped += int(row["skipped"])
-                    failed += int(row["failed"])
+                    skipped += batch.picked - n
                     if progress is not None and n:
                         progress(total)
-                    # The function stops short of batch_size only when nothing matching is left.
-                    if n < params["batch_size"]:
+                    # Fewer picked than asked: nothing matching is left.
+                    if batch.picked < params["batch_size"] or batch.last_id is None:
                         break
-                    after_id = int(row["last_id"])
+                    after_id = batch.last_id
                     if rate is not None:
                         lag = started + total / rate - time.monotonic()
                         if lag > 0:
