@@ -8,6 +8,11 @@ destination, and poison detection.
   operation (1% sample, whole aggregates, then promotion in order-preserving batches). The
   canary's sample is marked done by SQL between the two steps: what is timed is the redrive
   machinery, not handlers. Each run on a fresh database, seeded and VACUUM ANALYZEd.
+* **Plain redrive with order kept vs before**: ``--rows`` dead events redriven by
+  ``OutboxRepository.redrive_dead_events`` with its batches of ``redrive_plain_batch`` (which
+  hold back the aggregates of held rows) and with the batch it ran before (one call of the SQL
+  function ``redrive_dead_events``), the same loop otherwise, alternately, each on a fresh
+  seeded database; median of ``--repeat``.
 * **Adaptive pace vs a failing destination**: ``--pace-rows`` dead events redriven at top speed
   ``--rate`` into a real ``dispatchbox worker`` (2 processes) whose handler starts failing 4 s in
   and recovers ``--down`` seconds later. Figures: seconds from the failure to the first slow-down
@@ -40,7 +45,7 @@ import psycopg
 from bench.common import BenchDatabase, emit_json, print_table, worker
 from dispatchbox import OutboxRepository, publish_many, queries
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redrive import RedriveService
+from dispatchbox.redrive import RedriveService, plain
 
 SEED = """
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
@@ -96,6 +101,37 @@ def canary_overhead(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["ratio"] = out["canary_s"] / out["plain_s"]
     return {"rows": rows, "repeat": repeat, **out}
+
+
+def _function_batch(conn: psycopg.Connection[Any], params: dict[str, Any], held: Any) -> Any:
+    """A batch as the repository ran it before: one call of the SQL function (no held set)."""
+    row = queries.fetch_one(conn, "dead_redrive_batch", params)
+    assert row is not None
+    n = int(row["processed"])
+    return plain.PlainBatch(picked=n + int(row["skipped"]), processed=n, last_id=row["last_id"])
+
+
+def plain_order_cost(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {"ordered_s": [], "before_s": []}
+    for i in range(repeat * 2):
+        kind = ("ordered_s", "before_s")[i % 2]
+        dsn = db.fresh()
+        _seed(dsn, rows, "bench.noop")
+        started = time.perf_counter()
+        # The same repository loop (audit, checksum report), only the batch statement differs.
+        batch = plain.redrive_batch
+        if kind == "before_s":
+            plain.redrive_batch = _function_batch
+        try:
+            repo = OutboxRepository(dsn)
+            n = repo.redrive_dead_events(DeadEventFilter(), actor="bench").processed
+        finally:
+            plain.redrive_batch = batch
+        runs[kind].append(time.perf_counter() - started)
+        assert n == rows, (kind, n)
+        db.drop(dsn)
+    out = {k: statistics.median(v) for k, v in runs.items()}
+    return {"rows": rows, "repeat": repeat, **out, "ratio": out["ordered_s"] / out["before_s"]}
 
 
 def _outage_run(
@@ -264,8 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--only",
-        choices=["canary", "outage", "poison", "budget"],
-        help="Run one of the four parts.",
+        choices=["canary", "plain", "outage", "poison", "budget"],
+        help="Run one of the five parts.",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -277,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.only in (None, "canary"):
             result["canary"] = canary_overhead(db, args.rows, args.repeat)
             print_table(f"canary vs plain redrive ({db.where})", [result["canary"]])
+        if args.only in (None, "plain"):
+            result["plain"] = plain_order_cost(db, args.rows, args.repeat)
+            print_table(f"plain redrive, order kept vs before ({db.where})", [result["plain"]])
         if args.only in (None, "outage"):
             result["outage"] = [
                 _outage_run(db, args.pace_rows, args.rate, args.down, adaptive=adaptive)

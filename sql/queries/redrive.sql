@@ -409,8 +409,11 @@ redriven AS (
       FROM cand c
      WHERE o.id = c.id AND o.status = 'dead'
        AND o.id IN (SELECT id FROM locked)
-       AND ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[])
-       AND ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held)
+       -- (nothing held, the usual case: no per-row text key is built)
+       AND (cardinality(%(held)s::text[]) = 0
+            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
+       AND (NOT EXISTS (SELECT 1 FROM held)
+            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
     RETURNING o.id
 ),
 unmirrored AS (
