@@ -251,7 +251,7 @@ class RedriveService:
                     conn,
                     "redrive_ordered_batch",
                     {**params, "after_id": 0, "only": ids, "exclude": None,
-                     "batch_size": len(ids), "actor": actor},
+                     "batch_size": len(ids), "actor": actor, "held": []},
                 )  # fmt: skip
                 assert row is not None
                 sent = list(row["ids"])

@@ -132,10 +132,13 @@ SELECT (SELECT count(*) FROM moved_on) AS moved_on,
 -- after %(after_id)s in id order (only those in %(only)s when set, never those in %(exclude)s),
 -- back to pending as dead_redrive_ids does, each aggregate's events due in their original order
 -- (the outbox sequence, id: the order the ordered claim delivers an aggregate in) one
--- microsecond apart, so that even a claim that orders by due time first keeps it. Rows another transaction holds are skipped (SKIP LOCKED), so fewer picked
--- than asked means nothing unlocked is left. Returns picked, the ids redriven and last_id.
-WITH picked AS (
-    SELECT e.id, e.aggregate_type, e.aggregate_id, e.created_at
+-- microsecond apart, so that even a claim that orders by due time first keeps it. A row another
+-- transaction holds is skipped (SKIP LOCKED), and so are its aggregate's other events in this
+-- batch and, through %(held)s (the caller passes back the `held` it got), in the rest of the
+-- run: they stay dead rather than overtake it. Fewer picked than asked means nothing matching
+-- is left. Returns picked, the ids redriven, last_id and held.
+WITH cand AS (
+    SELECT e.id, e.aggregate_type, e.aggregate_id
       FROM outbox_event e
      WHERE e.status = 'dead' AND e.id > %(after_id)s::bigint
        AND (%(only)s::bigint[] IS NULL OR e.id = ANY(%(only)s::bigint[]))
@@ -153,7 +156,26 @@ WITH picked AS (
          AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
      ORDER BY e.id
      LIMIT %(batch_size)s
+),
+locked AS (
+    SELECT e.id
+      FROM outbox_event e
+     WHERE e.id IN (SELECT id FROM cand) AND e.status = 'dead'
        FOR UPDATE SKIP LOCKED
+),
+held AS (
+    SELECT DISTINCT ROW(c.aggregate_type, c.aggregate_id)::text AS agg
+      FROM cand c
+     WHERE c.id NOT IN (SELECT id FROM locked)
+),
+picked AS (
+    SELECT c.id, c.aggregate_type, c.aggregate_id
+      FROM cand c
+     WHERE c.id IN (SELECT id FROM locked)
+       AND (cardinality(%(held)s::text[]) = 0
+            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
+       AND (NOT EXISTS (SELECT 1 FROM held)
+            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
 ),
 ranked AS (
     SELECT id, row_number() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY id) AS rank
@@ -180,9 +202,10 @@ redriven AS (
 unmirrored AS (
     DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
 )
-SELECT (SELECT count(*) FROM picked) AS picked,
+SELECT (SELECT count(*) FROM cand) AS picked,
        (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM redriven) AS ids,
-       (SELECT max(id) FROM picked) AS last_id
+       (SELECT max(id) FROM cand) AS last_id,
+       (SELECT COALESCE(array_agg(agg), '{}') FROM held) AS held
 
 -- name: redrive_baseline
 -- The error fingerprints of the selection: what a canary's failures are compared with.
@@ -361,9 +384,9 @@ UPDATE outbox_dead_letter_audit
 -- console's retry by filter): the next %(batch_size)s matching dead events after %(after_id)s in
 -- id order, back to pending as dead_redrive_ids does, without letting an aggregate's later event
 -- overtake an earlier one that stays dead. A picked event another transaction holds (a second
--- redrive, an edit, an archival batch) is skipped, not waited for, and so is every later event
--- of its aggregate, in this batch and in the rest of the run: the aggregates returned in `held`
--- come back in %(held)s with the next batch. Within a batch the claim takes an aggregate's
+-- redrive, an edit, an archival batch) is skipped, not waited for, and so are its aggregate's
+-- other events in this batch and every later one in the rest of the run: the aggregates
+-- returned in `held` come back in %(held)s with the next batch. Within a batch the claim takes an aggregate's
 -- events in id order (equal due times, then id). picked < batch_size: nothing matching is left.
 WITH cand AS (
     SELECT e.id, e.aggregate_type, e.aggregate_id

@@ -334,3 +334,16 @@ def test_canary_with_real_workers_stops_on_a_new_error(db_dsn: str, record_dir: 
     with psycopg.connect(db_dsn) as c:
         replayed = c.execute("SELECT count(*) FROM outbox_event WHERE redrive_count > 0").fetchone()
     assert replayed == (6,), "only the canary went out"
+
+
+def test_an_operation_leaves_the_aggregate_of_a_held_event_dead(conn: Conn, db_dsn: str) -> None:
+    a1, a2, a3, b1, b2 = dead(conn, [("A", 3), ("B", 2)])
+    svc = service(db_dsn)
+    # Another transaction (a second redrive, an edit) holds A's second event meanwhile.
+    with psycopg.connect(db_dsn) as holder:
+        holder.execute("SELECT id FROM outbox_event WHERE id = %s FOR UPDATE", (a2,))
+        op = svc.run(svc.start(DeadEventFilter(), actor="ops").id)
+    assert op.phase == "completed" and op.redriven == 2, op
+    got = {i: s for i, (s, _) in states(conn, [a1, a2, a3, b1, b2]).items()}
+    # A's third event would have overtaken the held one: A stays dead, B goes.
+    assert got == {a1: "dead", a2: "dead", a3: "dead", b1: "pending", b2: "pending"}
