@@ -8,6 +8,11 @@ destination, and poison detection.
   operation (1% sample, whole aggregates, then promotion in order-preserving batches). The
   canary's sample is marked done by SQL between the two steps: what is timed is the redrive
   machinery, not handlers. Each run on a fresh database, seeded and VACUUM ANALYZEd.
+* **Plain redrive with order kept vs before**: ``--rows`` dead events redriven by
+  ``OutboxRepository.redrive_dead_events`` with its batches of ``redrive_plain_batch`` (which
+  hold back the aggregates of held rows) and with the batch it ran before (one call of the SQL
+  function ``redrive_dead_events``), the same loop otherwise, alternately, each on a fresh
+  seeded database; median of ``--repeat``.
 * **Adaptive pace vs a failing destination**: ``--pace-rows`` dead events redriven at top speed
   ``--rate`` into a real ``dispatchbox worker`` (2 processes) whose handler starts failing 4 s in
   and recovers ``--down`` seconds later. Figures: seconds from the failure to the first slow-down
@@ -16,6 +21,11 @@ destination, and poison detection.
 * **Poison detection**: one event whose handler calls ``os._exit`` among ``--poison-rows`` good
   ones, ``--max-crashes 3``, 2 s leases: crashes until dead, seconds from publish to dead, and
   how many good events got a crash attempt (none may go dead or lose an attempt).
+* **The error-budget measure** (the ``dead_budget`` alert's query, ``alert_dead_burn_rate``):
+  ``--budget-rows`` finished events (1,000,000) spread over a day, ``--budget-window-rows`` of
+  them (and 1% dead) in its 5-minute window, a tenth of those delivered late. EXPLAIN ANALYZE
+  execution time of the query (median of 5) against the reference: the same late/dead share
+  counted over every finished row (what a measure without the time-bounded index scans costs).
 
 Prints tables, then one JSON line.
 """
@@ -33,9 +43,9 @@ from typing import Any
 import psycopg
 
 from bench.common import BenchDatabase, emit_json, print_table, worker
-from dispatchbox import OutboxRepository, publish_many
+from dispatchbox import OutboxRepository, publish_many, queries
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redrive import RedriveService
+from dispatchbox.redrive import RedriveService, plain
 
 SEED = """
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
@@ -91,6 +101,37 @@ def canary_overhead(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["ratio"] = out["canary_s"] / out["plain_s"]
     return {"rows": rows, "repeat": repeat, **out}
+
+
+def _function_batch(conn: psycopg.Connection[Any], params: dict[str, Any], held: Any) -> Any:
+    """A batch as the repository ran it before: one call of the SQL function (no held set)."""
+    row = queries.fetch_one(conn, "dead_redrive_batch", params)
+    assert row is not None
+    n = int(row["processed"])
+    return plain.PlainBatch(picked=n + int(row["skipped"]), processed=n, last_id=row["last_id"])
+
+
+def plain_order_cost(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {"ordered_s": [], "before_s": []}
+    for i in range(repeat * 2):
+        kind = ("ordered_s", "before_s")[i % 2]
+        dsn = db.fresh()
+        _seed(dsn, rows, "bench.noop")
+        started = time.perf_counter()
+        # The same repository loop (audit, checksum report), only the batch statement differs.
+        batch = plain.redrive_batch
+        if kind == "before_s":
+            plain.redrive_batch = _function_batch
+        try:
+            repo = OutboxRepository(dsn)
+            n = repo.redrive_dead_events(DeadEventFilter(), actor="bench").processed
+        finally:
+            plain.redrive_batch = batch
+        runs[kind].append(time.perf_counter() - started)
+        assert n == rows, (kind, n)
+        db.drop(dsn)
+    out = {k: statistics.median(v) for k, v in runs.items()}
+    return {"rows": rows, "repeat": repeat, **out, "ratio": out["ordered_s"] / out["before_s"]}
 
 
 def _outage_run(
@@ -187,6 +228,63 @@ def poison(db: BenchDatabase, good: int) -> dict[str, Any]:
     }
 
 
+BUDGET_SEED = """
+INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
+    created_at, done_at, dead_at, last_error)
+SELECT 'order', g::text, 'bench.noop', '{}', CASE WHEN g %% 100 = 0 THEN 'dead' ELSE 'done' END, 1,
+       t - CASE WHEN g %% 10 = 0 THEN interval '10 minutes' ELSE interval '1 second' END,
+       CASE WHEN g %% 100 = 0 THEN NULL ELSE t END, CASE WHEN g %% 100 = 0 THEN t END,
+       CASE WHEN g %% 100 = 0 THEN 'ConnectionError: refused' END
+  FROM generate_series(1, %(rows)s) g,
+       LATERAL (SELECT CASE WHEN g <= %(window_rows)s
+                            THEN now() - (g::float / %(window_rows)s) * interval '290 seconds'
+                            ELSE now() - interval '10 minutes'
+                                 - (g::float / %(rows)s) * interval '1 day' END AS t) w
+"""
+# The reference: the same share counted over every finished row, bounded by nothing.
+BUDGET_REFERENCE = b"""
+SELECT count(*) FILTER (WHERE status = 'dead'),
+       count(*) FILTER (WHERE status = 'done' AND done_at > created_at + interval '300 s')
+  FROM outbox_event WHERE status IN ('done', 'dead')
+"""
+
+
+def _explain_ms(conn: psycopg.Connection[Any], statement: bytes, params: Any) -> float:
+    times = []
+    for _ in range(5):
+        plan = conn.execute(b"EXPLAIN (ANALYZE, FORMAT JSON) " + statement, params).fetchone()
+        assert plan is not None
+        times.append(float(plan[0][0]["Execution Time"]))
+    return statistics.median(times)
+
+
+def budget_measure(db: BenchDatabase, rows: int, window_rows: int) -> dict[str, Any]:
+    dsn = db.fresh()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(BUDGET_SEED, {"rows": rows, "window_rows": window_rows})
+            conn.execute("VACUUM ANALYZE outbox_event")
+            params = {"window": 300.0, "slo": 0.999, "objective": 300.0}
+            burn = queries.fetch_value(conn, "alert_dead_burn_rate", params)
+            measure_ms = _explain_ms(conn, queries.query("alert_dead_burn_rate"), params)
+            reference_ms = _explain_ms(conn, BUDGET_REFERENCE, None)
+            plan = conn.execute(
+                b"EXPLAIN (COSTS OFF) " + queries.query("alert_dead_burn_rate"), params
+            ).fetchall()
+    finally:
+        db.drop(dsn)
+    indexes = sorted({w for (line,) in plan for w in line.split() if w.endswith("_idx")})
+    return {
+        "rows": rows,
+        "window_rows": window_rows,
+        "burn_rate": round(float(burn), 1),
+        "measure_ms": round(measure_ms, 2),
+        "reference_ms": round(reference_ms, 2),
+        "ratio": round(measure_ms / reference_ms, 4),
+        "indexes": ",".join(indexes),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--quick", action="store_true", help="Smaller runs, once each.")
@@ -196,8 +294,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, default=1000.0, help="Top redrive rate, events/s.")
     parser.add_argument("--down", type=float, default=8.0, help="Seconds the destination fails.")
     parser.add_argument("--poison-rows", type=int, default=500, help="Good events beside it.")
+    parser.add_argument("--budget-rows", type=int, default=1_000_000, help="Finished events.")
     parser.add_argument(
-        "--only", choices=["canary", "outage", "poison"], help="Run one of the three parts."
+        "--budget-window-rows", type=int, default=30_000, help="Of them, in the 5-min window."
+    )
+    parser.add_argument(
+        "--only",
+        choices=["canary", "plain", "outage", "poison", "budget"],
+        help="Run one of the five parts.",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -209,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.only in (None, "canary"):
             result["canary"] = canary_overhead(db, args.rows, args.repeat)
             print_table(f"canary vs plain redrive ({db.where})", [result["canary"]])
+        if args.only in (None, "plain"):
+            result["plain"] = plain_order_cost(db, args.rows, args.repeat)
+            print_table(f"plain redrive, order kept vs before ({db.where})", [result["plain"]])
         if args.only in (None, "outage"):
             result["outage"] = [
                 _outage_run(db, args.pace_rows, args.rate, args.down, adaptive=adaptive)
@@ -218,6 +325,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.only in (None, "poison"):
             result["poison"] = poison(db, args.poison_rows)
             print_table("poison detection", [result["poison"]])
+        if args.only in (None, "budget"):
+            result["budget"] = budget_measure(db, args.budget_rows, args.budget_window_rows)
+            print_table("error-budget measure vs a full count", [result["budget"]])
     finally:
         db.close()
     emit_json("redrive", result)

@@ -301,10 +301,11 @@ class OutboxRepository:
     ) -> RedriveCounts:
         """Redrive every dead event that matches (at most ``limit``), in batches.
 
-        Each batch is one call of the SQL function ``redrive_dead_events`` (migration 0005, the
-        one a DBA runs from psql or pg_cron) and its own transaction, taking the next dead events
-        in id order. ``rate`` caps events made pending per second (batches shrink to at most
-        ``rate`` and are paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
+        Each batch is its own transaction (``redrive_plain_batch``), taking the next dead
+        events in id order and never letting an aggregate's later event overtake an earlier one
+        that another transaction held (those aggregates are skipped for the rest of the run).
+        ``rate`` caps events made pending per second (batches shrink to at most ``rate`` and are
+        paced), so a recovering downstream is not flooded. Interrupted (Ctrl-C,
         an error), it keeps the batches already committed, records the action as interrupted
         with their count, and re-raises; run it again to continue.
         """

@@ -219,7 +219,9 @@ def redrive_by_filter(
     action = AuditedBatches(conn, actor=actor, action="retry_filter", filter=flt, details=details)
     # Kept only once a batch committed: where the next batch starts, the counts.
     after_id = 0
-    done = skipped = failed = 0
+    done = skipped = 0
+    # Aggregates with an event this run could not take: their later events stay dead.
+    held: set[str] = set()
     # Of the batch in flight.
     wanted = size
     row: dict[str, Any] = {}
@@ -227,32 +229,31 @@ def redrive_by_filter(
     def step(total: int) -> int:
         nonlocal wanted, row
         wanted = size if limit is None else min(size, limit - total)
-        row = data.redrive_batch(conn, flt, actor=actor, after_id=after_id, batch_size=wanted)
+        row = data.redrive_batch(
+            conn, flt, actor=actor, after_id=after_id, batch_size=wanted, held=held
+        )
         n = int(row["processed"])
         action.record(n)
         return n
 
     def committed(n: int, total: int) -> None:
-        nonlocal after_id, done, skipped, failed
+        nonlocal after_id, done, skipped
         done = total
-        skipped += int(row["skipped"])
-        failed += int(row["failed"])
+        skipped += int(row["picked"]) - n
         if row["last_id"] is not None:
             after_id = int(row["last_id"])
         if progress is not None and n:
             progress(total)
 
     def stop(n: int, total: int) -> bool:
-        # The function stops short of batch_size only when nothing matching is left.
-        return n < wanted or (limit is not None and total >= limit)
+        # A batch picks fewer than asked only when nothing matching is left.
+        return int(row["picked"]) < wanted or (limit is not None and total >= limit)
 
     try:
         action.run(step, stop=stop, committed=committed, rate=rate)
     except BaseException:
         logger.info("redrive by filter interrupted after %d events", done)
         raise
-    if skipped or failed:
-        logger.warning(
-            "redrive by filter: %d skipped (held or changed), %d failed", skipped, failed
-        )
-    return RedriveCounts(processed=done, skipped=skipped, failed=failed)
+    if skipped:
+        logger.warning("redrive by filter: %d skipped (held by another transaction)", skipped)
+    return RedriveCounts(processed=done, skipped=skipped, failed=0)

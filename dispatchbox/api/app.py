@@ -303,8 +303,14 @@ def create_app(
         assert body.filter is not None
         flt = _filter(**_filter_fields(body.filter))
         if body.dry_run:
-            todo = retry_batch_path.would_retry_matching(repo, flt, body.limit)
-            return RetryBatchOut(retried=0, dry_run=True, would_retry=todo)
+            # The redrive plan's conflicts too (dispatchbox.redrive.plan), as the CLI's dry run.
+            plan = repo.redrive().plan(flt, limit=body.limit)
+            return RetryBatchOut(
+                retried=0,
+                dry_run=True,
+                would_retry=plan.total,
+                conflicts=plan.to_json()["conflicts"],
+            )
         done = repo.retry_dead_events(flt, body.limit, actor=who)
         return RetryBatchOut(retried=done, dry_run=False)
 

@@ -185,3 +185,9 @@ class RetryBatchOut(BaseModel):
     would_retry: int | None = Field(default=None, description="On a dry run: how many would be.")
     missing: list[int] = Field(default_factory=list, description="Ids that do not exist.")
     not_dead: list[int] = Field(default_factory=list, description="Ids that are not dead.")
+    conflicts: dict[str, Any] | None = Field(
+        default=None,
+        description="On a dry run by filter: what the redrive would run into, as the redrive "
+        "plan reports it (aggregate_moved_on, idempotency_key_taken, behind_dead_event: each "
+        "a count and the first ids).",
+    )

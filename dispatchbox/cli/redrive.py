@@ -58,16 +58,22 @@ def print_plan(plan: RedrivePlan) -> None:
         if len(groups) > REPORT_ROWS:
             print(f"... and {len(groups) - REPORT_ROWS} more")
     print()
-    if not plan.moved_on and not plan.key_taken:
+    if not plan.moved_on and not plan.key_taken and not plan.behind:
         print("conflicts: none")
         return
-    print("conflicts (redriving these may replay what is already superseded):")
+    print("conflicts (redriving these may replay what is superseded, or out of order):")
     if plan.moved_on:
         ids = ", ".join(map(str, plan.moved_on_ids))
         print(f"  aggregate moved on (a newer event of it is done): {plan.moved_on:,}  e.g. {ids}")
     if plan.key_taken:
         ids = ", ".join(map(str, plan.key_taken_ids))
         print(f"  idempotency key held by a newer event: {plan.key_taken:,}  e.g. {ids}")
+    if plan.behind:
+        ids = ", ".join(map(str, plan.behind_ids))
+        print(
+            "  behind a dead event the selection leaves out (it would overtake it): "
+            f"{plan.behind:,}  e.g. {ids}"
+        )
 
 
 class _Reporter:

@@ -131,6 +131,22 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Dry run: {n} dead events match now.",
         "Próba na sucho: pasuje teraz {n} martwych zdarzeń.",
     ),
+    "confirm.conflicts": (
+        "Conflicts (redriving these may replay what is superseded, or out of order):",
+        "Konflikty (przywrócenie może odtworzyć coś już zastąpionego albo złamać kolejność):",
+    ),
+    "conflict.aggregate_moved_on": (
+        "{n} of an aggregate that moved on (a newer event of it is done), e.g. {ids}",
+        "{n} z agregatu, który poszedł dalej (jego nowsze zdarzenie jest done), np. {ids}",
+    ),
+    "conflict.idempotency_key_taken": (
+        "{n} with an idempotency key a newer event holds, e.g. {ids}",
+        "{n} z kluczem idempotencji, który ma nowsze zdarzenie, np. {ids}",
+    ),
+    "conflict.behind_dead_event": (
+        "{n} behind a dead event the filter leaves out (they would overtake it), e.g. {ids}",
+        "{n} za martwym zdarzeniem, które filtr pomija (wyprzedziłyby je), np. {ids}",
+    ),
     "confirm.rate": ("At most this many events a second", "Najwyżej tyle zdarzeń na sekundę"),
     "confirm.limit": ("At most this many events in all", "Najwyżej tyle zdarzeń łącznie"),
     "confirm.older": (

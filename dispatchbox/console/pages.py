@@ -144,6 +144,8 @@ def add_pages(app: FastAPI, console: Console) -> None:
         flt = parse_filter(values)
         # Exact, from the fingerprint mirror the redrive's own filter agrees with.
         count = store.error_groups(flt, top=0).total
+        # What the redrive would run into (dispatchbox.redrive.plan), as the CLI's dry run says.
+        conflicts = store.repo.redrive().plan(flt).to_json()["conflicts"] if count else {}
         return console.render(
             request,
             "confirm.html",
@@ -151,6 +153,7 @@ def add_pages(app: FastAPI, console: Console) -> None:
             kind="retry",
             values=values,
             count=count,
+            conflicts={k: v for k, v in conflicts.items() if v["count"]},
             rate=DEFAULT_RATE,
             limit=min(max(count, 1), MAX_LIMIT),
             query=urlencode(values),

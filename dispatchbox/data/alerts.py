@@ -67,10 +67,11 @@ def new_fingerprints(
     return queries.fetch_all(conn, "alert_new_fingerprints", params)
 
 
-def dead_burn_rate(conn: Conn, *, window: float, slo: float) -> float:
-    """How fast deaths spend the error budget of ``slo`` over the last ``window`` seconds."""
-    value = queries.fetch_value(conn, "alert_dead_burn_rate", {"window": window, "slo": slo})
-    return float(value or 0)
+def dead_burn_rate(conn: Conn, *, window: float, slo: float, objective: float) -> float:
+    """How fast the events finished in the last ``window`` seconds spend the error budget of
+    "``slo`` delivered within ``objective`` seconds" (dead or late events burn it)."""
+    params = {"window": window, "slo": slo, "objective": objective}
+    return float(queries.fetch_value(conn, "alert_dead_burn_rate", params) or 0)
 
 
 def health(conn: Conn) -> Row:

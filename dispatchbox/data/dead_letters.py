@@ -77,13 +77,29 @@ def redrive_ids(conn: Conn, ids: Sequence[int], *, actor: str) -> set[int]:
 
 
 def redrive_batch(
-    conn: Conn, flt: DeadEventFilter, *, actor: str, after_id: int, batch_size: int
+    conn: Conn,
+    flt: DeadEventFilter,
+    *,
+    actor: str,
+    after_id: int,
+    batch_size: int,
+    held: set[str],
 ) -> Row:
-    """One batch of a redrive by filter (migration 0005's redrive_dead_events): at most
-    ``batch_size`` events after ``after_id``; a row (processed, skipped, failed, last_id)."""
-    params = {**flt.params(), "actor": actor, "after_id": after_id, "batch_size": batch_size}
-    row = queries.fetch_one(conn, "dead_redrive_batch", params)
-    assert row is not None  # a function returning one row
+    """One batch of the plain redrive by filter (redrive_plain_batch): the next ``batch_size``
+    matching dead events after ``after_id``, in id order, back to pending, except those of an
+    aggregate in ``held``. An event another transaction holds is skipped and its aggregate added
+    to ``held``, so that its later events do not overtake it for the rest of the run. A row
+    (picked, processed, last_id, held); picked < batch_size: nothing matching is left."""
+    params = {
+        **flt.params(),
+        "actor": actor,
+        "after_id": after_id,
+        "batch_size": batch_size,
+        "held": sorted(held),
+    }
+    row = queries.fetch_one(conn, "redrive_plain_batch", params)
+    assert row is not None  # an aggregate over the batch: always one row
+    held.update(row["held"])
     return row
 
 

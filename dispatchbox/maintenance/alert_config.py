@@ -60,12 +60,17 @@ class AlertConfig:
     # (-1) unless set, e.g. 900 (DISPATCHBOX_ALERT_NEW_FINGERPRINT_SECONDS).
     new_fingerprint: float = -1
     # "Dead letters burn the error budget": an incident while the share of events finished in
-    # the last burn_window seconds that went dead, over the budget 1 - slo, is above this burn
-    # rate; 14.4 is the usual fast-burn page (a 30-day budget gone in about two days). Off (-1)
-    # unless set (DISPATCHBOX_ALERT_DEAD_BURN_RATE).
+    # the last burn_window seconds that missed the objective (went dead, or were delivered
+    # more than slo_seconds after they were created), over the budget 1 - slo, is above this
+    # burn rate; 14.4 is the usual fast-burn page (a 30-day budget gone in about two days).
+    # Off (-1) unless set (DISPATCHBOX_ALERT_DEAD_BURN_RATE).
     dead_burn_rate: float = -1
-    # The delivery objective the budget comes from (DISPATCHBOX_ALERT_SLO).
+    # The delivery objective the budget comes from: this share of events delivered within
+    # slo_seconds (DISPATCHBOX_ALERT_SLO).
     slo: float = 0.999
+    # "Delivered within" of the objective, seconds from created_at to done_at; a later
+    # delivery burns the budget as a dead letter does (DISPATCHBOX_ALERT_SLO_SECONDS).
+    slo_seconds: float = 300.0
     # The window of the burn rate, seconds (DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS).
     burn_window: float = 300.0
     # After a threshold incident resolves, a new one is not announced for this long, so a value
@@ -105,6 +110,8 @@ class AlertConfig:
             )
         if not self.burn_window > 0:
             raise ConfigurationError("DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS must be positive")
+        if not self.slo_seconds > 0:
+            raise ConfigurationError("DISPATCHBOX_ALERT_SLO_SECONDS must be positive")
         if self.cooldown < 0 or self.settle < 0:
             raise ConfigurationError("DISPATCHBOX_ALERT_COOLDOWN_SECONDS must not be negative")
         if self.top_errors < 1 or self.ids_per_error < 1:
@@ -169,6 +176,7 @@ class AlertConfig:
             dead_burn_rate=number("DISPATCHBOX_ALERT_DEAD_BURN_RATE", base.dead_burn_rate),
             slo=number("DISPATCHBOX_ALERT_SLO", base.slo),
             burn_window=number("DISPATCHBOX_ALERT_BURN_WINDOW_SECONDS", base.burn_window),
+            slo_seconds=number("DISPATCHBOX_ALERT_SLO_SECONDS", base.slo_seconds),
         )
 
 

@@ -181,11 +181,14 @@ def firing_message(
         )
     if alert == "dead_budget":
         return (
-            f":fire: *{label}*: dead letters burn the error budget {value:.1f}x too fast "
-            f"(threshold {threshold:g}x): {100 * value * (1 - config.slo):.2f}% of the events "
-            f"finished in the last {duration(config.burn_window)} went dead, against an SLO of "
-            f"{100 * config.slo:g}% delivered ({where}). See `dispatchbox dead-events diff "
-            "--since <deploy>` and `dispatchbox dead-events stats --by error`."
+            f":fire: *{label}*: dead letters and late deliveries burn the error budget "
+            f"{value:.1f}x too fast (threshold {threshold:g}x): "
+            f"{100 * value * (1 - config.slo):.2f}% of the events finished in the last "
+            f"{duration(config.burn_window)} went dead or were delivered more than "
+            f"{duration(config.slo_seconds)} after they were created, against an SLO of "
+            f"{100 * config.slo:g}% delivered within {duration(config.slo_seconds)} ({where}). "
+            "See `dispatchbox dead-events diff --since <deploy>`, `dispatchbox dead-events "
+            "stats --by error` and the backlog (`dispatchbox monitor`)."
         )
     return (
         f":hourglass: *{label}*: the oldest due pending event has waited "
@@ -221,7 +224,7 @@ def resolved_message(
     elif alert == "cleanup_held":
         what = f"the oldest snapshot holding back vacuum is {duration(value)} old"
     elif alert == "dead_budget":
-        what = f"dead-letter burn rate {value:.1f}x, within {config.threshold(alert):g}x"
+        what = f"error-budget burn rate {value:.1f}x, within {config.threshold(alert):g}x"
     else:
         what = f"the oldest due pending event has waited {duration(value)}"
     return f":white_check_mark: *{label}*: resolved{after}: {what} ({where})."

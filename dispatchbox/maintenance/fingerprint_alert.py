@@ -1,7 +1,8 @@
 """Two alerts of the evaluator (maintenance/alerts.py): ``new_fingerprint``, a notification
 when an error group appears that no dead event ever had (outbox_error_fingerprint_seen,
-migration 0011), and the measure of ``dead_budget``, dead-letter inflow as a burn rate of the
-delivery SLO's error budget. Kept apart so alerts.py only dispatches to them.
+migration 0011), and the measure of ``dead_budget``: dead letters and late deliveries as a
+burn rate of the error budget of the objective "slo of events delivered within slo_seconds".
+Kept apart so alerts.py only dispatches to them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ TOP = 10
 
 
 def burn_rate(conn: psycopg.Connection[Any], config: AlertConfig) -> float:
-    return data.dead_burn_rate(conn, window=config.burn_window, slo=config.slo)
+    return data.dead_burn_rate(
+        conn, window=config.burn_window, slo=config.slo, objective=config.slo_seconds
+    )
 
 
 def message(config: AlertConfig, where: str, groups: list[dict[str, Any]]) -> str:

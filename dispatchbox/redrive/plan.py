@@ -38,6 +38,8 @@ class RedrivePlan:
     moved_on_ids: list[int] = field(default_factory=list)
     key_taken: int = 0  # a newer event holds the idempotency key
     key_taken_ids: list[int] = field(default_factory=list)
+    behind: int = 0  # an earlier event of its aggregate is dead and not in the selection
+    behind_ids: list[int] = field(default_factory=list)
     rate: float | None = None
     estimate_seconds: float | None = None
 
@@ -55,6 +57,7 @@ class RedrivePlan:
             "conflicts": {
                 "aggregate_moved_on": {"count": self.moved_on, "ids": self.moved_on_ids},
                 "idempotency_key_taken": {"count": self.key_taken, "ids": self.key_taken_ids},
+                "behind_dead_event": {"count": self.behind, "ids": self.behind_ids},
             },
             "rate": self.rate,
             "estimate_seconds": self.estimate_seconds,
@@ -98,6 +101,8 @@ def plan_redrive(
         moved_on_ids=list(conflicts.get("moved_on_ids") or []),
         key_taken=int(conflicts.get("key_taken") or 0),
         key_taken_ids=list(conflicts.get("key_taken_ids") or []),
+        behind=int(conflicts.get("behind") or 0),
+        behind_ids=list(conflicts.get("behind_ids") or []),
         rate=rate,
         estimate_seconds=(todo / rate) if rate else None,
     )

@@ -73,6 +73,8 @@ def promote(
     destinations = list(settings.get("destinations") or [])
     after_id = job.after_id
     window: deque[tuple[float, datetime, list[int]]] = deque()
+    # Aggregates with a row another transaction held: their later events stay dead this run.
+    held: set[str] = set()
     sent = 0
     last_sample = last_sent = time.monotonic()
     while True:
@@ -104,9 +106,10 @@ def promote(
         with conn.transaction():
             row = data.redrive_ordered_batch(
                 conn,
-                {**params, "after_id": after_id, "batch_size": size},
+                {**params, "after_id": after_id, "batch_size": size, "held": sorted(held)},
             )
             assert row is not None
+            held.update(row["held"])
             ids = list(row["ids"])
             if row["last_id"] is not None:
                 after_id = int(row["last_id"])

@@ -240,7 +240,7 @@ class RedriveService:
             if ids:
                 row = data.redrive_ordered_batch(conn,
                     {**params, "after_id": 0, "only": ids, "exclude": None,
-                     "batch_size": len(ids), "actor": actor},
+                     "batch_size": len(ids), "actor": actor, "held": []},
                 )  # fmt: skip
                 assert row is not None
                 sent = list(row["ids"])

@@ -166,13 +166,6 @@ SELECT e.id
  WHERE e.status = 'dead'
    AND e.payload_sha256 IS NOT NULL
    AND e.payload_sha256 <> outbox_payload_sha256(e.payload)
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
+   -- include: dead_event_filter
  ORDER BY e.id
  LIMIT %(limit)s

@@ -14,14 +14,7 @@ SELECT count(*) FILTER (WHERE %(max_replays)s::integer IS NULL
        min(e.dead_at) AS oldest_dead_at, max(e.dead_at) AS newest_dead_at
   FROM outbox_event e
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
+   -- include: dead_event_filter
    AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
 
 
@@ -43,14 +36,7 @@ SELECT CASE WHEN GROUPING(fp.fingerprint) = 0 THEN 'fingerprint'
   FROM outbox_event e
   LEFT JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
+   -- include: dead_event_filter
    AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
    AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
  GROUP BY GROUPING SETS (
@@ -64,20 +50,16 @@ SELECT CASE WHEN GROUPING(fp.fingerprint) = 0 THEN 'fingerprint'
 -- name: redrive_plan_conflicts :one
 -- What a redrive of the selection would run into: an event whose idempotency key a newer event
 -- holds (live or archived: the live unique index leaves only archived or re-published holders),
--- and an event whose aggregate moved on (a newer event of the same aggregate is done). Counts,
--- and the first ids of each. One hash join over the outbox, not a lookup per dead event.
+-- an event whose aggregate moved on (a newer event of the same aggregate is done), and an event
+-- behind a dead one the selection leaves out (an earlier event of its aggregate stays dead, so
+-- the redrive would deliver it first and the earlier one after, whenever that is redriven; the
+-- look-up walks outbox_event_aggregate_open_idx). Counts, and the first ids of each. One hash
+-- join over the outbox for "moved on", not a lookup per dead event.
 WITH sel AS (
     SELECT e.id, e.aggregate_type, e.aggregate_id, e.created_at, e.idempotency_key
       FROM outbox_event e
      WHERE e.status = 'dead'
-         AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-         AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-         AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-         AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-         AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-         AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-                 SELECT f.event_id FROM outbox_dead_fingerprint f
-                  WHERE f.fingerprint = %(error_fingerprint)s::text))
+         -- include: dead_event_filter
          AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
          AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
 ),
@@ -103,43 +85,68 @@ key_taken AS (
             OR EXISTS (SELECT 1 FROM outbox_event_archive a
                         WHERE a.idempotency_key = s.idempotency_key AND a.id <> s.id
                           AND a.created_at > s.created_at))
+),
+behind AS (
+    SELECT s.id
+      FROM sel s
+     WHERE EXISTS (SELECT 1 FROM outbox_event p
+                    WHERE p.aggregate_type = s.aggregate_type
+                      AND p.aggregate_id = s.aggregate_id
+                      AND p.status = 'dead' AND p.id < s.id
+                      AND NOT EXISTS (SELECT 1 FROM sel x WHERE x.id = p.id))
 )
 SELECT (SELECT count(*) FROM moved_on) AS moved_on,
        (SELECT (array_agg(id ORDER BY id))[1:%(max_ids)s] FROM moved_on) AS moved_on_ids,
        (SELECT count(*) FROM key_taken) AS key_taken,
        (SELECT (array_agg(id ORDER BY id))[1:%(max_ids)s] FROM key_taken) AS key_taken_ids,
+       (SELECT count(*) FROM behind) AS behind,
+       (SELECT (array_agg(id ORDER BY id))[1:%(max_ids)s] FROM behind) AS behind_ids,
        (SELECT count(DISTINCT (aggregate_type, aggregate_id)) FROM sel) AS aggregates
 
 -- name: redrive_ordered_batch :one
 -- One batch of an order-preserving redrive: the next %(batch_size)s dead events of the selection
 -- after %(after_id)s in id order (only those in %(only)s when set, never those in %(exclude)s),
 -- back to pending as dead_redrive_ids does, each aggregate's events due in their original order
--- (created_at, id): one microsecond apart, so the claim (priority, next_attempt_at, id) takes
--- them in that order. Rows another transaction holds are skipped (SKIP LOCKED), so fewer picked
--- than asked means nothing unlocked is left. Returns picked, the ids redriven and last_id.
-WITH picked AS (
-    SELECT e.id, e.aggregate_type, e.aggregate_id, e.created_at
+-- (the outbox sequence, id: the order the ordered claim delivers an aggregate in) one
+-- microsecond apart, so that even a claim that orders by due time first keeps it. A row another
+-- transaction holds is skipped (SKIP LOCKED), and so are its aggregate's other events in this
+-- batch and, through %(held)s (the caller passes back the `held` it got), in the rest of the
+-- run: they stay dead rather than overtake it. Fewer picked than asked means nothing matching
+-- is left. Returns picked, the ids redriven, last_id and held.
+WITH cand AS (
+    SELECT e.id, e.aggregate_type, e.aggregate_id
       FROM outbox_event e
      WHERE e.status = 'dead' AND e.id > %(after_id)s::bigint
        AND (%(only)s::bigint[] IS NULL OR e.id = ANY(%(only)s::bigint[]))
        AND (%(exclude)s::bigint[] IS NULL OR e.id <> ALL(%(exclude)s::bigint[]))
-         AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-         AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-         AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-         AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-         AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-         AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-                 SELECT f.event_id FROM outbox_dead_fingerprint f
-                  WHERE f.fingerprint = %(error_fingerprint)s::text))
+         -- include: dead_event_filter
          AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
          AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
      ORDER BY e.id
      LIMIT %(batch_size)s
+),
+locked AS (
+    SELECT e.id
+      FROM outbox_event e
+     WHERE e.id IN (SELECT id FROM cand) AND e.status = 'dead'
        FOR UPDATE SKIP LOCKED
 ),
+held AS (
+    SELECT DISTINCT ROW(c.aggregate_type, c.aggregate_id)::text AS agg
+      FROM cand c
+     WHERE c.id NOT IN (SELECT id FROM locked)
+),
+picked AS (
+    SELECT c.id, c.aggregate_type, c.aggregate_id
+      FROM cand c
+     WHERE c.id IN (SELECT id FROM locked)
+       AND (cardinality(%(held)s::text[]) = 0
+            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
+       AND (NOT EXISTS (SELECT 1 FROM held)
+            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
+),
 ranked AS (
-    SELECT id, row_number() OVER (PARTITION BY aggregate_type, aggregate_id
-                                  ORDER BY created_at, id) AS rank
+    SELECT id, row_number() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY id) AS rank
       FROM picked
 ),
 redriven AS (
@@ -163,9 +170,10 @@ redriven AS (
 unmirrored AS (
     DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
 )
-SELECT (SELECT count(*) FROM picked) AS picked,
+SELECT (SELECT count(*) FROM cand) AS picked,
        (SELECT COALESCE(array_agg(id ORDER BY id), '{}') FROM redriven) AS ids,
-       (SELECT max(id) FROM picked) AS last_id
+       (SELECT max(id) FROM cand) AS last_id,
+       (SELECT COALESCE(array_agg(agg), '{}') FROM held) AS held
 
 -- name: redrive_baseline :one
 -- The error fingerprints of the selection: what a canary's failures are compared with.
@@ -173,14 +181,7 @@ SELECT COALESCE(array_agg(DISTINCT fp.fingerprint), '{}') AS baseline
   FROM outbox_event e
   JOIN outbox_dead_fingerprint fp ON fp.event_id = e.id
  WHERE e.status = 'dead'
-   AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-   AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-   AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-   AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-   AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-   AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-           SELECT f.event_id FROM outbox_dead_fingerprint f
-            WHERE f.fingerprint = %(error_fingerprint)s::text))
+   -- include: dead_event_filter
    AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
    AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
 
@@ -192,14 +193,7 @@ WITH m AS (
     SELECT e.id, e.aggregate_type, e.aggregate_id
       FROM outbox_event e
      WHERE e.status = 'dead'
-         AND (%(event_type)s::text IS NULL OR e.event_type = %(event_type)s::text)
-         AND (%(aggregate_type)s::text IS NULL OR e.aggregate_type = %(aggregate_type)s::text)
-         AND (%(since)s::timestamptz IS NULL OR e.dead_at >= %(since)s::timestamptz)
-         AND (%(until)s::timestamptz IS NULL OR e.dead_at < %(until)s::timestamptz)
-         AND (%(error_like)s::text IS NULL OR e.last_error ILIKE %(error_like)s::text)
-         AND (%(error_fingerprint)s::text IS NULL OR e.id IN (
-                 SELECT f.event_id FROM outbox_dead_fingerprint f
-                  WHERE f.fingerprint = %(error_fingerprint)s::text))
+         -- include: dead_event_filter
          AND (%(cutoff)s::timestamptz IS NULL OR e.dead_at < %(cutoff)s::timestamptz)
          AND (%(max_replays)s::integer IS NULL OR e.redrive_count < %(max_replays)s::integer)
 ),
@@ -336,3 +330,64 @@ SELECT pg_advisory_unlock(hashtext('dispatchbox.redrive_operation'), %(id)s::int
 UPDATE outbox_dead_letter_audit
    SET outcome = 'in_progress', finished_at = NULL, updated_at = now()
  WHERE id = %(id)s
+
+-- name: redrive_plain_batch :one
+-- One batch of the plain redrive by filter (retry-batch --all-matching, the API's and the
+-- console's retry by filter): the next %(batch_size)s matching dead events after %(after_id)s in
+-- id order, back to pending as dead_redrive_ids does, without letting an aggregate's later event
+-- overtake an earlier one that stays dead. A picked event another transaction holds (a second
+-- redrive, an edit, an archival batch) is skipped, not waited for, and so are its aggregate's
+-- other events in this batch and every later one in the rest of the run: the aggregates
+-- returned in `held` come back in %(held)s with the next batch. Within a batch the claim takes
+-- an aggregate's events in id order (equal due times, then id). picked < batch_size: nothing
+-- matching is left.
+WITH cand AS (
+    SELECT e.id, e.aggregate_type, e.aggregate_id
+      FROM outbox_event e
+     WHERE e.status = 'dead' AND e.id > %(after_id)s::bigint
+       -- include: dead_event_filter
+     ORDER BY e.id
+     LIMIT %(batch_size)s
+),
+locked AS (
+    SELECT e.id
+      FROM outbox_event e
+     WHERE e.id IN (SELECT id FROM cand) AND e.status = 'dead'
+       FOR UPDATE SKIP LOCKED
+),
+held AS (
+    SELECT DISTINCT ROW(c.aggregate_type, c.aggregate_id)::text AS agg
+      FROM cand c
+     WHERE c.id NOT IN (SELECT id FROM locked)
+),
+redriven AS (
+    UPDATE outbox_event o
+       SET status = 'pending',
+           attempts = 0,
+           crash_attempts = 0,
+           next_attempt_at = now(),
+           locked_by = NULL,
+           locked_until = NULL,
+           lease_token = NULL,
+           dead_at = NULL,
+           updated_at = now(),
+           redrive_count = o.redrive_count + 1,
+           last_redriven_at = now(),
+           last_redriven_by = %(actor)s
+      FROM cand c
+     WHERE o.id = c.id AND o.status = 'dead'
+       AND o.id IN (SELECT id FROM locked)
+       -- (nothing held, the usual case: no per-row text key is built)
+       AND (cardinality(%(held)s::text[]) = 0
+            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
+       AND (NOT EXISTS (SELECT 1 FROM held)
+            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
+    RETURNING o.id
+),
+unmirrored AS (
+    DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
+)
+SELECT (SELECT count(*) FROM cand) AS picked,
+       (SELECT count(*) FROM redriven) AS processed,
+       (SELECT max(id) FROM cand) AS last_id,
+       (SELECT COALESCE(array_agg(agg), '{}') FROM held) AS held

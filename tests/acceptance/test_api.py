@@ -362,12 +362,12 @@ def test_retry_batch_by_ids_is_all_or_nothing(server: Server, db_dsn: str) -> No
 
     dry = ok(batch({"ids": [pay[0], 777777], "dry_run": True, "skip_invalid": True}))
     assert dry == {"retried": 0, "dry_run": True, "would_retry": 1, "missing": [777777],
-                   "not_dead": []}  # fmt: skip
+                   "not_dead": [], "conflicts": None}  # fmt: skip
     skipped = ok(batch({"ids": [pay[0], pay[1], pending], "skip_invalid": True}))
     assert skipped["retried"] == 2 and skipped["not_dead"] == [pending]
     done = ok(batch({"ids": pay[2:]}))
     assert done == {"retried": 3, "dry_run": False, "would_retry": None, "missing": [],
-                    "not_dead": []}  # fmt: skip
+                    "not_dead": [], "conflicts": None}  # fmt: skip
     assert set(statuses(db_dsn, pay).values()) == {"pending"}
     assert [(a, b) for a, b, _ in audit(db_dsn)] == [("ci", "retry_batch")] * 2
 

@@ -124,3 +124,22 @@ def test_api_plan_operation_run_and_diff(server: Server, conn: Conn, db_dsn: str
     assert "--canary" in error(bad, 400)
     assert ok(server.client.get("/api/dead-events/diff?since=2000-01-01", headers=AUTH))
     assert SECRET not in server.log()
+
+
+def test_plain_dry_runs_report_conflicts_in_the_cli_and_the_api(
+    server: Server, conn: Conn, db_dsn: str
+) -> None:
+    first, second = dead(conn, [("x", 2)], error="ConnectionError: refused {a}")
+    conn.execute("UPDATE outbox_event SET last_error = 'KeyError: sku' WHERE id = %s", (first,))
+    conn.commit()
+    text = cli(db_dsn, "retry-batch", "--all-matching", "--error-contains", "refused", "--dry-run")
+    assert text.code == 0, text.stderr
+    assert (
+        f"behind a dead event the selection leaves out (it would overtake it): 1  e.g. {second}"
+        in text.stdout
+    )
+    body = {"filter": {"error_contains": "refused"}, "dry_run": True}
+    got = ok(server.client.post("/api/dead-events/retry-batch", json=body, headers=AUTH))
+    assert got["would_retry"] == 1 and got["retried"] == 0
+    assert got["conflicts"]["behind_dead_event"] == {"count": 1, "ids": [second]}
+    assert got["conflicts"]["aggregate_moved_on"]["count"] == 0

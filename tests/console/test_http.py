@@ -165,6 +165,7 @@ def test_the_destination_filter_narrows_the_list_and_the_overview_counts_by_dest
     assert '<span class="chip">smtp · 2</span>' in groups and "erp · " not in groups
     confirm = client.get("/ui/retry", params={"destination": "erp"})
     assert "Dry run: 3 dead events match now." in confirm.text
+    assert 'id="conflicts"' not in confirm.text, "nothing to conflict with"
     overview = client.get("/ui/").text
     table = overview.split('id="by-destination"', 1)[1].split("</section>", 1)[0]
     rows = re.findall(r'<tr><td>(.*?)</td><td class="num">(\d+)</td></tr>', table)
@@ -247,3 +248,25 @@ def test_a_server_fault_is_a_page_and_a_log_line_without_details(
     assert "Something failed on the server" in page.text
     assert "outbox_dead_letter_audit" not in page.text
     wait_until(lambda: "console_unexpected_error path=/ui/audit" in server.log(), "the log line")
+
+
+def test_the_retry_dry_run_names_events_that_would_overtake_a_dead_one(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    base, _ = console_server
+    with psycopg.connect(db_dsn) as conn:
+        rows = conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, status,"
+            " attempts, last_error, dead_at) VALUES"
+            " ('order', 'x', 'x.y', 'dead', 5, 'KeyError: sku', now()),"
+            " ('order', 'x', 'x.y', 'dead', 5, 'ConnectionError: refused', now())"
+            " RETURNING id"
+        ).fetchall()
+    second = int(rows[1][0])
+    client = signed_in(base)
+    confirm = client.get("/ui/retry", params={"error_contains": "refused"})
+    assert "Dry run: 1 dead events match now." in confirm.text
+    assert (
+        f"1 behind a dead event the filter leaves out (they would overtake it), e.g. {second}"
+        in confirm.text
+    )

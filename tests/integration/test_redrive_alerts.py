@@ -3,10 +3,17 @@ of test_alerts.py, on a real PostgreSQL."""
 
 from __future__ import annotations
 
-import psycopg
+from pathlib import Path
 
+import psycopg
+import pytest
+
+from dispatchbox.errors import ConfigurationError
+from dispatchbox.maintenance.alert_config import AlertConfig
+from dispatchbox.maintenance.fingerprint_alert import burn_rate
 from tests.integration import test_alerts
 from tests.integration.test_alerts import FakeSlack, evaluator, make_dead, rounds_until, state_row
+from tests.worker_helpers import FAST, counts, publish, start, wait_for_workers, wait_until
 
 slack = test_alerts.slack  # the fake Slack fixture
 
@@ -59,3 +66,57 @@ def test_dead_inflow_above_the_budget_opens_and_resolves_an_incident(
     assert "burn the error budget 20.0x too fast" in firing and "2.00% of the events" in firing
     assert "SLO of 99.9% delivered" in firing
     assert "resolved" in resolved and "burn rate 0.0x, within 14.4x" in resolved
+
+
+@pytest.mark.slow
+def test_slow_deliveries_past_the_objective_burn_the_budget_and_fast_ones_do_not(
+    db_dsn: str, slack: FakeSlack, record_dir: Path, tmp_path: Path
+) -> None:
+    # Real workers of tests/ordering_app.py: "plain.ok" sleeps payload["sleep"] seconds. The
+    # objective: 99.9% delivered within 2 s of created_at.
+    run = start(
+        db_dsn, record_dir, tmp_path, "--app", "tests.ordering_app:dispatcher",
+        *FAST, "--processes", "1", "--concurrency", "8",
+    )  # fmt: skip
+    ev = evaluator(
+        db_dsn, slack, dead_window=-1, dead_burn_rate=14.4, slo=0.999, slo_seconds=2.0,
+        cooldown=0,
+    )  # fmt: skip
+    try:
+        # Publish once the worker is up: events waiting for it to start would be late already.
+        wait_for_workers(run, 1)
+        publish(db_dsn, "plain.ok", 20, payload={"sleep": 0.01})
+        wait_until(lambda: counts(db_dsn) == {"done": 20}, 60, "fast events delivered")
+        with psycopg.connect(db_dsn) as conn:
+            assert burn_rate(conn, ev.config) == 0.0, "fast deliveries burn nothing"
+        for _ in range(3):
+            ev.run_once()
+        assert slack.texts() == []
+        # 8 events that each take 3 s in the handler: delivered after the objective.
+        publish(db_dsn, "plain.ok", 8, payload={"sleep": 3.0})
+        wait_until(lambda: counts(db_dsn) == {"done": 28}, 60, "slow events delivered")
+        with psycopg.connect(db_dsn) as conn:
+            late = conn.execute(
+                "SELECT count(*) FROM outbox_event WHERE done_at > created_at + interval '2 s'"
+            ).fetchone()
+            rate = burn_rate(conn, ev.config)
+        assert late == (8,)
+        # 8 of 28 finished events missed it: 28.6% against a 0.1% budget.
+        assert rate == pytest.approx((8 / 28) / 0.001)
+        rounds_until(ev, lambda: len(slack.texts()) == 1)
+    finally:
+        ev.stop()
+        run.stop()
+    (firing,) = slack.texts()
+    assert "burn the error budget 285.7x too fast" in firing
+    assert "went dead or were delivered more than 2s after they were created" in firing
+    assert "SLO of 99.9% delivered within 2s" in firing
+    assert state_row(db_dsn, "dead_budget")["active"] is True
+
+
+def test_the_objective_comes_from_the_environment_and_must_be_positive() -> None:
+    assert AlertConfig().slo_seconds == 300.0
+    config = AlertConfig.from_env({"DISPATCHBOX_ALERT_SLO_SECONDS": "60"})
+    assert config.slo_seconds == 60.0
+    with pytest.raises(ConfigurationError, match="DISPATCHBOX_ALERT_SLO_SECONDS must be positive"):
+        AlertConfig.from_env({"DISPATCHBOX_ALERT_SLO_SECONDS": "0"})

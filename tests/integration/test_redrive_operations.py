@@ -213,12 +213,14 @@ def test_paced_redrive_waits_while_the_breaker_is_open_and_skips_replayed_events
 # -- order and the plan ---------------------------------------------------------------------
 
 
-def test_redrive_returns_each_aggregate_in_its_created_order(conn: Conn, db_dsn: str) -> None:
-    # Ids run against creation time within the aggregate (the later insert was created first).
-    late_id, early_id = dead(conn, [("A", 2)])
+def test_redrive_returns_each_aggregate_in_its_outbox_order(conn: Conn, db_dsn: str) -> None:
+    # Ids run against creation time within the aggregate (the later insert's transaction began
+    # first): the outbox sequence (id) is the order the ordered claim delivered them in, so the
+    # redrive keeps it, even for a claim that looks at the due time first.
+    first_id, second_id = dead(conn, [("A", 2)])
     conn.execute(
         "UPDATE outbox_event SET created_at = created_at - interval '1 hour' WHERE id = %s",
-        (early_id,),
+        (second_id,),
     )
     conn.commit()
     svc = service(db_dsn)
@@ -228,7 +230,7 @@ def test_redrive_returns_each_aggregate_in_its_created_order(conn: Conn, db_dsn:
         " ORDER BY priority, next_attempt_at, id"
     ).fetchall()
     conn.commit()
-    assert [r[0] for r in claimed] == [early_id, late_id]
+    assert [r[0] for r in claimed] == [first_id, second_id]
 
 
 def test_plan_counts_groups_conflicts_and_the_time_at_a_rate(conn: Conn, db_dsn: str) -> None:
@@ -332,3 +334,16 @@ def test_canary_with_real_workers_stops_on_a_new_error(db_dsn: str, record_dir: 
     with psycopg.connect(db_dsn) as c:
         replayed = c.execute("SELECT count(*) FROM outbox_event WHERE redrive_count > 0").fetchone()
     assert replayed == (6,), "only the canary went out"
+
+
+def test_an_operation_leaves_the_aggregate_of_a_held_event_dead(conn: Conn, db_dsn: str) -> None:
+    a1, a2, a3, b1, b2 = dead(conn, [("A", 3), ("B", 2)])
+    svc = service(db_dsn)
+    # Another transaction (a second redrive, an edit) holds A's second event meanwhile.
+    with psycopg.connect(db_dsn) as holder:
+        holder.execute("SELECT id FROM outbox_event WHERE id = %s FOR UPDATE", (a2,))
+        op = svc.run(svc.start(DeadEventFilter(), actor="ops").id)
+    assert op.phase == "completed" and op.redriven == 2, op
+    got = {i: s for i, (s, _) in states(conn, [a1, a2, a3, b1, b2]).items()}
+    # A's third event would have overtaken the held one: A stays dead, B goes.
+    assert got == {a1: "dead", a2: "dead", a3: "dead", b1: "pending", b2: "pending"}

