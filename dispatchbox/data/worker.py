@@ -1,6 +1,6 @@
 """The worker's statements: its session, claim, complete, fail, release, defer, heartbeat, reap,
 listen, the breakers' replay take; the records they return (Claimed, Failure, Transition); and
-the worker's self-reopening connection.
+the worker's connections (data.connection's self-reopening one, set up for the worker).
 
 Every statement guards on the state it expects and, for running rows, on the lease token, so a
 worker whose lease was taken over cannot change the newer owner's row.
@@ -8,7 +8,6 @@ worker whose lease was taken over cannot change the newer owner's row.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -20,52 +19,34 @@ from typing import Any
 import psycopg
 
 from dispatchbox.data import queries
-from dispatchbox.db import connect_async
+from dispatchbox.data.connection import AsyncReconnectingConnection
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
 
-class ReconnectingConnection:
-    """A worker connection that reopens itself after an outage (each worker task has one)."""
+def worker_connection(
+    dsn: str, *, prepare: bool, role: str, synchronous_commit: bool = True
+) -> AsyncReconnectingConnection:
+    """One of a worker process's connections (claim, flush, upkeep, listen, delivery), which
+    reopens itself after an outage."""
+    # Only this session's commits: the worker's own state changes. A completion lost in a crash
+    # means the event is delivered again, which at-least-once allows.
+    settings = None if synchronous_commit else {"synchronous_commit": "off"}
+    return AsyncReconnectingConnection(
+        dsn,
+        application_name=f"dispatchbox-worker-{role}",
+        prepare=prepare,
+        settings=settings,
+        on_connect=_session_utc,
+    )
 
-    def __init__(
-        self, dsn: str, *, prepare: bool, role: str, synchronous_commit: bool = True
-    ) -> None:
-        self.dsn = dsn
-        self.prepare = prepare
-        self.role = role
-        self.synchronous_commit = synchronous_commit
-        self.conn: AsyncConn | None = None
 
-    async def get(self) -> AsyncConn:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            await self.close()
-            extra: dict[str, str] = {}
-            if not self.synchronous_commit:
-                # Only this session's commits: the worker's own state changes. A completion
-                # lost in a crash means the event is delivered again, which at-least-once allows.
-                extra["options"] = "-c synchronous_commit=off"
-            conn = await connect_async(
-                self.dsn,
-                autocommit=True,
-                application_name=f"dispatchbox-worker-{self.role}",
-                **extra,
-            )
-            if not self.prepare:
-                conn.prepare_threshold = None
-            # Timestamps arrive in UTC whatever the server's TimeZone: psycopg converts a
-            # timestamptz to UTC several times faster than to a named zone (0.2 against 0.6 us
-            # a value, two per claimed event). A SET rather than a startup option, which
-            # PgBouncer refuses; PgBouncer keeps TimeZone per client.
-            await queries.aexecute(conn, "worker_session_utc")
-            self.conn = conn
-        return self.conn
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await self.conn.close()
-            self.conn = None
+async def _session_utc(conn: AsyncConn) -> None:
+    # Timestamps arrive in UTC whatever the server's TimeZone: psycopg converts a timestamptz to
+    # UTC several times faster than to a named zone (0.2 against 0.6 us a value, two per claimed
+    # event). A SET rather than a startup option, which PgBouncer refuses; PgBouncer keeps
+    # TimeZone per client.
+    await queries.aexecute(conn, "worker_session_utc")
 
 
 async def listen(conn: AsyncConn) -> None:

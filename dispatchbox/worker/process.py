@@ -39,7 +39,8 @@ from typing import Any, TypeVar
 import psycopg
 
 from dispatchbox.data import worker as worker_data
-from dispatchbox.data.worker import ReconnectingConnection, Transition
+from dispatchbox.data.connection import AsyncReconnectingConnection
+from dispatchbox.data.worker import Transition, worker_connection
 from dispatchbox.db import redact
 from dispatchbox.delivery import backpressure
 from dispatchbox.delivery.board import DeliveryBoard
@@ -101,18 +102,18 @@ class WorkerProcess:
         self.outage = OutageTracker(self.name)
         prepare = config.prepared_statements
         sync = config.synchronous_commit
-        self.claim_conn = ReconnectingConnection(
+        self.claim_conn = worker_connection(
             config.dsn, prepare=prepare, role="claim", synchronous_commit=sync
         )
-        self.flush_conn = ReconnectingConnection(
+        self.flush_conn = worker_connection(
             config.dsn, prepare=prepare, role="flush", synchronous_commit=sync
         )
-        self.upkeep_conn = ReconnectingConnection(config.dsn, prepare=prepare, role="upkeep")
-        self.listen_conn = ReconnectingConnection(config.dsn, prepare=False, role="listen")
+        self.upkeep_conn = worker_connection(config.dsn, prepare=prepare, role="upkeep")
+        self.listen_conn = worker_connection(config.dsn, prepare=False, role="listen")
         # Breakers and rate limits (dispatchbox.delivery): only when the app configured a
         # destination, so that an app without any pays nothing for them.
         self.delivery: WorkerDelivery | None = None
-        self.delivery_conn = ReconnectingConnection(config.dsn, prepare=prepare, role="delivery")
+        self.delivery_conn = worker_connection(config.dsn, prepare=prepare, role="delivery")
         if dispatcher.destinations():
             board = DeliveryBoard(
                 dispatcher, worker=self.name, probe_lease=config.handler_timeout + 5.0
@@ -250,7 +251,7 @@ class WorkerProcess:
 
     async def with_db(
         self,
-        conn: ReconnectingConnection,
+        conn: AsyncReconnectingConnection,
         op: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
         *,
         until_stopped: bool = True,
