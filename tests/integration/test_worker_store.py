@@ -312,7 +312,8 @@ def test_claim_respects_the_limit(db_dsn: str, limit: int) -> None:
 
 
 def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str) -> None:
-    from dispatchbox.data.worker import ReconnectingConnection as Connection
+    from dispatchbox.data.connection import AsyncReconnectingConnection as Connection
+    from dispatchbox.data.worker import worker_connection
 
     async def setting(conn: Connection) -> tuple[str, str]:
         c = await conn.get()
@@ -326,8 +327,10 @@ def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str
         assert row is not None
         return row[0], row[1]
 
-    off = run(setting(Connection(db_dsn, prepare=True, role="claim", synchronous_commit=False)))
-    on = run(setting(Connection(db_dsn, prepare=True, role="flush")))
+    off = run(
+        setting(worker_connection(db_dsn, prepare=True, role="claim", synchronous_commit=False))
+    )
+    on = run(setting(worker_connection(db_dsn, prepare=True, role="flush")))
     assert off == ("off", "dispatchbox-worker-claim")
     assert on == ("on", "dispatchbox-worker-flush")
     with psycopg.connect(db_dsn) as conn:  # anyone else's session keeps the server's default
@@ -337,7 +340,7 @@ def test_synchronous_commit_off_applies_to_the_workers_sessions_only(db_dsn: str
 def test_claimed_timestamps_are_utc_whatever_the_servers_time_zone(db_dsn: str) -> None:
     # The worker's sessions set TimeZone to UTC (fast timestamp decoding); handlers get
     # created_at in UTC, the same instant the database stored, on a server set to another zone.
-    from dispatchbox.data.worker import ReconnectingConnection as Connection
+    from dispatchbox.data.worker import worker_connection
     from dispatchbox.worker import decode
 
     with psycopg.connect(db_dsn, autocommit=True) as conn:
@@ -358,7 +361,7 @@ def test_claimed_timestamps_are_utc_whatever_the_servers_time_zone(db_dsn: str) 
         conn.commit()
 
     async def scenario() -> store.Claimed:
-        conn = Connection(db_dsn, prepare=True, role="claim")
+        conn = worker_connection(db_dsn, prepare=True, role="claim")
         (item,) = await store.claim(await conn.get(), worker="A", limit=10, lease_seconds=60)
         await conn.close()
         return item
