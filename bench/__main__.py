@@ -13,7 +13,8 @@ overhead, the adaptive pace against a failing destination, poison detection), bi
 (claim, drain, db status and the dead-letter reads on 10,000,000 pending + 1,000,000 dead events
 against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' worth of workers;
 needs root), wal (WAL bytes per event published, drained and archived), console (every page of
-/ui on 1,000,000 dead events). One scenario takes its own
+/ui on 1,000,000 dead events), dying (deaths/s with the dead-letter summary's triggers on and
+off). One scenario takes its own
 options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -45,6 +46,7 @@ EXTRA = [
     "hosts",
     "wal",
     "console",
+    "dying",
 ]
 
 

@@ -67,6 +67,18 @@ _MAX_BIGINT = 2**63 - 1
 Progress = Callable[[int], None]
 
 
+def _stats_by(
+    conn: psycopg.Connection[Any], name: str, params: dict[str, Any], *, summary: bool
+) -> list[dict[str, Any]]:
+    """One grouping of dead-event stats: from the summary (migration 0012) when it serves the
+    filter, else the exact dead_event_stats; both give the same rows in the same order."""
+    if not summary:
+        return queries.fetch_all(conn, f"dead_stats_by_{name}", params)
+    if name == "error":
+        return queries.fetch_all(conn, "dead_stats_by_error_summary", params)
+    return queries.fetch_all(conn, "dead_stats_grouped_summary", {**params, "by": name})
+
+
 def _changed(row: dict[str, Any]) -> bool:
     """An exported row whose payload no longer matches its checksum (json: a boolean column,
     csv: its text)."""
@@ -284,8 +296,9 @@ class OutboxRepository:
             error_contains=error_contains,
             error_fingerprint=error_fingerprint,
         )
+        name = "dead_count_summary" if flt.summary_serves else "dead_count"
         with self._connection() as conn:
-            return int(queries.fetch_value(conn, "dead_count", flt.params()))
+            return int(queries.fetch_value(conn, name, flt.params()))
 
     def dead_event_stats(
         self,
@@ -322,8 +335,9 @@ class OutboxRepository:
         with self._connection() as conn, conn.transaction():
             queries.execute(conn, "dead_snapshot")
             for name in wanted:
-                groups[name] = queries.fetch_all(conn, f"dead_stats_by_{name}", params)
-            totals = None if wanted else queries.fetch_one(conn, "dead_stats_totals", params)
+                groups[name] = _stats_by(conn, name, params, summary=flt.summary_serves)
+            totals_query = "dead_stats_totals" + ("_summary" if flt.summary_serves else "")
+            totals = None if wanted else queries.fetch_one(conn, totals_query, params)
         if totals is None:
             first = groups[wanted[0]]
             seen_first = [g["first_seen"] for g in first if g["first_seen"] is not None]

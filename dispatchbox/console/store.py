@@ -210,7 +210,9 @@ class ConsoleStore:
         top: int,
         destinations: bool = False,
     ) -> Groups:
-        rows = queries.fetch_all(conn, "console_error_groups", flt.params())
+        summary = flt.summary_serves
+        name = "console_error_groups_summary" if summary else "console_error_groups"
+        rows = queries.fetch_all(conn, name, flt.params())
         merged: dict[str, dict[str, Any]] = {}
         types: dict[str, dict[str, Any]] = {}
         for row in rows:
@@ -235,9 +237,8 @@ class ConsoleStore:
                 conn, "console_errors_of", {"ids": [g["example"] for _, g in ranked]}
             )
         }
-        # A second, bounded query for the groups shown only: the mirror has no destination, and
-        # joining the outbox for every dead event would read a million rows on a big table.
-        # Filtered by destination, every event of a group died there: nothing to read.
+        # A second query for the groups shown only. Filtered by destination, every event of a
+        # group died there: nothing to read.
         places: dict[str, list[tuple[str | None, int]]] = {}
         if destinations and ranked and flt.destination is not None:
             places = {key: [(flt.destination, g["count"])] for key, g in ranked}
@@ -247,7 +248,9 @@ class ConsoleStore:
                 "fingerprints": [key for key, _ in ranked],
                 "per_group": GROUP_DESTINATION_SAMPLE,
             }
-            for r in queries.fetch_all(conn, "console_group_destinations", params):
+            # The summary knows every group's destinations exactly; otherwise a bounded sample.
+            where = "console_group_destinations" + ("_summary" if summary else "")
+            for r in queries.fetch_all(conn, where, params):
                 places.setdefault(r["fingerprint"], []).append((r["destination"], int(r["count"])))
         groups = []
         for key, g in ranked:
@@ -264,6 +267,7 @@ class ConsoleStore:
                     targets=sorted(g["targets"], key=lambda t: (-t[1], t[0])),
                     destinations=sorted(places.get(key, []), key=lambda d: (-d[1], d[0] or "")),
                     destinations_sampled=destinations
+                    and not summary
                     and flt.destination is None
                     and g["count"] > GROUP_DESTINATION_SAMPLE,
                 )

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -43,6 +44,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from dispatchbox import db, queries
 from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
+from dispatchbox.outbox_status import outbox_status
 
 logger = logging.getLogger("dispatchbox.metrics")
 
@@ -284,6 +286,18 @@ class _Snapshot:
     cleanup: dict[str, Any] = field(default_factory=dict)
 
 
+def _health_values(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The health gauges' values at a cost that does not grow with the outbox: pending and
+    running as `db status` reads them (estimated above 10,000), dead and the oldest death exact
+    from the dead-letter summary, the oldest pending age and expired leases exact."""
+    values = dict(outbox_status(conn).values)
+    oldest_dead = values.pop("oldest_dead_at", None)
+    values["oldest_dead_age_seconds"] = (
+        max(0.0, (datetime.now(UTC) - oldest_dead).total_seconds()) if oldest_dead else 0.0
+    )
+    return values
+
+
 def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
     """What holds back vacuum of the outbox (the view outbox_cleanup_horizon)."""
     for name, text, key in (
@@ -386,7 +400,7 @@ class DatabaseCollector:
             conn = self._connection()
             with conn.transaction():
                 queries.execute(conn, "metrics_snapshot")
-                health = queries.fetch_one(conn, "metrics_health") or {}
+                health = _health_values(conn)
                 by_type = queries.fetch_all(conn, "metrics_dead_by_type")
                 inflow = queries.fetch_all(
                     conn, "metrics_dead_inflow", {"window": self.inflow_window}
@@ -459,10 +473,15 @@ class DatabaseCollector:
         simple = (
             (
                 "dispatchbox_pending_events",
-                "Events waiting to be dispatched (due or not).",
+                "Events waiting to be dispatched (due or not): exact up to 10,000, above that "
+                "estimated from the planner's statistics (as `db status`).",
                 "pending",
             ),
-            ("dispatchbox_running_events", "Events claimed by a worker right now.", "running"),
+            (
+                "dispatchbox_running_events",
+                "Events claimed by a worker right now: exact up to 10,000, estimated above.",
+                "running",
+            ),
             (
                 "dispatchbox_oldest_pending_age_seconds",
                 "Seconds the oldest due pending event has waited (0 when none): the lag.",
@@ -470,7 +489,7 @@ class DatabaseCollector:
             ),
             (
                 "dispatchbox_oldest_dead_age_seconds",
-                "Seconds since the oldest dead event died (0 when none is dead).",
+                "Seconds since the oldest dead event died (0 when none is dead); exact.",
                 "oldest_dead_age_seconds",
             ),
             (
