@@ -1624,21 +1624,18 @@ ALTER TABLE outbox_alert_state
 --
 -- * outbox_dead_fingerprint.destination: the mirror of dead events carries the destination too,
 --   so that a destination filter or grouping never reads the outbox rows. Backfilled here: one
---   UPDATE of every mirror row joined to its outbox row (about 10 s for 1,000,000 dead events on
---   the reference machine, see docs/en/performance.md), holding the mirror's row locks meanwhile.
+--   UPDATE of every mirror row joined to its outbox row, holding the mirror's row locks meanwhile
+--   (`python -m bench console` times this migration on 1,000,000 dead events: docs/en/console.md).
 -- * outbox_dead_summary: dead events now, per (aggregate_type, event_type, destination,
---   fingerprint), with their earliest and latest death. Exact: statement-level triggers on the
---   mirror add what entered and take away what left, one row per group a statement touches.
--- * outbox_dead_hourly: the same groups per hour of death (UTC hours), for the overview's chart
---   and for counts limited to whole hours.
---
--- * outbox_dead_delta: what the triggers append (one row per event that entered or left the
---   mirror), folded into the two summaries by outbox_dead_summary_fold().
--- * outbox_dead_groups, outbox_dead_hours: the views the reads use, summaries plus deltas.
+--   fingerprint), with their earliest and latest death.
+-- * outbox_dead_hourly: the same groups per UTC hour of death, for the overview's chart.
+-- * outbox_dead_delta: what the triggers on the mirror append (one row per event that entered or
+--   left it), folded into the two summaries by outbox_dead_summary_fold().
+-- * outbox_dead_groups, outbox_dead_hours: the views the reads use, summaries plus deltas: exact.
 --
 -- Concurrency: a death appends a delta row and takes no lock another transaction waits for.
--- A statement that changes the mirror then tries a fold (a transaction-level advisory lock,
--- tried, never waited for): one transaction at a time moves the deltas it sees into the
+-- One statement in 16 that changes the mirror then tries a fold (a transaction-level advisory
+-- lock, tried, never waited for): one transaction at a time moves the deltas it sees into the
 -- summaries, in key order, so the summary rows are written by one transaction at a time and two
 -- transactions never lock them in opposite orders (incrementing a group's row in every dying
 -- transaction deadlocked two workers against an operator's DELETE in the first version of
@@ -1843,12 +1840,14 @@ BEGIN
 END;
 $$;
 
--- Each statement that changes the mirror appends its deltas, then tries a fold.
+-- Each statement that updates or deletes mirror rows appends its deltas, then now and then tries
+-- a fold.
 CREATE FUNCTION outbox_dead_summary_sync() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    -- Each branch reads only the transition tables its trigger declares.
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    -- Each branch reads only the transition tables its trigger declares. Inserts: see
+    -- outbox_error_fingerprint_seen_sync below.
+    IF TG_OP = 'UPDATE' THEN
         INSERT INTO outbox_dead_delta
             (aggregate_type, event_type, destination, fingerprint, dead_at, n)
         SELECT b.aggregate_type, b.event_type, b.destination, b.fingerprint, b.dead_at, 1
@@ -1860,15 +1859,38 @@ BEGIN
         SELECT g.aggregate_type, g.event_type, g.destination, g.fingerprint, g.dead_at, -1
           FROM gone g;
     END IF;
-    PERFORM outbox_dead_summary_fold();
+    -- One statement in 16 tries a fold: folding at every death halved the deaths a second
+    -- (`python -m bench dying`); the views add the deltas not folded yet, so reads stay exact.
+    IF random() < 0.0625 THEN
+        PERFORM outbox_dead_summary_fold();
+    END IF;
     RETURN NULL;
 END;
 $$;
 
-CREATE TRIGGER outbox_dead_summary_insert
-    AFTER INSERT ON outbox_dead_fingerprint
-    REFERENCING NEW TABLE AS born
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_dead_summary_sync();
+-- A death (an insert into the mirror) appends its delta in the trigger that already runs for it
+-- (0011's registry of fingerprints seen): one trigger call a death, not two.
+CREATE OR REPLACE FUNCTION outbox_error_fingerprint_seen_sync() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO outbox_error_fingerprint_seen AS s
+        (fingerprint, first_seen_at, last_seen_at, event_type, example_event_id)
+    SELECT b.fingerprint, now(), now(), min(b.event_type), min(b.event_id)
+      FROM born b
+     GROUP BY b.fingerprint
+    ON CONFLICT (fingerprint) DO UPDATE
+       SET last_seen_at = now()
+     WHERE s.last_seen_at < now() - interval '1 minute';
+    INSERT INTO outbox_dead_delta
+        (aggregate_type, event_type, destination, fingerprint, dead_at, n)
+    SELECT b.aggregate_type, b.event_type, b.destination, b.fingerprint, b.dead_at, 1
+      FROM born b;
+    IF random() < 0.0625 THEN
+        PERFORM outbox_dead_summary_fold();
+    END IF;
+    RETURN NULL;
+END;
+$$;
 
 CREATE TRIGGER outbox_dead_summary_delete
     AFTER DELETE ON outbox_dead_fingerprint
