@@ -1795,16 +1795,18 @@ BEGIN
     DELETE FROM outbox_dead_summary s WHERE s.dead_count = 0;
     DELETE FROM outbox_dead_hourly s WHERE s.dead_count = 0;
     UPDATE outbox_dead_summary s
-       SET first_dead_at = (SELECT min(f.dead_at) FROM outbox_dead_fingerprint f
+       SET first_dead_at = (SELECT f.dead_at FROM outbox_dead_fingerprint f
                              WHERE f.fingerprint = s.fingerprint
                                AND f.event_type = s.event_type
                                AND f.aggregate_type = s.aggregate_type
-                               AND f.destination IS NOT DISTINCT FROM s.destination),
-           last_dead_at = (SELECT max(f.dead_at) FROM outbox_dead_fingerprint f
+                               AND f.destination IS NOT DISTINCT FROM s.destination
+                             ORDER BY f.dead_at LIMIT 1),
+           last_dead_at = (SELECT f.dead_at FROM outbox_dead_fingerprint f
                             WHERE f.fingerprint = s.fingerprint
                               AND f.event_type = s.event_type
                               AND f.aggregate_type = s.aggregate_type
-                              AND f.destination IS NOT DISTINCT FROM s.destination)
+                              AND f.destination IS NOT DISTINCT FROM s.destination
+                            ORDER BY f.dead_at DESC NULLS LAST LIMIT 1)
       FROM (SELECT DISTINCT d.aggregate_type, d.event_type, d.destination, d.fingerprint
               FROM unnest(deltas) d
              WHERE d.n < 0) g
@@ -1945,21 +1947,35 @@ CREATE POLICY dispatchbox_scope ON outbox_dead_delta
 
 -- What the reads use: the summaries plus the deltas not folded yet, exact in any snapshot (a
 -- fold deletes deltas and updates the summaries in one transaction). A group with a removal not
--- folded yet finds its earliest and latest death in the mirror (two index probes). Security
+-- folded yet finds its earliest and latest death in the mirror (two index probes). The groups
+-- are read by a function with jit = off: the planner costs those probes, never run for most
+-- groups, as scans of the whole group, and that estimate made PostgreSQL JIT-compile every
+-- read, 40 ms to 1.7 s of each read on 1,000,000 dead events for 0.2 ms of execution. Security
 -- invoker: a scoped role sees its aggregate types only, as in the tables.
-CREATE VIEW outbox_dead_groups WITH (security_invoker = true) AS
+CREATE FUNCTION outbox_dead_groups_read() RETURNS TABLE (
+    aggregate_type text,
+    event_type     text,
+    destination    text,
+    fingerprint    text,
+    dead_count     bigint,
+    first_dead_at  timestamptz,
+    last_dead_at   timestamptz
+)
+    LANGUAGE sql STABLE ROWS 100 SET jit = off AS $$
 SELECT k.aggregate_type, k.event_type, k.destination, k.fingerprint, k.dead_count,
        CASE WHEN k.removed THEN
-                (SELECT min(f.dead_at) FROM outbox_dead_fingerprint f
+                (SELECT f.dead_at FROM outbox_dead_fingerprint f
                   WHERE f.fingerprint = k.fingerprint AND f.event_type = k.event_type
                     AND f.aggregate_type = k.aggregate_type
-                    AND f.destination IS NOT DISTINCT FROM k.destination)
+                    AND f.destination IS NOT DISTINCT FROM k.destination
+                  ORDER BY f.dead_at LIMIT 1)
             ELSE k.first_dead_at END AS first_dead_at,
        CASE WHEN k.removed THEN
-                (SELECT max(f.dead_at) FROM outbox_dead_fingerprint f
+                (SELECT f.dead_at FROM outbox_dead_fingerprint f
                   WHERE f.fingerprint = k.fingerprint AND f.event_type = k.event_type
                     AND f.aggregate_type = k.aggregate_type
-                    AND f.destination IS NOT DISTINCT FROM k.destination)
+                    AND f.destination IS NOT DISTINCT FROM k.destination
+                  ORDER BY f.dead_at DESC NULLS LAST LIMIT 1)
             ELSE k.last_dead_at END AS last_dead_at
   FROM (SELECT x.aggregate_type, x.event_type, x.destination, x.fingerprint,
                sum(x.n)::bigint AS dead_count, min(x.first_dead_at) AS first_dead_at,
@@ -1972,7 +1988,11 @@ SELECT k.aggregate_type, k.event_type, k.destination, k.fingerprint, k.dead_coun
                        CASE WHEN d.n > 0 THEN d.dead_at END, CASE WHEN d.n > 0 THEN d.dead_at END
                   FROM outbox_dead_delta d) x
          GROUP BY 1, 2, 3, 4) k
- WHERE k.dead_count > 0;
+ WHERE k.dead_count > 0
+$$;
+
+CREATE VIEW outbox_dead_groups WITH (security_invoker = true) AS
+SELECT * FROM outbox_dead_groups_read();
 
 COMMENT ON VIEW outbox_dead_groups IS
     'dispatchbox: dead events now per aggregate type, event type, destination and error fingerprint (exact)';
