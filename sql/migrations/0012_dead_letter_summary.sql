@@ -196,7 +196,8 @@ BEGIN
 END;
 $$;
 
--- Fold every visible delta into the summaries, in key order, in one transaction at a time: the
+-- Fold every visible delta into the summaries, in key order, in one transaction at a time (and
+-- once a transaction: a second call in the same transaction returns 0): the
 -- transaction-level advisory lock is tried, never waited for (a transaction that does not get it
 -- leaves its deltas to the next fold), so a fold never queues behind another and only the
 -- folding transaction holds summary rows. Only under READ COMMITTED: a later snapshot could find
@@ -206,10 +207,15 @@ CREATE FUNCTION outbox_dead_summary_fold() RETURNS bigint
 DECLARE
     deltas outbox_dead_delta[];
 BEGIN
+    -- At most one fold a transaction: each fold rewrites the summary rows it touches, and a
+    -- transaction that killed 100,000 events in one statement, folding every 16th, left the
+    -- summary 1,124 pages (9 MB) for its 160 rows, which every read then scanned.
     IF current_setting('transaction_isolation') <> 'read committed'
+       OR current_setting('dispatchbox.dead_summary_folded', true) = 'on'
        OR NOT pg_try_advisory_xact_lock(hashtext('dispatchbox.outbox_dead_summary_fold')) THEN
         RETURN 0;
     END IF;
+    PERFORM set_config('dispatchbox.dead_summary_folded', 'on', true);
     WITH gone AS (DELETE FROM outbox_dead_delta RETURNING *)
     SELECT array_agg(ROW(g.aggregate_type, g.event_type, g.destination, g.fingerprint,
                          g.dead_at, g.n)::outbox_dead_delta)
