@@ -14,9 +14,9 @@ overhead, the adaptive pace against a failing destination, poison detection), bi
 against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' worth of workers;
 needs root), wal (WAL bytes per event published, drained and archived), console (every page of
 /ui on 1,000,000 dead events), partition (the single table archived row by row beside the
-partitioned outbox retired by partition: size, drain rate, longest worker lock wait). One
-scenario takes its own options after its name: `python -m bench peers --quick`,
-`python -m bench drain --help`.
+partitioned outbox retired by partition: size, drain rate, longest worker lock wait), dying
+(deaths/s with the dead-letter summary's triggers on and off). One scenario takes its own
+options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ EXTRA = [
     "wal",
     "console",
     "partition",
+    "dying",
 ]
 
 

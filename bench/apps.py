@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from dispatchbox import Dispatcher, OutboxEvent
+from dispatchbox import Dispatcher, OutboxEvent, PermanentError
 
 dispatcher = Dispatcher()
 
@@ -25,6 +25,12 @@ def noop_batch(events: list[OutboxEvent]) -> None:
 def fail_once(event: OutboxEvent) -> None:
     if event.attempts == 1:
         raise RuntimeError("first attempt fails")
+
+
+@dispatcher.handler("bench.die")
+def die(event: OutboxEvent) -> None:
+    """Fails for good at once: every event goes dead (bench/dying.py), in five error groups."""
+    raise PermanentError(f"group {event.id % 5}: order {event.id} rejected")
 
 
 @dispatcher.handler("bench.async_noop")

@@ -40,14 +40,15 @@ class BenchDatabase:
             self.where = "throwaway cluster (fsync on, synchronous_commit on)"
         self.created: list[str] = []
 
-    def fresh(self) -> str:
+    def fresh(self, *, target: int | None = None) -> str:
+        """A new database, migrated (up to migration ``target`` when given)."""
         name = f"bench_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
         dsn = conninfo.make_conninfo(self.admin_dsn, dbname=name)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            migrations.migrate(conn)
+            migrations.migrate(conn, target=target)
         return dsn
 
     def drop(self, dsn: str) -> None:

@@ -43,9 +43,10 @@ from typing import Any
 import psycopg
 
 from bench.common import BenchDatabase, emit_json, print_table, worker
-from dispatchbox import OutboxRepository, publish_many, queries
+from dispatchbox import OutboxRepository, publish_many
+from dispatchbox.data import dead_letters, queries
 from dispatchbox.filters import DeadEventFilter
-from dispatchbox.redrive import RedriveService, plain
+from dispatchbox.redrive import RedriveService
 
 SEED = """
 INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload, status, attempts,
@@ -103,12 +104,21 @@ def canary_overhead(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]
     return {"rows": rows, "repeat": repeat, **out}
 
 
-def _function_batch(conn: psycopg.Connection[Any], params: dict[str, Any], held: Any) -> Any:
+def _function_batch(
+    conn: psycopg.Connection[Any],
+    flt: DeadEventFilter,
+    *,
+    actor: str,
+    after_id: int,
+    batch_size: int,
+    held: set[str],
+) -> dict[str, Any]:
     """A batch as the repository ran it before: one call of the SQL function (no held set)."""
+    params = {**flt.params(), "actor": actor, "after_id": after_id, "batch_size": batch_size}
     row = queries.fetch_one(conn, "dead_redrive_batch", params)
     assert row is not None
     n = int(row["processed"])
-    return plain.PlainBatch(picked=n + int(row["skipped"]), processed=n, last_id=row["last_id"])
+    return {"picked": n + int(row["skipped"]), "processed": n, "last_id": row["last_id"]}
 
 
 def plain_order_cost(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any]:
@@ -119,14 +129,14 @@ def plain_order_cost(db: BenchDatabase, rows: int, repeat: int) -> dict[str, Any
         _seed(dsn, rows, "bench.noop")
         started = time.perf_counter()
         # The same repository loop (audit, checksum report), only the batch statement differs.
-        batch = plain.redrive_batch
+        batch = dead_letters.redrive_batch
         if kind == "before_s":
-            plain.redrive_batch = _function_batch
+            dead_letters.redrive_batch = _function_batch
         try:
             repo = OutboxRepository(dsn)
             n = repo.redrive_dead_events(DeadEventFilter(), actor="bench").processed
         finally:
-            plain.redrive_batch = batch
+            dead_letters.redrive_batch = batch
         runs[kind].append(time.perf_counter() - started)
         assert n == rows, (kind, n)
         db.drop(dsn)

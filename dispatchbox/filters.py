@@ -107,6 +107,13 @@ class DeadEventFilter:
     def is_empty(self) -> bool:
         return all(getattr(self, f.name) is None for f in fields(self))
 
+    @property
+    def summary_serves(self) -> bool:
+        """Whether the dead-letter summary (migration 0012) answers counts and groups for this
+        filter: it keeps dead events per event type, aggregate type, destination and error
+        fingerprint, not their time of death or error text."""
+        return self.since is None and self.until is None and self.error_contains is None
+
     def params(self) -> dict[str, Any]:
         """The named parameters of the filter block in sql/queries/dead_letters.sql."""
         return {

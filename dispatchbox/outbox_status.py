@@ -12,8 +12,9 @@ is exact up to ``exact_below`` events and an estimate above, marked as such:
 * every other state is counted, reading at most ``exact_below + 1`` index entries; one that
   reaches that many is reported as the estimate (or as "more than" when there is none).
 
-The other columns (oldest pending age, oldest dead event, expired leases) are exact and read a
-handful of index entries. SQL: sql/queries/status.sql.
+The dead count and the oldest dead event are exact at any size: they are read from the dead-letter
+summary of migration 0012 (one row per group of dead events). The other columns (oldest pending
+age, expired leases) are exact and read a handful of index entries. SQL: sql/queries/status.sql.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from dispatchbox.events import EventStatus
 #: Counts at or below this are exact by default; reading this many index entries takes ~1 ms.
 EXACT_BELOW = 10_000
 
-COUNTED = (EventStatus.PENDING, EventStatus.RUNNING, EventStatus.DEAD)
+#: The states counted from the outbox's index (dead comes from the summary, always exact).
+COUNTED = (EventStatus.PENDING, EventStatus.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_rate_limit TO dispatchbox_worker;
 GRANT INSERT ON outbox_dead_letter_audit TO dispatchbox_worker;
 -- A dead event's fingerprint is registered by a trigger that runs with the worker's rights.
 GRANT SELECT, INSERT, UPDATE ON outbox_error_fingerprint_seen TO dispatchbox_worker;
+-- The dead-letter summaries (0012) are kept by triggers that run with the worker's rights: a
+-- death appends a delta, and a fold moves deltas into the summaries and deletes emptied rows.
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_summary, outbox_dead_hourly,
+    outbox_dead_delta TO dispatchbox_worker;
+GRANT SELECT ON outbox_dead_groups, outbox_dead_hours TO dispatchbox_worker;
 GRANT SELECT (id, affected, outcome) ON outbox_dead_letter_audit TO dispatchbox_worker;
 GRANT UPDATE (affected, outcome, finished_at, updated_at) ON outbox_dead_letter_audit
     TO dispatchbox_worker;
@@ -55,6 +60,9 @@ GRANT SELECT, INSERT, UPDATE ON outbox_breaker TO dispatchbox_operator;
 GRANT SELECT ON outbox_rate_limit, outbox_backlog TO dispatchbox_operator;
 GRANT SELECT, INSERT, UPDATE ON outbox_redrive_operation, outbox_error_fingerprint_seen
     TO dispatchbox_operator;
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_summary, outbox_dead_hourly,
+    outbox_dead_delta TO dispatchbox_operator;
+GRANT SELECT ON outbox_dead_groups, outbox_dead_hours TO dispatchbox_operator;
 
 -- reader
 GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizon
@@ -66,3 +74,5 @@ GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_reader;
 GRANT SELECT ON outbox_breaker, outbox_rate_limit, outbox_backlog TO dispatchbox_reader;
 GRANT SELECT ON outbox_redrive_operation, outbox_error_fingerprint_seen TO dispatchbox_reader;
 GRANT SELECT ON outbox_partition_state, outbox_idempotency_key TO dispatchbox_reader;
+GRANT SELECT ON outbox_dead_summary, outbox_dead_hourly, outbox_dead_delta TO dispatchbox_reader;
+GRANT SELECT ON outbox_dead_groups, outbox_dead_hours TO dispatchbox_reader;

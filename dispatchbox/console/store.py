@@ -210,6 +210,7 @@ class ConsoleStore:
         top: int,
         destinations: bool = False,
     ) -> Groups:
+        summary = flt.summary_serves
         rows = data.error_groups(conn, flt)
         merged: dict[str, dict[str, Any]] = {}
         types: dict[str, dict[str, Any]] = {}
@@ -230,9 +231,9 @@ class ConsoleStore:
             kind["last"] = _latest(kind["last"], row["last_seen"])
         ranked = sorted(merged.items(), key=lambda kv: (-kv[1]["count"], kv[0]))[:top]
         examples = data.errors_of(conn, [g["example"] for _, g in ranked])
-        # A second, bounded query for the groups shown only: the mirror has no destination, and
-        # joining the outbox for every dead event would read a million rows on a big table.
-        # Filtered by destination, every event of a group died there: nothing to read.
+        # A second query for the groups shown only (the summary knows every group's destinations
+        # exactly; otherwise a bounded sample). Filtered by destination, every event of a group
+        # died there: nothing to read.
         places: dict[str, list[tuple[str | None, int]]] = {}
         if destinations and ranked and flt.destination is not None:
             places = {key: [(flt.destination, g["count"])] for key, g in ranked}
@@ -255,6 +256,7 @@ class ConsoleStore:
                     targets=sorted(g["targets"], key=lambda t: (-t[1], t[0])),
                     destinations=sorted(places.get(key, []), key=lambda d: (-d[1], d[0] or "")),
                     destinations_sampled=destinations
+                    and not summary
                     and flt.destination is None
                     and g["count"] > GROUP_DESTINATION_SAMPLE,
                 )

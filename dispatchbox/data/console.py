@@ -34,8 +34,9 @@ def deaths_over_time(conn: Conn, hours: int) -> list[Row]:
 
 def error_groups(conn: Conn, flt: DeadEventFilter) -> list[Row]:
     """Matching dead events per (fingerprint, event type): count, first and last death, an
-    example id."""
-    return queries.fetch_all(conn, "console_error_groups", flt.params())
+    example id. From the dead-letter summary (migration 0012) when it serves the filter."""
+    name = "console_error_groups_summary" if flt.summary_serves else "console_error_groups"
+    return queries.fetch_all(conn, name, flt.params())
 
 
 def errors_of(conn: Conn, ids: list[int]) -> dict[int, str]:
@@ -48,9 +49,11 @@ def errors_of(conn: Conn, ids: list[int]) -> dict[int, str]:
 def group_destinations(
     conn: Conn, flt: DeadEventFilter, fingerprints: list[str], per_group: int
 ) -> list[Row]:
-    """Where the matching events of these groups died, sampling ``per_group`` per group."""
+    """Where the matching events of these groups died: exact from the dead-letter summary when
+    it serves the filter, else sampling ``per_group`` per group."""
     params = {**flt.params(), "fingerprints": fingerprints, "per_group": per_group}
-    return queries.fetch_all(conn, "console_group_destinations", params)
+    name = "console_group_destinations" + ("_summary" if flt.summary_serves else "")
+    return queries.fetch_all(conn, name, params)
 
 
 def dead_count_capped(conn: Conn, flt: DeadEventFilter, cap: int) -> int:

@@ -36,20 +36,29 @@ def page(
 
 
 def count(conn: Conn, flt: DeadEventFilter) -> int:
-    """How many dead events match."""
-    return int(queries.fetch_value(conn, "dead_count", flt.params()))
+    """How many dead events match: from the dead-letter summary (migration 0012) when it serves
+    the filter, else counted; the same number either way."""
+    name = "dead_count_summary" if flt.summary_serves else "dead_count"
+    return int(queries.fetch_value(conn, name, flt.params()))
 
 
 def stats_by(conn: Conn, grouping: str, flt: DeadEventFilter) -> list[Row]:
     """Dead events per ``grouping`` (one of GROUPINGS), most first, with first and last death."""
     if grouping not in GROUPINGS:
         raise ValueError(f"unknown grouping {grouping!r}")
-    return queries.fetch_all(conn, f"dead_stats_by_{grouping}", flt.params())
+    # The summary (migration 0012) when it serves the filter, else the exact grouping: both
+    # give the same rows in the same order.
+    if not flt.summary_serves:
+        return queries.fetch_all(conn, f"dead_stats_by_{grouping}", flt.params())
+    if grouping == "error":
+        return queries.fetch_all(conn, "dead_stats_by_error_summary", flt.params())
+    return queries.fetch_all(conn, "dead_stats_grouped_summary", {**flt.params(), "by": grouping})
 
 
 def stats_totals(conn: Conn, flt: DeadEventFilter) -> Row:
     """Count, oldest and newest death of the matching dead events."""
-    row = queries.fetch_one(conn, "dead_stats_totals", flt.params())
+    name = "dead_stats_totals_summary" if flt.summary_serves else "dead_stats_totals"
+    row = queries.fetch_one(conn, name, flt.params())
     assert row is not None  # an aggregate without GROUP BY returns one row
     return row
 

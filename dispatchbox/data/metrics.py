@@ -18,11 +18,6 @@ def snapshot(conn: Conn) -> None:
     queries.execute(conn, "metrics_snapshot")
 
 
-def health(conn: Conn) -> Row:
-    """Pending, running and dead counts and ages (empty when the view returned no row)."""
-    return queries.fetch_one(conn, "metrics_health") or {}
-
-
 def dead_by_type(conn: Conn) -> list[Row]:
     """Dead events now, per (event type, aggregate type)."""
     return queries.fetch_all(conn, "metrics_dead_by_type")

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -26,6 +27,7 @@ from dispatchbox.data.connection import ReconnectingConnection
 from dispatchbox.delivery import ordering
 from dispatchbox.errors import DatabaseUnreachable
 from dispatchbox.events import EventStatus
+from dispatchbox.outbox_status import outbox_status
 
 logger = logging.getLogger("dispatchbox.metrics")
 
@@ -72,6 +74,18 @@ def cleanup_gauges(row: dict[str, Any]) -> Iterator[Metric]:
         ),
     ):
         yield GaugeMetricFamily(name, text, value=float(row.get(key) or 0))
+
+
+def _health_values(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The health gauges' values at a cost that does not grow with the outbox: pending and
+    running as `db status` reads them (estimated above 10,000), dead and the oldest death exact
+    from the dead-letter summary, the oldest pending age and expired leases exact."""
+    values = dict(outbox_status(conn).values)
+    oldest_dead = values.pop("oldest_dead_at", None)
+    values["oldest_dead_age_seconds"] = (
+        max(0.0, (datetime.now(UTC) - oldest_dead).total_seconds()) if oldest_dead else 0.0
+    )
+    return values
 
 
 REDRIVE_OUTCOMES = {
@@ -138,7 +152,7 @@ class DatabaseCollector:
             conn = self._db.get()
             with conn.transaction():
                 data.snapshot(conn)
-                health = data.health(conn)
+                health = _health_values(conn)
                 by_type = data.dead_by_type(conn)
                 inflow = data.dead_inflow(conn, self.inflow_window)
                 redriven = data.redriven(conn)
@@ -209,10 +223,15 @@ class DatabaseCollector:
         simple = (
             (
                 "dispatchbox_pending_events",
-                "Events waiting to be dispatched (due or not).",
+                "Events waiting to be dispatched (due or not): exact up to 10,000, above that "
+                "estimated from the planner's statistics (as `db status`).",
                 "pending",
             ),
-            ("dispatchbox_running_events", "Events claimed by a worker right now.", "running"),
+            (
+                "dispatchbox_running_events",
+                "Events claimed by a worker right now: exact up to 10,000, estimated above.",
+                "running",
+            ),
             (
                 "dispatchbox_oldest_pending_age_seconds",
                 "Seconds the oldest due pending event has waited (0 when none): the lag.",
@@ -220,7 +239,7 @@ class DatabaseCollector:
             ),
             (
                 "dispatchbox_oldest_dead_age_seconds",
-                "Seconds since the oldest dead event died (0 when none is dead).",
+                "Seconds since the oldest dead event died (0 when none is dead); exact.",
                 "oldest_dead_age_seconds",
             ),
             (

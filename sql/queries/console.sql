@@ -9,12 +9,11 @@
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
 -- name: console_deaths_over_time :many
--- Events still dead, per hour of their death over the last `hours` hours (outbox_event_dead_at_idx;
--- redriven and archived events have left the outbox's dead rows and are not counted).
-SELECT date_bin('1 hour', e.dead_at, date_trunc('hour', now())) AS bucket, count(*) AS count
-  FROM outbox_event e
- WHERE e.status = 'dead'
-   AND e.dead_at >= date_trunc('hour', now()) - make_interval(hours => %(hours)s - 1)
+-- Events still dead, per UTC hour of their death over the last `hours` hours, from the hourly
+-- summary of migration 0012 (redriven and archived events have left it and are not counted).
+SELECT h.hour AS bucket, sum(h.dead_count)::bigint AS count
+  FROM outbox_dead_hours h
+ WHERE h.hour >= outbox_dead_hour(now()) - make_interval(hours => %(hours)s - 1)
  GROUP BY 1
  ORDER BY 1
 
@@ -52,6 +51,40 @@ SELECT f.fingerprint, f.event_type AS target, count(*) AS count, min(f.dead_at) 
            SELECT 1 FROM outbox_event e
             WHERE e.id = f.event_id AND e.status = 'dead'
               AND e.destination = %(destination)s::text))
+ GROUP BY 1, 2
+
+-- name: console_error_groups_summary :many
+-- console_error_groups from the summary of migration 0012 when the filter names only event type,
+-- aggregate type, destination or fingerprint: O(groups) rows, and the lowest matching id of each
+-- (fingerprint, event type) from the mirror's fingerprint index.
+SELECT g.fingerprint, g.target, g.count, g.first_seen, g.last_seen, ex.event_id AS example_id
+  FROM (SELECT s.fingerprint, s.event_type AS target, sum(s.dead_count)::bigint AS count,
+               min(s.first_dead_at) AS first_seen, max(s.last_dead_at) AS last_seen
+          FROM outbox_dead_groups s
+         WHERE (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+           AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+           AND (%(error_fingerprint)s::text IS NULL
+                OR s.fingerprint = %(error_fingerprint)s::text)
+           AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
+         GROUP BY 1, 2) g
+ CROSS JOIN LATERAL (
+    SELECT f.event_id FROM outbox_dead_fingerprint f
+     WHERE f.fingerprint = g.fingerprint AND f.event_type = g.target
+       AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+       AND (%(destination)s::text IS NULL OR f.destination = %(destination)s::text)
+     ORDER BY f.event_id
+     LIMIT 1
+ ) ex
+
+-- name: console_group_destinations_summary :many
+-- Where the events of each shown error group died, exactly, from the summary (migration 0012);
+-- NULL: died before migration 0007, or of a lease that expired.
+SELECT s.fingerprint, s.destination, sum(s.dead_count)::bigint AS count
+  FROM outbox_dead_groups s
+ WHERE s.fingerprint = ANY (%(fingerprints)s::text[])
+   AND (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+   AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
  GROUP BY 1, 2
 
 -- name: console_group_destinations :many

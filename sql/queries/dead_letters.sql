@@ -268,3 +268,73 @@ archived AS (
     RETURNING 1
 )
 SELECT count(*) FROM archived
+
+-- Dead-letter reads from the summary of migration 0012 (view outbox_dead_groups: one row per
+-- aggregate type, event type, destination and error fingerprint, kept exact by triggers). They
+-- read O(groups) rows, not every dead event, and give what the exact queries above give for a
+-- filter on event type, aggregate type, destination and fingerprint only; any other filter
+-- (time of death, error text) uses the exact queries (DeadEventFilter.summary_serves).
+
+-- name: dead_count_summary :one
+-- How many dead events match the filter (summary).
+SELECT COALESCE(sum(s.dead_count), 0)::bigint
+  FROM outbox_dead_groups s
+ WHERE (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR s.fingerprint = %(error_fingerprint)s::text)
+   AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
+
+-- name: dead_stats_totals_summary :one
+-- Count, oldest and newest death of the dead events that match the filter (summary).
+SELECT COALESCE(sum(s.dead_count), 0)::bigint AS total, min(s.first_dead_at) AS oldest_dead_at,
+       max(s.last_dead_at) AS newest_dead_at
+  FROM outbox_dead_groups s
+ WHERE (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+   AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+   AND (%(error_fingerprint)s::text IS NULL OR s.fingerprint = %(error_fingerprint)s::text)
+   AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
+
+-- name: dead_stats_grouped_summary :many
+-- Dead events per value of the column %(by)s names (event_type, aggregate_type or
+-- destination), most first, with first and last death (summary); dead_event_stats's order.
+SELECT g.key, g.count, g.first_seen, g.last_seen
+  FROM (SELECT CASE %(by)s::text WHEN 'event_type' THEN s.event_type
+                                 WHEN 'aggregate_type' THEN s.aggregate_type
+                                 ELSE s.destination END AS key,
+               sum(s.dead_count)::bigint AS count, min(s.first_dead_at) AS first_seen,
+               max(s.last_dead_at) AS last_seen
+          FROM outbox_dead_groups s
+         WHERE (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+           AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+           AND (%(error_fingerprint)s::text IS NULL
+                OR s.fingerprint = %(error_fingerprint)s::text)
+           AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
+         GROUP BY 1) g
+ ORDER BY g.count DESC, g.key
+
+-- name: dead_stats_by_error_summary :many
+-- Dead events per error fingerprint, most first, with first and last death, the lowest matching
+-- event id as the example (the first entry of the mirror's fingerprint index that matches) and
+-- its normalised error (summary; dead_event_stats('error') gives the same).
+SELECT g.fingerprint, g.count, g.first_seen, g.last_seen, x.id AS example_id,
+       outbox_error_signature(x.last_error) AS signature, x.last_error AS example_error
+  FROM (SELECT s.fingerprint, sum(s.dead_count)::bigint AS count,
+               min(s.first_dead_at) AS first_seen, max(s.last_dead_at) AS last_seen
+          FROM outbox_dead_groups s
+         WHERE (%(event_type)s::text IS NULL OR s.event_type = %(event_type)s::text)
+           AND (%(aggregate_type)s::text IS NULL OR s.aggregate_type = %(aggregate_type)s::text)
+           AND (%(error_fingerprint)s::text IS NULL
+                OR s.fingerprint = %(error_fingerprint)s::text)
+           AND (%(destination)s::text IS NULL OR s.destination = %(destination)s::text)
+         GROUP BY 1) g
+ CROSS JOIN LATERAL (
+    SELECT f.event_id FROM outbox_dead_fingerprint f
+     WHERE f.fingerprint = g.fingerprint
+       AND (%(event_type)s::text IS NULL OR f.event_type = %(event_type)s::text)
+       AND (%(aggregate_type)s::text IS NULL OR f.aggregate_type = %(aggregate_type)s::text)
+       AND (%(destination)s::text IS NULL OR f.destination = %(destination)s::text)
+     ORDER BY f.event_id
+     LIMIT 1
+ ) ex
+  JOIN outbox_event x ON x.id = ex.event_id
+ ORDER BY g.count DESC, g.fingerprint

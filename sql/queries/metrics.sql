@@ -8,26 +8,17 @@
 -- First statement of a scrape: one consistent snapshot, no writes.
 SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
 
--- name: metrics_health :one
--- Counts by state, oldest due pending event's age, oldest dead event's age, expired leases.
-SELECT pending, running, dead, oldest_pending_age_seconds,
-       COALESCE(EXTRACT(EPOCH FROM now() - oldest_dead_at), 0)::double precision
-           AS oldest_dead_age_seconds,
-       expired_leases
-  FROM outbox_health
-
 -- name: metrics_dead_by_type :many
--- Dead events now, per event type and aggregate type (outbox_dead_fingerprint: one narrow row each).
-SELECT event_type, aggregate_type, count(*) AS count
-  FROM outbox_dead_fingerprint
+-- Dead events now, per event type and aggregate type (exact: the summary of migration 0012).
+SELECT event_type, aggregate_type, sum(dead_count)::bigint AS count
+  FROM outbox_dead_groups
  GROUP BY event_type, aggregate_type
  ORDER BY count DESC, event_type, aggregate_type
 
 -- name: metrics_dead_by_destination :many
--- Dead events now, per destination (migration 0007's partial index on dead rows serves it).
-SELECT destination, count(*) AS count
-  FROM outbox_event
- WHERE status = 'dead'
+-- Dead events now, per destination (exact: the summary of migration 0012).
+SELECT destination, sum(dead_count)::bigint AS count
+  FROM outbox_dead_groups
  GROUP BY destination
  ORDER BY count DESC, destination
 

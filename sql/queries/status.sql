@@ -29,16 +29,16 @@ SELECT v.status,
    AND c.reltuples >= 0
 
 -- name: status_bounded :one
--- outbox_health's columns, each state counted up to its cap of index entries (0 skips the
--- count, NULL counts all): pending, running, dead, the oldest due pending event's age, the
--- oldest dead event, running events whose lease expired.
+-- outbox_health's columns, pending and running counted up to their cap of index entries (0
+-- skips the count, NULL counts all), dead exact from the summary: pending, running, dead, the
+-- oldest due pending event's age, the oldest dead event, running events whose lease expired.
 SELECT
     (SELECT count(*) FROM (SELECT 1 FROM outbox_event
                             WHERE status = 'pending' LIMIT %(pending_cap)s) p) AS pending,
     (SELECT count(*) FROM (SELECT 1 FROM outbox_event
                             WHERE status = 'running' LIMIT %(running_cap)s) r) AS running,
-    (SELECT count(*) FROM (SELECT 1 FROM outbox_event
-                            WHERE status = 'dead' LIMIT %(dead_cap)s) d) AS dead,
+    -- dead: exact from the summary of migration 0012 (one row per group), whatever the count
+    (SELECT COALESCE(sum(dead_count), 0)::bigint FROM outbox_dead_groups) AS dead,
     -- the oldest of each priority's first entry in outbox_event_claim_idx: ten probes; an
     -- oldest event not yet due means none is due (age 0), as in outbox_health
     (SELECT COALESCE(GREATEST(0, EXTRACT(EPOCH FROM now() - min(o.next_attempt_at))), 0)
@@ -47,6 +47,6 @@ SELECT
       CROSS JOIN LATERAL (SELECT e.next_attempt_at FROM outbox_event e
                            WHERE e.status = 'pending' AND e.priority = p.priority
                            ORDER BY e.next_attempt_at LIMIT 1) o) AS oldest_pending_age_seconds,
-    (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at,
+    (SELECT min(first_dead_at) FROM outbox_dead_groups) AS oldest_dead_at,
     (SELECT count(*) FROM outbox_event
       WHERE status = 'running' AND locked_until < now()) AS expired_leases

@@ -125,9 +125,18 @@ def test_the_destination_filter_narrows_groups_and_counts_and_groups_show_destin
     assert any(None in {d for d, _ in g.destinations} for g in everything.groups)
     for group in erp.groups:
         assert group.destinations == [("erp", group.count)]
-    # Above the sample size a group's destinations are counted among its newest events only.
+    # The summary (migration 0012) serves this filter: every group's destinations are exact,
+    # whatever the sample size.
     monkeypatch.setattr(store_module, "GROUP_DESTINATION_SAMPLE", 2)
-    sampled = store.error_groups(DeadEventFilter(), top=10, destinations=True).groups
+    exact = store.error_groups(DeadEventFilter(), top=10, destinations=True).groups
+    assert [(g.fingerprint, g.destinations) for g in exact] == [
+        (g.fingerprint, g.destinations) for g in everything.groups
+    ]
+    assert not any(g.destinations_sampled for g in exact)
+    # A filter it cannot serve (error text): above the sample size a group's destinations are
+    # counted among its newest events only.
+    by_text = DeadEventFilter(error_contains="Error")
+    sampled = store.error_groups(by_text, top=10, destinations=True).groups
     assert all(g.destinations_sampled and sum(n for _, n in g.destinations) == 2 for g in sampled)
     assert not any(g.destinations_sampled for g in everything.groups)
     # Without the flag (the overview, the dry run) the outbox rows are not read.
