@@ -36,6 +36,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "state.running": ("Running", "W trakcie"),
     "state.dead": ("Dead", "Martwe"),
     "oldest_pending": ("Oldest pending", "Najstarsze oczekujące"),
+    "estimated": (
+        "Estimated from the planner's statistics: more than 10,000 events",
+        "Szacunek ze statystyk planisty: ponad 10 000 zdarzeń",
+    ),
     "expired_leases": ("Expired leases", "Wygasłe dzierżawy"),
     "oldest_dead": ("Oldest dead since", "Najstarsze martwe od"),
     "deaths_chart": (

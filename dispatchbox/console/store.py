@@ -32,6 +32,7 @@ from dispatchbox.delivery.checksum import payload_sha256
 from dispatchbox.errors import EventNotDead
 from dispatchbox.filters import DeadEventFilter
 from dispatchbox.fingerprint import signature
+from dispatchbox.outbox_status import outbox_status
 from dispatchbox.records import AuditEntry, GroupStat
 from dispatchbox.repository import OutboxRepository
 
@@ -104,6 +105,8 @@ class Overview:
     deaths: list[tuple[datetime, int]]
     # Dead events per destination (None: died before migration 0007), most numerous first.
     by_destination: list[tuple[str | None, int]] = field(default_factory=list)
+    # The counts that are planner estimates (more than 10,000 events in that state).
+    estimated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +183,10 @@ class ConsoleStore:
 
     def _read_overview(self) -> Overview:
         with self._read() as conn:
-            states = data.states(conn)
+            # As `db status` reads them: pending and running exact up to 10,000 and estimated
+            # above, so the page costs the same on an outbox of ten million events.
+            status = outbox_status(conn)
+            states = status.values
             groups = self._groups(conn, DeadEventFilter(), top=OVERVIEW_GROUPS)
             rows = data.deaths_over_time(conn, CHART_HOURS)
             by_destination = metrics.dead_by_destination(conn)
@@ -194,6 +200,7 @@ class ConsoleStore:
             groups=groups,
             deaths=[(r["bucket"], int(r["count"])) for r in rows],
             by_destination=[(r["destination"], int(r["count"])) for r in by_destination],
+            estimated=status.estimated,
         )
 
     def error_groups(self, flt: DeadEventFilter, *, top: int, destinations: bool = False) -> Groups:

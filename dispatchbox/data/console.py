@@ -20,13 +20,6 @@ def read_snapshot(conn: Conn) -> None:
     queries.execute(conn, "console_snapshot")
 
 
-def states(conn: Conn) -> Row:
-    """Pending, running, expired leases, the oldest pending age and the oldest death."""
-    row = queries.fetch_one(conn, "console_states")
-    assert row is not None  # aggregates without GROUP BY
-    return row
-
-
 def deaths_over_time(conn: Conn, hours: int) -> list[Row]:
     """Deaths per bucket over the last ``hours`` hours (bucket, count)."""
     return queries.fetch_all(conn, "console_deaths_over_time", {"hours": hours})

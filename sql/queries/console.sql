@@ -17,18 +17,6 @@ SELECT h.hour AS bucket, sum(h.dead_count)::bigint AS count
  GROUP BY 1
  ORDER BY 1
 
--- name: console_states :one
--- Counts by live state, the oldest due pending event's age, expired leases and the oldest death:
--- outbox_health without its dead count (the error groups below count the dead in the same pass).
-SELECT (SELECT count(*) FROM outbox_event WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM outbox_event WHERE status = 'running') AS running,
-       (SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::double precision
-          FROM outbox_event
-         WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_pending_age_seconds,
-       (SELECT count(*) FROM outbox_event
-         WHERE status = 'running' AND locked_until < now()) AS expired_leases,
-       (SELECT min(dead_at) FROM outbox_event WHERE status = 'dead') AS oldest_dead_at
-
 -- name: console_error_groups :many
 -- Dead events that match the filter, counted per error fingerprint and target (event type: the
 -- mirror has no destination), with first and last death and the lowest id: one pass over the

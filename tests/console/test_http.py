@@ -270,3 +270,43 @@ def test_the_retry_dry_run_names_events_that_would_overtake_a_dead_one(
         f"1 behind a dead event the filter leaves out (they would overtake it), e.g. {second}"
         in confirm.text
     )
+
+
+def test_the_overview_estimates_a_big_backlog_as_db_status_does(
+    console_server: tuple[str, Process], db_dsn: str
+) -> None:
+    # Ten million pending events must not cost the overview a count of every one: above 10,000
+    # the tile shows the planner's estimate, marked ~; at or below, the exact count.
+    base, _ = console_server
+    client = signed_in(base)
+
+    def pending_tile() -> str:
+        found = re.search(
+            r'<span class="value" id="count-pending"([^>]*)>([^<]+)<', client.get("/ui/").text
+        )
+        assert found
+        return found.group(1) + ">" + found.group(2)
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload,"
+            " next_attempt_at) SELECT 'order', g::text, 'x.y', '{}', now() + interval '1 day'"
+            " FROM generate_series(1, 300) g"
+        )
+        wait_until(lambda: pending_tile() == ">300", "the 300 pending events counted")
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload,"
+            " next_attempt_at) SELECT 'order', g::text, 'x.y', '{}', now() + interval '1 day'"
+            " FROM generate_series(1, 20000) g"
+        )
+        conn.execute("ANALYZE outbox_event")
+
+    # The overview is read at most every OVERVIEW_CACHE_SECONDS: wait for the next read.
+    def estimated() -> str | None:
+        tile = pending_tile()
+        return tile if "~" in tile else None
+
+    tile = wait_until(estimated, "the backlog estimated")
+    assert tile.startswith(' title="Estimated from the planner') and ">~" in tile, tile
+    estimate = int(tile.rsplit("~", 1)[1])
+    assert 10_000 < estimate <= 40_000, tile
