@@ -1,7 +1,9 @@
 """What `dispatchbox monitor` shows, read from the database: one Sample a frame.
 
-A sample is a handful of cheap reads in one read-only snapshot: the outbox_health view (counts
-by state, oldest pending age), dead events by type from the narrow outbox_dead_fingerprint mirror,
+A sample is a handful of cheap reads in one read-only snapshot: the outbox's health as `db status`
+reads it (pending and running exact up to 10,000 and estimated above, so a frame costs the same
+on a backlog of ten million; dead exact from the dead-letter summary; the oldest pending age),
+dead events by type from the dead-letter summary,
 and the newest id with the events done in the last minute (indexes only). Rates come from two
 samples: events in = how far the newest id moved, events out = done in the window.
 """
@@ -15,6 +17,7 @@ from typing import Any
 import psycopg
 
 from dispatchbox.data import metrics, outbox
+from dispatchbox.outbox_status import outbox_status
 
 # Seconds of completions the "out" rate averages over (outbox_event_done_at_idx).
 OUT_WINDOW = 60
@@ -34,6 +37,8 @@ class Sample:
     done_recently: int
     dead_by_type: list[tuple[str, int]] = field(default_factory=list)
     breakers: list[Any] | None = None
+    # The counts that are planner estimates (more than 10,000 events in that state).
+    estimated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,8 @@ def sample(conn: psycopg.Connection[Any]) -> Sample:
     """Read one frame on an autocommit connection."""
     with conn.transaction():
         outbox.read_snapshot(conn)
-        health = outbox.health(conn)
+        status = outbox_status(conn)
+        health = status.values
         rates = outbox.rates(conn, OUT_WINDOW)
         by_type = metrics.dead_by_type(conn)
     totals: dict[str, int] = {}
@@ -64,6 +70,7 @@ def sample(conn: psycopg.Connection[Any]) -> Sample:
         max_id=int(rates["max_id"]),
         done_recently=int(rates["done_recently"]),
         dead_by_type=sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])),
+        estimated=status.estimated,
     )
 
 

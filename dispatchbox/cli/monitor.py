@@ -34,6 +34,12 @@ def _age(seconds: float) -> str:
     return f"{s} s"
 
 
+def _count(current: Sample, state: str) -> str:
+    """A state's count; ~ marks a planner estimate (more than 10,000 events)."""
+    value: int = getattr(current, state)
+    return f"~{value:,}" if state in current.estimated else f"{value:,}"
+
+
 def render(current: Sample, speed: Rates, *, where: str) -> Group:
     """One frame as rich renderables (what the tests record)."""
     top = Table.grid(padding=(0, 3))
@@ -44,8 +50,8 @@ def render(current: Sample, speed: Rates, *, where: str) -> Group:
     top.add_row(
         f"[bold]{published}[/]",
         f"[bold]{speed.completed:,.1f}/s[/]",
-        f"[bold]{current.pending:,}[/]",
-        f"[bold]{current.running:,}[/]",
+        f"[bold]{_count(current, 'pending')}[/]",
+        f"[bold]{_count(current, 'running')}[/]",
         f"[bold red]{current.dead:,}[/]",
         f"[bold]{_age(current.oldest_pending_age_seconds)}[/]",
     )

@@ -94,3 +94,20 @@ def test_monitor_with_an_unreachable_database_says_so_in_one_line(db_dsn: str) -
     assert result.code == 1
     assert len(result.stderr.strip().splitlines()) == 1
     assert "s3cret" not in result.stderr
+
+
+def test_a_big_backlog_is_estimated_and_marked_not_counted(db_dsn: str) -> None:
+    # A frame a second must not count ten million pending events: above 10,000 the monitor
+    # shows the planner's estimate with a ~, as `db status` does.
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, payload)"
+            " SELECT 'o', g::text, 'x.ok', '{}' FROM generate_series(1, 20000) g"
+        )
+        conn.execute("ANALYZE outbox_event")
+        frame = sample(conn)
+    assert frame.estimated == {"pending"}
+    assert 10_000 < frame.pending <= 40_000
+    console = Console(record=True, width=120)
+    console.print(render(frame, rates(None, frame), where="db"))
+    assert f"~{frame.pending:,}" in console.export_text()
