@@ -20,6 +20,7 @@ import psycopg
 
 from dispatchbox.data import queries
 from dispatchbox.data.connection import AsyncReconnectingConnection
+from dispatchbox.events import EventStatus
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -208,7 +209,7 @@ async def fail(conn: AsyncConn, *, worker: str, failures: Sequence[Failure]) -> 
         "destinations": [f.destination for f in failures],
     }
     rows = await queries.afetch_tuples(conn, "worker_fail", params)
-    return [Transition(*row) for row in rows if row[1] == "dead"]
+    return [Transition(*row) for row in rows if row[1] == EventStatus.DEAD]
 
 
 async def release(conn: AsyncConn, items: Sequence[tuple[int, uuid.UUID]]) -> int:

@@ -28,6 +28,7 @@ import psycopg
 
 from dispatchbox.data import worker as worker_data
 from dispatchbox.data.worker import Transition
+from dispatchbox.events import EventStatus
 
 logger = logging.getLogger("dispatchbox.worker")
 
@@ -114,7 +115,7 @@ class Reaper:
             await self.swept.wait()
 
     async def _moved(self, moved: list[Transition]) -> None:
-        dead_ids = [t.id for t in moved if t.status == "dead"]
+        dead_ids = [t.id for t in moved if t.status == EventStatus.DEAD]
         park = self.park_behind
         if dead_ids and park is not None:
             await self.db(lambda conn: park(conn, dead_ids))
@@ -127,7 +128,7 @@ class Reaper:
                 t.attempts,
                 t.status,
             )
-            if t.status == "dead":
+            if t.status == EventStatus.DEAD:
                 logger.warning(
                     "event_dead id=%d event_type=%s aggregate_type=%s attempts=%d "
                     "error_type=Poison",

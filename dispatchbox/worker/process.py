@@ -47,6 +47,7 @@ from dispatchbox.delivery.board import DeliveryBoard
 from dispatchbox.delivery.expiry import Expiry
 from dispatchbox.delivery.ordering import OrderingPlan
 from dispatchbox.dispatcher import Dispatcher
+from dispatchbox.events import EventStatus
 from dispatchbox.maintenance.reaper import Reaper, ReaperConfig
 from dispatchbox.worker.claimer import Claimer
 from dispatchbox.worker.config import WorkerConfig
@@ -287,7 +288,7 @@ class WorkerProcess:
     def _reaped(self, transition: Transition) -> None:
         """The reaper took an event back: the hooks hear of it (and of a poison one's death)."""
         self.hooks.lease_expired(transition)
-        if transition.status == "dead":
+        if transition.status == EventStatus.DEAD:
             self.hooks.dead(transition, "Poison")
 
     async def _backlog_loop(self) -> None:
