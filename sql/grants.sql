@@ -23,7 +23,9 @@ GRANT SELECT ON dispatchbox_schema_version, outbox_health, outbox_cleanup_horizo
     TO dispatchbox_worker;
 GRANT SELECT, UPDATE ON outbox_event TO dispatchbox_worker;
 GRANT INSERT ON outbox_event_error TO dispatchbox_worker;
-GRANT SELECT, INSERT, UPDATE ON outbox_dead_fingerprint TO dispatchbox_worker;
+-- DELETE: a breaker's replay on recovery (run by the worker) redrives dead events, which leave
+-- the fingerprint mirror (and so the dead-letter summary) as they go.
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox_dead_fingerprint TO dispatchbox_worker;
 GRANT SELECT, INSERT, UPDATE ON outbox_alert_state TO dispatchbox_worker;
 GRANT SELECT ON dispatchbox_role_scope TO dispatchbox_worker;
 -- Delivery controls: breakers and the backlog counts are shared state every worker writes; a

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from dispatchbox.data import archive as data
+from dispatchbox.data import partition as partition_data
 from dispatchbox.data.batches import run_batches
 from dispatchbox.errors import InvalidArchiveSettings, SchemaNotCurrent
 from dispatchbox.events import EventStatus
@@ -161,14 +162,22 @@ def run_archive(
     """Move done rows older than retention_days (by done_at) and, unless dead_retention_days is
     None, dead rows older than dead_retention_days (by dead_at) into the archive, with their
     error history, in batches of batch_size, sleeping pause_seconds after each. Safe to run
-    while workers dispatch and alongside another archiver. Returns the counts moved."""
+    while workers dispatch and alongside another archiver. On a partitioned outbox done rows are
+    left to partition retirement. Returns the counts moved."""
     check_days("retention_days", retention_days)
     if dead_retention_days is not None:
         check_days("dead_retention_days", dead_retention_days)
     check_batch_size(batch_size)
     pause = check_pause(pause_seconds)
 
-    done = _move(conn, EventStatus.DONE, _cutoff(conn, retention_days), batch_size, pause)
+    done = 0
+    if partition_data.is_partitioned(conn):
+        # Done events of a partitioned outbox leave by whole partitions (`db partition
+        # maintain`), which copy them into the archive themselves: moving them here as well
+        # would delete row by row and insert into the archive ids it already holds.
+        logger.debug("partitioned outbox: done events leave by partition retirement")
+    else:
+        done = _move(conn, EventStatus.DONE, _cutoff(conn, retention_days), batch_size, pause)
     dead = 0
     if dead_retention_days is not None:
         dead = _move(conn, EventStatus.DEAD, _cutoff(conn, dead_retention_days), batch_size, pause)

@@ -19,9 +19,10 @@ SELECT s.fingerprint, s.first_seen_at, s.event_type, s.example_event_id,
 -- The error-budget burn rate of the delivery objective "%(slo)s of events delivered within
 -- %(objective)s seconds": of the events that finished (done or dead) in the last %(window)s
 -- seconds, the share that missed it (went dead, or were done more than %(objective)s seconds
--- after created_at), over the budget 1 - %(slo)s. Both counts walk only the window's rows: the
--- partial indexes outbox_event_dead_at_idx and outbox_event_done_at_idx (done_at) bound the
--- scans by time, and lateness is read from the rows found (no index on lateness needed).
+-- after created_at, or after its last redrive when it was redriven), over the budget
+-- 1 - %(slo)s. Both counts walk only the window's rows: the partial indexes
+-- outbox_event_dead_at_idx and outbox_event_done_at_idx (done_at) bound the scans by time, and
+-- lateness is read from the rows found (no index on lateness needed).
 SELECT CASE WHEN c.dead + c.done = 0 THEN 0::double precision
             ELSE ((c.dead + c.late)::double precision / (c.dead + c.done))
                  / (1 - %(slo)s::double precision)
@@ -31,8 +32,11 @@ SELECT CASE WHEN c.dead + c.done = 0 THEN 0::double precision
                    AS dead,
                d.done, d.late
           FROM (SELECT count(*) AS done,
+                       -- A redriven event's clock starts at its redrive: its death already
+                       -- burned the budget once.
                        count(*) FILTER (
-                           WHERE done_at > created_at + make_interval(secs => %(objective)s))
+                           WHERE done_at > GREATEST(created_at, last_redriven_at)
+                                           + make_interval(secs => %(objective)s))
                            AS late
                   FROM outbox_event
                  WHERE status = 'done'

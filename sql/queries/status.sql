@@ -13,20 +13,31 @@
 -- table's row count, both from the last ANALYZE), when they were taken, and how many rows changed
 -- since (inserts, updates and deletes: each moves a state's true count at most one away from that
 -- figure). Not scaled to the table's current size as EXPLAIN does: on a queue table the pages
--- grow with dead row versions, not only with rows. No row before the first ANALYZE.
+-- grow with dead row versions, not only with rows. No row before the first ANALYZE. A partitioned
+-- outbox (migration 0013) has statistics on its partitions only (autovacuum never analyzes the
+-- parent): they are summed over the partitions, the oldest analysis counts, and the changes of
+-- every partition, analyzed or not, are added.
+WITH leaf AS (
+    SELECT c.oid, c.relname, n.nspname, c.reltuples
+      FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE (c.oid = 'outbox_event'::regclass AND c.relkind = 'r')
+        OR c.oid IN (SELECT p.relid FROM pg_partition_tree('outbox_event'::regclass) p
+                      WHERE p.isleaf)
+)
 SELECT v.status,
-       round(v.share * c.reltuples)::bigint AS estimate,
-       t.n_mod_since_analyze AS changed_since,
-       GREATEST(t.last_analyze, t.last_autoanalyze) AS analyzed_at
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_stat_all_tables t ON t.relid = c.oid
-  JOIN pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
+       round(sum(v.share * l.reltuples))::bigint AS estimate,
+       (SELECT COALESCE(sum(t2.n_mod_since_analyze), 0)::bigint
+          FROM leaf l2 JOIN pg_stat_all_tables t2 ON t2.relid = l2.oid) AS changed_since,
+       min(GREATEST(t.last_analyze, t.last_autoanalyze)) AS analyzed_at
+  FROM leaf l
+  JOIN pg_stat_all_tables t ON t.relid = l.oid
+  JOIN pg_stats s ON s.schemaname = l.nspname AND s.tablename = l.relname
                  AND s.attname = 'status'
  CROSS JOIN LATERAL unnest(s.most_common_vals::text::text[], s.most_common_freqs)
        AS v (status, share)
- WHERE c.oid = 'outbox_event'::regclass
-   AND c.reltuples >= 0
+ WHERE l.reltuples >= 0
+ GROUP BY v.status
 
 -- name: status_bounded :one
 -- outbox_health's columns, pending and running counted up to their cap of index entries (0

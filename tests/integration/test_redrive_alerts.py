@@ -120,3 +120,20 @@ def test_the_objective_comes_from_the_environment_and_must_be_positive() -> None
     assert config.slo_seconds == 60.0
     with pytest.raises(ConfigurationError, match="DISPATCHBOX_ALERT_SLO_SECONDS must be positive"):
         AlertConfig.from_env({"DISPATCHBOX_ALERT_SLO_SECONDS": "0"})
+
+
+def test_a_redriven_event_is_late_from_its_redrive_not_from_its_birth(db_dsn: str) -> None:
+    # An outage's dead events already burned the budget once when they died; delivered within
+    # the objective after a redrive, they must not burn it again (a mass redrive would page).
+    config = AlertConfig(dead_burn_rate=14.4, slo=0.999, slo_seconds=300.0)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, status,"
+            " created_at, done_at, redrive_count, last_redriven_at)"
+            " SELECT 'o', g::text, 't', 'done', now() - interval '2 hours', now(), 1,"
+            " now() - interval '10 seconds' FROM generate_series(1, 50) g"
+        )
+        assert burn_rate(conn, config) == 0.0
+        # Two hours from birth to delivery with no redrive: late, and every one of them.
+        conn.execute("UPDATE outbox_event SET redrive_count = 0, last_redriven_at = NULL")
+        assert burn_rate(conn, config) == pytest.approx(1 / 0.001)

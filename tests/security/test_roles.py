@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from dispatchbox import roles
+from dispatchbox.data import dead_letters
 from tests.conftest import run_cli
 from tests.pg import PgServer
 from tests.security.roles_helpers import denied, login_role
@@ -72,6 +73,12 @@ def test_worker_role_claims_and_completes_but_cannot_delete_or_read_the_audit(
         assert denied(dsn, "TRUNCATE outbox_event")
         assert denied(dsn, "SELECT archive_outbox_events(0)")  # archival moves rows: operator's
         assert denied(dsn, "CREATE TABLE public.intruder (id int)")
+        # A breaker's replay on recovery runs in the worker: it redrives dead events, which
+        # leave the fingerprint mirror (and with it the dead-letter summary) as they go.
+        with psycopg.connect(dsn) as conn:
+            dead = conn.execute("SELECT id FROM outbox_event WHERE status = 'dead'").fetchall()
+            replayed = dead_letters.redrive_ids(conn, [dead[0][0]], actor="breaker:erp")
+        assert replayed == {dead[0][0]}
 
 
 def test_a_real_worker_runs_under_dispatchbox_worker_alone(
