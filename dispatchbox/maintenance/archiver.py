@@ -171,7 +171,11 @@ def run_archive(
     pause = check_pause(pause_seconds)
 
     done = 0
-    if partition_data.is_partitioned(conn):
+    # In its own transaction (a savepoint inside the caller's), so that on an idle connection
+    # the batches below still commit one by one.
+    with conn.transaction():
+        partitioned = partition_data.is_partitioned(conn)
+    if partitioned:
         # Done events of a partitioned outbox leave by whole partitions (`db partition
         # maintain`), which copy them into the archive themselves: moving them here as well
         # would delete row by row and insert into the archive ids it already holds.
