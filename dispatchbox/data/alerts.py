@@ -72,8 +72,3 @@ def dead_burn_rate(conn: Conn, *, window: float, slo: float, objective: float) -
     "``slo`` delivered within ``objective`` seconds" (dead or late events burn it)."""
     params = {"window": window, "slo": slo, "objective": objective}
     return float(queries.fetch_value(conn, "alert_dead_burn_rate", params) or 0)
-
-
-def health(conn: Conn) -> Row:
-    """The outbox_health view's one row (empty when it returned none)."""
-    return queries.fetch_one(conn, "health") or {}

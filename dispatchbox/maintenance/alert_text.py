@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from dispatchbox.maintenance.alert_config import AlertConfig
+from dispatchbox.outbox_status import OutboxStatus
 
 Action = Literal["trigger", "resolve", "notify"]
 
@@ -150,8 +151,14 @@ def deaths_message(
     return "\n".join(lines)
 
 
+def counted(status: OutboxStatus, state: str) -> str:
+    """A state's count as db status shows it: ``~`` before an estimate."""
+    mark = "~" if state in status.estimated else ""
+    return f"{mark}{int(status.values.get(state) or 0):,}"
+
+
 def firing_message(
-    config: AlertConfig, where: str, alert: str, value: float, health: dict[str, Any]
+    config: AlertConfig, where: str, alert: str, value: float, status: OutboxStatus
 ) -> str:
     label = escape(config.label)
     threshold = config.threshold(alert)
@@ -164,7 +171,7 @@ def firing_message(
         return (
             f":skull: *{label}*: the oldest dead event died {duration(value)} ago, more than "
             f"{duration(threshold)}: dead events are left unattended ({where}). "
-            f"{int(health.get('dead') or 0):,} events are dead. Retry or purge them: "
+            f"{counted(status, 'dead')} events are dead. Retry or purge them: "
             "`dispatchbox dead-events stats --by error`."
         )
     if alert == "breaker_open":
@@ -193,8 +200,8 @@ def firing_message(
     return (
         f":hourglass: *{label}*: the oldest due pending event has waited "
         f"{duration(value)}, more than {duration(threshold)}: the dispatcher is stuck or "
-        f"far behind ({where}). {int(health.get('pending') or 0):,} events pending, "
-        f"{int(health.get('running') or 0):,} running. Are workers running?"
+        f"far behind ({where}). {counted(status, 'pending')} events pending, "
+        f"{counted(status, 'running')} running. Are workers running?"
     )
 
 
