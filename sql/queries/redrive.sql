@@ -125,25 +125,12 @@ WITH cand AS (
      ORDER BY e.id
      LIMIT %(batch_size)s
 ),
-locked AS (
-    SELECT e.id
-      FROM outbox_event e
-     WHERE e.id IN (SELECT id FROM cand) AND e.status = 'dead'
-       FOR UPDATE SKIP LOCKED
-),
-held AS (
-    SELECT DISTINCT ROW(c.aggregate_type, c.aggregate_id)::text AS agg
-      FROM cand c
-     WHERE c.id NOT IN (SELECT id FROM locked)
-),
+-- include: redrive_locked_held
 picked AS (
     SELECT c.id, c.aggregate_type, c.aggregate_id
       FROM cand c
      WHERE c.id IN (SELECT id FROM locked)
-       AND (cardinality(%(held)s::text[]) = 0
-            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
-       AND (NOT EXISTS (SELECT 1 FROM held)
-            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
+       -- include: redrive_not_held
 ),
 ranked AS (
     SELECT id, row_number() OVER (PARTITION BY aggregate_type, aggregate_id ORDER BY id) AS rank
@@ -349,17 +336,7 @@ WITH cand AS (
      ORDER BY e.id
      LIMIT %(batch_size)s
 ),
-locked AS (
-    SELECT e.id
-      FROM outbox_event e
-     WHERE e.id IN (SELECT id FROM cand) AND e.status = 'dead'
-       FOR UPDATE SKIP LOCKED
-),
-held AS (
-    SELECT DISTINCT ROW(c.aggregate_type, c.aggregate_id)::text AS agg
-      FROM cand c
-     WHERE c.id NOT IN (SELECT id FROM locked)
-),
+-- include: redrive_locked_held
 redriven AS (
     UPDATE outbox_event o
        SET status = 'pending',
@@ -377,11 +354,7 @@ redriven AS (
       FROM cand c
      WHERE o.id = c.id AND o.status = 'dead'
        AND o.id IN (SELECT id FROM locked)
-       -- (nothing held, the usual case: no per-row text key is built)
-       AND (cardinality(%(held)s::text[]) = 0
-            OR ROW(c.aggregate_type, c.aggregate_id)::text <> ALL (%(held)s::text[]))
-       AND (NOT EXISTS (SELECT 1 FROM held)
-            OR ROW(c.aggregate_type, c.aggregate_id)::text NOT IN (SELECT agg FROM held))
+       -- include: redrive_not_held
     RETURNING o.id
 ),
 unmirrored AS (
