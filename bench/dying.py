@@ -16,31 +16,28 @@ ratio, then one JSON line.
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 from typing import Any
 
 import psycopg
 
 from bench.common import BenchDatabase, checkpoint, emit_json, seed, wait_drained, worker
+from dispatchbox.data import queries
 
 TRIGGERS = ("outbox_dead_summary_delete", "outbox_dead_summary_update")
-# 0011's function on inserts into the mirror, as it was before 0012 added the summary's delta.
-SEEN_0011 = """
-CREATE OR REPLACE FUNCTION outbox_error_fingerprint_seen_sync() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO outbox_error_fingerprint_seen AS s
-        (fingerprint, first_seen_at, last_seen_at, event_type, example_event_id)
-    SELECT b.fingerprint, now(), now(), min(b.event_type), min(b.event_id)
-      FROM born b
-     GROUP BY b.fingerprint
-    ON CONFLICT (fingerprint) DO UPDATE
-       SET last_seen_at = now()
-     WHERE s.last_seen_at < now() - interval '1 minute';
-    RETURN NULL;
-END;
-$$
-"""
+
+
+def seen_0011() -> str:
+    """0011's function on inserts into the mirror, as it was before 0012 added the summary's
+    delta: read from the migration itself, made CREATE OR REPLACE."""
+    text = (queries.sql_dir() / "migrations" / "0011_redrive_operations.sql").read_text()
+    found = re.search(
+        r"^CREATE FUNCTION outbox_error_fingerprint_seen_sync\(\).*?^\$\$;", text, re.M | re.S
+    )
+    if found is None:
+        raise RuntimeError("0011_redrive_operations.sql no longer defines the function")
+    return found.group(0).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
 
 
 def one_run(db: BenchDatabase, *, summary: bool, events: int, processes: int, batch: int) -> float:
@@ -48,7 +45,7 @@ def one_run(db: BenchDatabase, *, summary: bool, events: int, processes: int, ba
     try:
         if not summary:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(SEEN_0011)
+                conn.execute(seen_0011().encode())
                 for name in TRIGGERS:
                     conn.execute(f"ALTER TABLE outbox_dead_fingerprint DISABLE TRIGGER {name}")
         args = (
