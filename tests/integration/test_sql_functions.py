@@ -1,5 +1,6 @@
-"""Migration 0005's SQL functions, called as a DBA would (psql, plain SQL), and by the repository
-and the CLI (through the same functions: PostgreSQL's own function statistics say so)."""
+"""Migration 0005's SQL functions (redrive_dead_events as migrations 0007 and 0014 left it),
+called as a DBA would (psql, plain SQL, pg_cron), and by the CLI's stats (through the same
+function: PostgreSQL's own function statistics say so)."""
 
 from __future__ import annotations
 
@@ -107,6 +108,68 @@ def test_redrive_returns_processed_skipped_failed(db_dsn: str) -> None:
     assert by == [("dba",)]
 
 
+def _dead_of_aggregate(conn: psycopg.Connection[Any], aggregate_id: str, n: int) -> list[int]:
+    """n dead events of one aggregate, in id order."""
+    rows = conn.execute(
+        "INSERT INTO outbox_event (aggregate_type, aggregate_id, event_type, status, attempts,"
+        " max_attempts, last_error, last_error_at, dead_at)"
+        " SELECT 'order', %s, 'order.paid', 'dead', 1, 1, 'KeyError: x', now(), now()"
+        " FROM generate_series(1, %s) RETURNING id",
+        [aggregate_id, n],
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def test_redrive_function_keeps_an_aggregates_order_past_a_held_or_failed_event(
+    db_dsn: str,
+) -> None:
+    # Migration 0014: an aggregate whose event stays dead (held by another transaction, or in a
+    # batch that failed) keeps its later events dead too, as the CLI's redrive does.
+    with psycopg.connect(db_dsn) as conn:
+        held_agg = _dead_of_aggregate(conn, "a-held", 3)
+        failed_agg = _dead_of_aggregate(conn, "a-failed", 2)
+        free_agg = _dead_of_aggregate(conn, "a-free", 2)
+        conn.execute(
+            f"""
+            CREATE FUNCTION test_fail_one() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.id = {failed_agg[0]} THEN RAISE EXCEPTION 'boom'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_fail_one BEFORE UPDATE ON outbox_event
+                FOR EACH ROW EXECUTE FUNCTION test_fail_one();
+            """
+        )
+        conn.commit()
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(db_dsn) as other:
+            other.execute("SELECT 1 FROM outbox_event WHERE id = %s FOR UPDATE", [held_agg[1]])
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        rows = psql(db_dsn, "SELECT * FROM redrive_dead_events(batch_size => 2, actor => 'dba')")
+    finally:
+        release.set()
+        holder.join()
+    processed, skipped, failed, _ = rows[0]
+    with psycopg.connect(db_dsn) as conn:
+        status = dict(conn.execute("SELECT id, status FROM outbox_event").fetchall())
+    # Batches of two in id order: [h1 h2] h2 is held, so its aggregate stays dead, h1 with it
+    # (the rule of redrive_plain_batch); [h3 f1] f1's update fails, the batch rolls back and
+    # a-failed is held too; [f2 r1] f2 stays behind f1; [r2].
+    assert [status[i] for i in held_agg] == ["dead", "dead", "dead"]
+    assert [status[i] for i in failed_agg] == ["dead", "dead"]
+    assert [status[i] for i in free_agg] == ["pending", "pending"]
+    assert (processed, skipped, failed) == ("2", "3", "2")
+
+
 def test_redrive_max_events_and_filters(db_dsn: str) -> None:
     with psycopg.connect(db_dsn) as conn:
         paid = make_dead(conn, 5, event_type="order.paid")
@@ -136,8 +199,8 @@ def _calls(conn: psycopg.Connection[Any], name: str) -> int:
 
 def test_the_cli_calls_the_same_functions(db_dsn: str) -> None:
     # Stats: the function a DBA calls. The plain redrive by filter is the named query
-    # redrive_plain_batch (it holds back the aggregates of rows another transaction holds, which
-    # redrive_dead_events cannot be told about without a migration; docs/en/redrive.md).
+    # redrive_plain_batch, run in the repository's audited batches; redrive_dead_events follows
+    # the same rules (migration 0014: the aggregate order too).
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         make_dead(conn, 4, event_type="order.paid")
         # Count calls of our functions in every session of this database (the CLI's too).
