@@ -31,6 +31,17 @@ def rebuild_key_index(conn: Conn) -> None:
     queries.execute(conn, "partition_create_key_index")
 
 
+def try_convert_lock(conn: Conn) -> bool:
+    """Take the one-conversion-at-a-time session lock if it is free; False when another
+    session holds it."""
+    return bool(queries.fetch_value(conn, "partition_convert_lock"))
+
+
+def convert_unlock(conn: Conn) -> None:
+    """Release the conversion's session lock."""
+    queries.execute(conn, "partition_convert_unlock")
+
+
 def set_lock_timeout(conn: Conn, ms: int) -> None:
     """How long this transaction's DDL waits for a lock before it fails."""
     queries.execute(conn, "partition_set_lock_timeout", {"ms": str(ms)})

@@ -128,6 +128,29 @@ def convert(
         raise PartitionError("conversion needs an autocommit connection")
     if partition_size < 1000:
         raise PartitionError(f"partition size must be at least 1000, not {partition_size}")
+    if not data.try_convert_lock(conn):
+        raise PartitionError(
+            "another `dispatchbox db partition convert` is running on this database; "
+            "let it finish (`dispatchbox db partition status` shows its phase)"
+        )
+    try:
+        return _convert(
+            conn, partition_size=partition_size, headroom=headroom,
+            lock_timeout_ms=lock_timeout_ms, attempts=attempts,
+        )  # fmt: skip
+    finally:
+        if not conn.broken:  # a lost session has released its locks already
+            data.convert_unlock(conn)
+
+
+def _convert(
+    conn: psycopg.Connection[Any],
+    *,
+    partition_size: int,
+    headroom: int | None,
+    lock_timeout_ms: int,
+    attempts: int,
+) -> ConversionReport:
     st = status(conn)
     if st["partitioned"]:
         raise PartitionError("outbox_event is already partitioned")

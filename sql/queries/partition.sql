@@ -64,3 +64,12 @@ SELECT format('CALL %%I.outbox_partition_maintain(retention_days => %%s)',
 -- name: partition_track_keys :one
 -- Step 0: keyed inserts into the single table record their keys from now on (a brief lock).
 SELECT outbox_partition_track_keys()
+
+-- name: partition_convert_lock :one
+-- One conversion at a time per database: a session lock, tried, never waited for (a second
+-- `db partition convert` stops with a clear line instead of racing the first one's steps).
+SELECT pg_try_advisory_lock(hashtext('dispatchbox.partition_convert'))
+
+-- name: partition_convert_unlock :exec
+-- Release the conversion's session lock.
+SELECT pg_advisory_unlock(hashtext('dispatchbox.partition_convert'))

@@ -339,6 +339,45 @@ def test_cli_converts_shows_and_refuses_bad_input(db_dsn: str) -> None:
     assert "already partitioned" in again.stderr
 
 
+def test_a_second_conversion_at_once_is_refused_and_the_first_one_finishes(db_dsn: str) -> None:
+    _publish(db_dsn, _events("test.ok", 5))
+    reports: list[partitioner.ConversionReport] = []
+    with psycopg.connect(db_dsn) as blocker:
+        # Hold the first conversion at its first step (the index build waits for this lock).
+        blocker.execute("LOCK TABLE outbox_event IN EXCLUSIVE MODE")
+        first = threading.Thread(
+            target=lambda: reports.append(_convert(db_dsn, partition_size=1000))
+        )
+        first.start()
+
+        def first_holds_the_guard_and_waits() -> bool:
+            row = blocker.execute(
+                "SELECT count(*) FILTER (WHERE locktype = 'advisory' AND granted),"
+                "       count(*) FILTER (WHERE relation = 'outbox_event'::regclass"
+                "                          AND NOT granted)"
+                "  FROM pg_locks"
+                " WHERE database = (SELECT oid FROM pg_database"
+                "                    WHERE datname = current_database())"
+            ).fetchone()
+            return row is not None and row[0] >= 1 and row[1] >= 1
+
+        wait_until(first_holds_the_guard_and_waits, 30, "the first conversion to wait")
+        second = run_cli("db", "partition", "convert", "--partition-size", "1000", dsn=db_dsn)
+        blocker.rollback()
+    first.join(60)
+    assert second.code == 1
+    assert second.stderr.strip().splitlines() == [
+        "dispatchbox: error: another `dispatchbox db partition convert` is running on this "
+        "database; let it finish (`dispatchbox db partition status` shows its phase)"
+    ]
+    assert len(reports) == 1 and reports[0].first_bound == 2000
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        assert partitioner.status(conn)["partitioned"]
+        # The guard is released: a third run gets past it to the "already partitioned" check.
+        with pytest.raises(PartitionError, match="already partitioned"):
+            partitioner.convert(conn)
+
+
 def test_ids_past_the_headroom_are_refused_and_the_conversion_can_be_abandoned(
     conn: psycopg.Connection[Any],
 ) -> None:
