@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from typing import Any
 
@@ -33,6 +32,30 @@ def psql(dsn: str, statement: str) -> list[list[str]]:
         timeout=60,
     ).stdout
     return [line.split("|") for line in out.splitlines() if line]
+
+
+def psql_while_held(dsn: str, event_id: int, statement: str) -> list[list[str]]:
+    """psql's rows for a statement run while another transaction holds the event's row lock."""
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT 1 FROM outbox_event WHERE id = %s FOR UPDATE", [event_id])
+        rows = psql(dsn, statement)
+        other.rollback()
+    return rows
+
+
+def fail_updates_where(conn: psycopg.Connection[Any], condition: str) -> None:
+    """Make every update of an outbox row matching ``condition`` (on NEW) raise 'boom'."""
+    conn.execute(
+        f"""
+        CREATE FUNCTION test_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF {condition} THEN RAISE EXCEPTION 'boom'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_boom BEFORE UPDATE ON outbox_event
+            FOR EACH ROW EXECUTE FUNCTION test_boom();
+        """
+    )
 
 
 def test_dead_event_stats_from_psql(db_dsn: str) -> None:
@@ -66,36 +89,12 @@ def test_redrive_returns_processed_skipped_failed(db_dsn: str) -> None:
         ids = make_dead(conn, 6)
         # A batch whose update raises: the event's aggregate_id is 'boom'.
         conn.execute("UPDATE outbox_event SET aggregate_id = 'boom' WHERE id = %s", [ids[4]])
-        conn.execute(
-            """
-            CREATE FUNCTION test_boom() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.aggregate_id = 'boom' THEN RAISE EXCEPTION 'boom'; END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_boom BEFORE UPDATE ON outbox_event
-                FOR EACH ROW EXECUTE FUNCTION test_boom();
-            """
-        )
+        fail_updates_where(conn, "NEW.aggregate_id = 'boom'")
         conn.commit()
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        # Another transaction holds ids[1]: the redrive skips it, never waits for it.
-        with psycopg.connect(db_dsn) as other:
-            other.execute("SELECT 1 FROM outbox_event WHERE id = %s FOR UPDATE", [ids[1]])
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(30)
-        rows = psql(db_dsn, "SELECT * FROM redrive_dead_events(batch_size => 1, actor => 'dba')")
-    finally:
-        release.set()
-        holder.join()
+    # Another transaction holds ids[1]: the redrive skips it, never waits for it.
+    rows = psql_while_held(
+        db_dsn, ids[1], "SELECT * FROM redrive_dead_events(batch_size => 1, actor => 'dba')"
+    )
     processed, skipped, failed, last_id = rows[0]
     assert (processed, skipped, failed) == ("4", "1", "1")
     assert int(last_id) == ids[-1]
@@ -129,35 +128,11 @@ def test_redrive_function_keeps_an_aggregates_order_past_a_held_or_failed_event(
         held_agg = _dead_of_aggregate(conn, "a-held", 3)
         failed_agg = _dead_of_aggregate(conn, "a-failed", 2)
         free_agg = _dead_of_aggregate(conn, "a-free", 2)
-        conn.execute(
-            f"""
-            CREATE FUNCTION test_fail_one() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                IF NEW.id = {failed_agg[0]} THEN RAISE EXCEPTION 'boom'; END IF;
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_fail_one BEFORE UPDATE ON outbox_event
-                FOR EACH ROW EXECUTE FUNCTION test_fail_one();
-            """
-        )
+        fail_updates_where(conn, f"NEW.id = {failed_agg[0]}")
         conn.commit()
-    held = threading.Event()
-    release = threading.Event()
-
-    def hold() -> None:
-        with psycopg.connect(db_dsn) as other:
-            other.execute("SELECT 1 FROM outbox_event WHERE id = %s FOR UPDATE", [held_agg[1]])
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert held.wait(30)
-        rows = psql(db_dsn, "SELECT * FROM redrive_dead_events(batch_size => 2, actor => 'dba')")
-    finally:
-        release.set()
-        holder.join()
+    rows = psql_while_held(
+        db_dsn, held_agg[1], "SELECT * FROM redrive_dead_events(batch_size => 2, actor => 'dba')"
+    )
     processed, skipped, failed, _ = rows[0]
     with psycopg.connect(db_dsn) as conn:
         status = dict(conn.execute("SELECT id, status FROM outbox_event").fetchall())
