@@ -9,14 +9,10 @@ are its clients (cli/redrive.py, api/redrive_routes.py).
 Seams for other packages: ``pacer.BreakerGate`` (a destination's circuit breaker).
 """
 
+from dispatchbox.redrive.operation import CanaryVerdict, RedriveOperation, parse_canary
 from dispatchbox.redrive.pacer import AdaptivePacer, BreakerGate, Health, NoBreakers, PaceConfig
 from dispatchbox.redrive.plan import RedrivePlan, plan_redrive
-from dispatchbox.redrive.service import (
-    CanaryVerdict,
-    RedriveOperation,
-    RedriveService,
-    parse_canary,
-)
+from dispatchbox.redrive.service import RedriveService
 
 __all__ = [
     "AdaptivePacer",

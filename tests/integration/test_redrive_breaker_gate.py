@@ -7,7 +7,7 @@ import psycopg
 
 from dispatchbox import OutboxRepository
 from dispatchbox.delivery import admin
-from dispatchbox.redrive.service import DatabaseBreakers
+from dispatchbox.redrive.operation import DatabaseBreakers
 from tests.acceptance.test_cli_breakers import _breaker
 
 
