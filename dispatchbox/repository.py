@@ -17,18 +17,18 @@ and sql/queries/audit.sql. Rules it keeps:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
-from psycopg import pq
 from psycopg_pool import ConnectionPool
 
-from dispatchbox import db, repository_bulk, repository_reads, repository_redrive
+from dispatchbox import repository_bulk, repository_reads, repository_redrive
 from dispatchbox.data import audit
 from dispatchbox.data import dead_letters as data
+from dispatchbox.data.connection import unprepared
 from dispatchbox.errors import InvalidFilter
 from dispatchbox.export import ExportFormat
 from dispatchbox.filters import DeadEventFilter
@@ -99,27 +99,9 @@ class OutboxRepository:
 
     # -- connections ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """An autocommit connection that never prepares: units of work use conn.transaction()."""
-        if self._pool is None:
-            assert self._dsn is not None
-            conn = db.connect(self._dsn, autocommit=True, prepare_threshold=None)
-            try:
-                yield conn
-            finally:
-                conn.close()
-            return
-        with self._pool.connection() as conn:
-            saved = (conn.autocommit, conn.prepare_threshold)
-            conn.autocommit = True
-            conn.prepare_threshold = None
-            try:
-                yield conn
-            finally:
-                conn.prepare_threshold = saved[1]
-                if conn.info.transaction_status == pq.TransactionStatus.IDLE:
-                    conn.autocommit = saved[0]
+        return unprepared(self._dsn, self._pool)
 
     def connection(self) -> AbstractContextManager[psycopg.Connection[Any]]:
         """An autocommit, unprepared connection for the services built on this repository

@@ -12,10 +12,12 @@ each new connection before it is handed out (a session setting, say).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool
 
 from dispatchbox import db
 
@@ -125,3 +127,29 @@ class AsyncReconnectingConnection:
             with contextlib.suppress(Exception):
                 await self.conn.close()
             self.conn = None
+
+
+@contextlib.contextmanager
+def unprepared(
+    dsn: str | None, pool: ConnectionPool[Any] | None
+) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection that never prepares (units of work use conn.transaction()):
+    a new one to ``dsn``, closed after, or one of ``pool``, given back as it was lent."""
+    if pool is None:
+        assert dsn is not None
+        conn = db.connect(dsn, autocommit=True, prepare_threshold=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    with pool.connection() as conn:
+        saved = (conn.autocommit, conn.prepare_threshold)
+        conn.autocommit = True
+        conn.prepare_threshold = None
+        try:
+            yield conn
+        finally:
+            conn.prepare_threshold = saved[1]
+            if conn.info.transaction_status == pq.TransactionStatus.IDLE:
+                conn.autocommit = saved[0]
