@@ -15,7 +15,8 @@ against a small outbox), hosts (drain with 1, 2 and 3 network-namespace hosts' w
 needs root), wal (WAL bytes per event published, drained and archived), console (every page of
 /ui on 1,000,000 dead events), partition (the single table archived row by row beside the
 partitioned outbox retired by partition: size, drain rate, longest worker lock wait), dying
-(deaths/s with the dead-letter summary's triggers on and off). One scenario takes its own
+(deaths/s with the dead-letter summary's triggers on and off), redrive_function (the SQL function
+redrive_dead_events with and without failed batches). One scenario takes its own
 options after its name: `python -m bench peers --quick`, `python -m bench drain --help`.
 """
 
@@ -49,6 +50,7 @@ EXTRA = [
     "console",
     "partition",
     "dying",
+    "redrive_function",
 ]
 
 

@@ -18,8 +18,8 @@ import typer
 
 from dispatchbox import migrations
 from dispatchbox.cli.common import info, state
-from dispatchbox.data import outbox
 from dispatchbox.db import connect, describe
+from dispatchbox.outbox_status import outbox_status
 from dispatchbox.publish import publish_many
 from dispatchbox.tempcluster import TempCluster
 
@@ -88,7 +88,7 @@ def demo_command(ctx: typer.Context) -> None:
         deadline = time.monotonic() + 120
         with connect(dsn, autocommit=True) as conn:
             while True:
-                health = outbox.health(conn)
+                health = outbox_status(conn).values
                 if health.get("pending") == 0 and health.get("running") == 0:
                     break
                 if time.monotonic() > deadline or worker.poll() is not None:

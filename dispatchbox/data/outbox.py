@@ -1,5 +1,5 @@
-"""Reads of the outbox as a whole (sql/queries/health.sql, status.sql, testing.sql, and the
-console's snapshot and rates): its health, bounded status counts, and its events for tests."""
+"""Reads of the outbox as a whole (sql/queries/status.sql, testing.sql, and the
+console's snapshot and rates): bounded status counts, and its events for tests."""
 
 from __future__ import annotations
 
@@ -11,11 +11,6 @@ from dispatchbox.data import queries
 
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
-
-
-def health(conn: Conn) -> Row:
-    """The outbox_health view's row (empty when it returned none)."""
-    return queries.fetch_one(conn, "health") or {}
 
 
 def status_bounded(conn: Conn, caps: dict[str, Any]) -> Row:

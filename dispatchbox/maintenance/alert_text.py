@@ -152,7 +152,10 @@ def deaths_message(
 
 
 def counted(status: OutboxStatus, state: str) -> str:
-    """A state's count as db status shows it: ``~`` before an estimate."""
+    """A state's count as db status shows it: ``~`` before an estimate, "more than N" when the
+    table was never analysed (no estimate, only the count's cap)."""
+    if state in status.estimated and status.analyzed_at is None:
+        return f"more than {status.exact_below or 0:,}"
     mark = "~" if state in status.estimated else ""
     return f"{mark}{int(status.values.get(state) or 0):,}"
 

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from dispatchbox import db
 from dispatchbox.data import partition as data
 from dispatchbox.errors import PartitionError, SchemaNotCurrent
 
@@ -139,8 +140,13 @@ def convert(
             lock_timeout_ms=lock_timeout_ms, attempts=attempts,
         )  # fmt: skip
     finally:
-        if not conn.broken:  # a lost session has released its locks already
-            data.convert_unlock(conn)
+        # A lost session has released its locks already; an unlock that fails must not hide
+        # the error that ended the conversion (the lock ends with the session anyway).
+        try:
+            if not conn.closed:
+                data.convert_unlock(conn)
+        except psycopg.Error as exc:
+            logger.warning("could not release the conversion lock: %s", db.redact(str(exc)))
 
 
 def _convert(

@@ -31,9 +31,12 @@ DECLARE
     wanted  integer;
     ids     bigint[];
     locked  bigint[];
-    -- Aggregates (ROW(aggregate_type, aggregate_id)::text) with an event left dead in this run:
-    -- their later events stay dead as well. Not undone by a failed batch's rollback (a variable).
-    held    text[] := '{}';
+    -- Aggregates (ROW(aggregate_type, aggregate_id)::text) with an event left dead in this run,
+    -- as the keys of a jsonb object: their later events stay dead as well. A key look-up is a
+    -- binary search (a text[] compared with <> ALL is walked whole for every row, which made a
+    -- run with 8 failed batches of 5,000 ten times slower). A variable: not undone by a failed
+    -- batch's rollback.
+    held    jsonb := '{}';
     n       bigint;
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
@@ -74,10 +77,10 @@ BEGIN
                      WHERE e.id = ANY(ids) AND e.status = 'dead'
                        FOR UPDATE SKIP LOCKED) o;
             -- A row not locked is held elsewhere (or no longer dead): hold its aggregate back.
-            held := held || ARRAY(
-                SELECT DISTINCT ROW(e.aggregate_type, e.aggregate_id)::text
+            held := held || COALESCE((
+                SELECT jsonb_object_agg(ROW(e.aggregate_type, e.aggregate_id)::text, true)
                   FROM outbox_event e
-                 WHERE e.id = ANY(ids) AND e.id <> ALL(COALESCE(locked, '{}')));
+                 WHERE e.id = ANY(ids) AND e.id <> ALL(COALESCE(locked, '{}'))), '{}');
             WITH redriven AS (
                 UPDATE outbox_event o
                    SET status = 'pending',
@@ -92,8 +95,7 @@ BEGIN
                        last_redriven_at = now(),
                        last_redriven_by = who
                  WHERE o.id = ANY(COALESCE(locked, '{}')) AND o.status = 'dead'
-                   AND (cardinality(held) = 0
-                        OR ROW(o.aggregate_type, o.aggregate_id)::text <> ALL(held))
+                   AND (held = '{}' OR NOT held ? ROW(o.aggregate_type, o.aggregate_id)::text)
                 RETURNING o.id
             ), unmirrored AS (
                 DELETE FROM outbox_dead_fingerprint f USING redriven r WHERE f.event_id = r.id
@@ -103,10 +105,10 @@ BEGIN
             skipped := skipped + array_length(ids, 1) - n;
         EXCEPTION WHEN OTHERS THEN
             failed := failed + array_length(ids, 1);
-            held := held || ARRAY(
-                SELECT DISTINCT ROW(e.aggregate_type, e.aggregate_id)::text
+            held := held || COALESCE((
+                SELECT jsonb_object_agg(ROW(e.aggregate_type, e.aggregate_id)::text, true)
                   FROM outbox_event e
-                 WHERE e.id = ANY(ids));
+                 WHERE e.id = ANY(ids)), '{}');
             RAISE WARNING 'redrive_dead_events: batch after id % failed: %',
                 ids[1] - 1, SQLERRM;
         END;
