@@ -127,7 +127,7 @@ def settle(dsn: str) -> float:
     wait until no autovacuum worker is left in the database, and a checkpoint; seconds.
 
     Every table: the fold deletes its deltas, and until a vacuum truncates outbox_dead_delta
-    every summary read scans its empty pages (1,000,000 folded deltas: 10,310 pages, 5 ms a
+    every summary read scans its empty pages (1,000,000 folded deltas: 10,310 pages, 5-9 ms a
     read instead of 0.8 ms). The first version vacuumed four named tables and left that one to
     autovacuum, which was busy with the 3 GB outbox: the big outbox's summary reads came out
     3-4x the dead-heavy one's with the same dead events (2026-12-04)."""
