@@ -1,13 +1,17 @@
 """A TCP proxy that a test can cut and restore, to make a real network outage (after psycopg's
 tests/fix_proxy.py): while cut, every open connection through it is closed and new ones are
-refused; restored, it forwards again."""
+refused; restored, it forwards again. It can also delay the server's replies while the client's
+statements reach the server at once (a partition in one direction, as when the replies' packets
+are lost and only retransmitted once the route is back)."""
 
 from __future__ import annotations
 
 import contextlib
-import selectors
+import select
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 
 
@@ -19,6 +23,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut = threading.Event()
+        self.reply_delay = 0.0  # seconds each reply waits before it is passed on
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
@@ -37,6 +42,11 @@ class TcpProxy:
 
     def restore(self) -> None:
         self._cut.clear()
+
+    def delay_replies(self, seconds: float) -> None:
+        """From now on, pass on what the server sends ``seconds`` after it arrived; what the
+        clients send still goes through at once."""
+        self.reply_delay = seconds
 
     def close(self) -> None:
         self._stop.set()
@@ -63,24 +73,25 @@ class TcpProxy:
                 self.accepted += 1
             threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        sel = selectors.DefaultSelector()
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        replies: deque[tuple[float, bytes]] = deque()  # (when to pass it on, data), in order
         try:
-            sel.register(a, selectors.EVENT_READ, b)
-            sel.register(b, selectors.EVENT_READ, a)
             while True:
-                for key, _ in sel.select(timeout=1):
-                    source = key.fileobj
-                    assert isinstance(source, socket.socket)
+                readable, _, _ = select.select([client, server], [], [], 0.01)
+                for source in readable:
                     data = source.recv(65536)
                     if not data:
                         return
-                    key.data.sendall(data)
+                    if source is client:
+                        server.sendall(data)
+                    else:
+                        replies.append((time.monotonic() + self.reply_delay, data))
+                while replies and replies[0][0] <= time.monotonic():
+                    client.sendall(replies.popleft()[1])
         except (OSError, ValueError):
             return
         finally:
-            sel.close()
-            for s in (a, b):
+            for s in (client, server):
                 with contextlib.suppress(OSError):
                     s.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from functools import partial
@@ -30,6 +31,8 @@ from dispatchbox.worker.outcomes import Batch, Run
 if TYPE_CHECKING:
     from dispatchbox.worker.process import WorkerProcess
 
+logger = logging.getLogger("dispatchbox.worker")
+
 
 class Claimer:
     def __init__(self, proc: WorkerProcess) -> None:
@@ -38,6 +41,7 @@ class Claimer:
         self.excluded: list[str] = []  # event types the last claim left out
         # Held events that a worker crash already took down once (see _one_suspect).
         self.suspects: set[int] = set()
+        self.sent = 0.0  # when the last claim was sent (monotonic)
 
     async def loop(self) -> None:
         proc = self.proc
@@ -57,7 +61,9 @@ class Claimer:
             # Cleared before the claim, so a notification that arrives during it is not lost.
             proc.wakeup.clear()
             batch = await proc.with_db(proc.claim_conn, partial(self._claim, limit))
-            if batch:
+            if batch and proc.lease_clock.late(self.sent):
+                self._too_late(batch)
+            elif batch:
                 self.route(batch)
             if batch is not None and len(batch) < limit:
                 # Nothing more is due: sleep until a notification or the poll interval.
@@ -72,7 +78,7 @@ class Claimer:
     async def _claim(self, limit: int, conn: psycopg.AsyncConnection[Any]) -> list[Claimed]:
         proc = self.proc
         await proc.expiry.sync_clock(conn)
-        started = time.monotonic()
+        self.sent = started = time.monotonic()
         excluded: list[str] = []
         if proc.delivery is not None:
             excluded = proc.delivery.excluded()
@@ -94,8 +100,12 @@ class Claimer:
             ordered=None if ordering is None else ordering.params(),
         )
         self.positions.claimed(batch, full=after is None, started=started)
+        tokens = {batch[0].token} if batch else set()
         if proc.delivery is not None:
-            batch += await proc.delivery.claim_extra(conn, limit)
+            extra = await proc.delivery.claim_extra(conn, limit)
+            tokens.update(item.token for item in extra)
+            batch += extra
+        proc.lease_clock.claimed(tokens, started)
         if any(item.crash_attempts for item in batch):  # only ever after a crash
             batch = await self._one_suspect(conn, batch)
         return batch
@@ -119,6 +129,21 @@ class Claimer:
             deferred = {item.id for item in extra}
             batch = [item for item in batch if item.id not in deferred]
         return batch
+
+    def _too_late(self, batch: list[Claimed]) -> None:
+        """The claim's reply came back when its leases were about to run out (a network
+        partition held it back): give its events back rather than run what another process may
+        already have taken over."""
+        proc = self.proc
+        logger.warning(
+            "claim_late worker=%s given_back=%d waited=%.1fs: the claim's reply came back too "
+            "close to the end of its lease",
+            proc.name,
+            len(batch),
+            time.monotonic() - self.sent,
+        )
+        proc.book.released.extend(batch)
+        proc.book.ready.set()
 
     def suspect_settled(self) -> bool:
         """After a flush: True (and forgotten) when this process's suspect is settled."""

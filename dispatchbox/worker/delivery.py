@@ -20,6 +20,7 @@ from dispatchbox.db import connect_async
 from dispatchbox.delivery.board import REFRESH, Change, DeliveryBoard
 from dispatchbox.delivery.replay import replay
 from dispatchbox.worker.outage import CONNECTION_ERRORS
+from dispatchbox.worker.outcomes import events
 
 if TYPE_CHECKING:
     from dispatchbox.worker.process import WorkerProcess
@@ -102,24 +103,11 @@ class WorkerDelivery:
         the other destinations' events keep their place in the queues."""
         proc = self.proc
         paused = self.board.paused_types
-        pool, lanes = proc.handlers.pool, proc.handlers.lanes
-        assert pool is not None and lanes is not None
         back: list[tuple[int, Any]] = []
-        for take, submit in (
-            (pool.take_unstarted, pool.submit),
-            (lanes.take_unstarted, lanes.submit),
-        ):
-            keep = []
-            for run in take():
-                if run.event_type in paused:
-                    # A Batch has .items; a single event is itself.
-                    events: list[worker_data.Claimed] = getattr(run, "items", None) or [run]
-                    proc.batch_extra -= len(events) - 1
-                    back += [(item.id, item.token) for item in events]
-                else:
-                    keep.append(run)
-            if keep:
-                submit(keep)
+        for run in proc.handlers.withdraw(lambda run: run.event_type in paused):
+            items = events(run)
+            proc.batch_extra -= len(items) - 1
+            back += [(item.id, item.token) for item in items]
         if back:
             self.release(back)
 

@@ -87,6 +87,22 @@ class HandlerRunner:
         assert self.pool is not None and self.lanes is not None
         return self.lanes.busy() + self.pool.busy()
 
+    def withdraw(self, chosen: Callable[[Run], bool]) -> list[Run]:
+        """Take the unstarted runs ``chosen`` picks out of the queues; the others keep their
+        place."""
+        assert self.pool is not None and self.lanes is not None
+        taken: list[Run] = []
+        for take, submit in (
+            (self.pool.take_unstarted, self.pool.submit),
+            (self.lanes.take_unstarted, self.lanes.submit),
+        ):
+            keep: list[Run] = []
+            for run in take():
+                (taken if chosen(run) else keep).append(run)
+            if keep:
+                submit(keep)
+        return taken
+
     def timeout_of(self, item: Run) -> float:
         return self.timeouts.get(item.event_type, self.default_timeout)
 

@@ -11,6 +11,7 @@ repeat is an execution the cut host could not report.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from pathlib import Path
 
@@ -97,7 +98,10 @@ def test_a_host_cut_off_mid_run_loses_nothing_and_its_leases_are_taken_over(
     assert codes == [0, 0, 0], [run.log()[-2000:] for run in runs]
 
     executions = host_executions(record_dir)
-    repeats = assert_guarantees(executions, ids, cut_host=cut.index)
+    try:
+        repeats = assert_guarantees(executions, ids, cut_host=cut.index)
+    except AssertionError as exc:
+        raise AssertionError(explain(exc, db_dsn, executions, runs, cut_at)) from None
     reaped = reaped_at(db_dsn, list(held))
     assert set(reaped) == set(held), "a lease of the cut host was never taken back"
     redelivered = {}
@@ -122,6 +126,38 @@ def test_a_host_cut_off_mid_run_loses_nothing_and_its_leases_are_taken_over(
         f"after the cut, taken back {spread(reaped, cut_at)} s, redelivered "
         f"{spread(redelivered, cut_at)} s (reaped events queue behind the backlog)"
     )
+
+
+def explain(
+    exc: AssertionError,
+    db_dsn: str,
+    executions: list[tuple[int, Execution]],
+    runs: list[WorkerRun],
+    cut_at: float,
+) -> str:
+    """The failure with what it needs to be understood: the event's executions (host, pid, start
+    and end after the cut), its error history, and every worker log line that is not routine."""
+    match = re.search(r"event (\d+)", str(exc))
+    lines = [str(exc)]
+    if match:
+        event_id = int(match.group(1))
+        lines += [
+            f"  host {h} pid {pid} start {start - cut_at:+.3f} end "
+            + (f"{end - cut_at:+.3f}" if end is not None else "none")
+            for h, (e, pid, start, end) in executions
+            if e == event_id
+        ]
+        with psycopg.connect(db_dsn) as conn:
+            history = conn.execute(
+                "SELECT attempt, worker, extract(epoch FROM finished_at) - %s, error_type, "
+                "message FROM outbox_event_error WHERE event_id = %s ORDER BY id",
+                [cut_at, event_id],
+            ).fetchall()
+        lines += [f"  error {row}" for row in history]
+    for i, run in enumerate(runs, 1):
+        noted = [line for line in run.log().splitlines() if "worker_started" not in line]
+        lines += [f"  host {i} log: {line[:300]}" for line in noted[-15:]]
+    return "\n".join(lines)
 
 
 def reaped_at(db_dsn: str, ids: list[int]) -> dict[int, float]:
