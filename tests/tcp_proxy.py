@@ -75,17 +75,21 @@ class TcpProxy:
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         replies: deque[tuple[float, bytes]] = deque()  # (when to pass it on, data), in order
+        server_open = True
         try:
-            while True:
-                readable, _, _ = select.select([client, server], [], [], 0.01)
+            while server_open or replies:  # what the server sent before it closed still goes
+                sources = [client, server] if server_open else [client]
+                readable, _, _ = select.select(sources, [], [], 0.01)
                 for source in readable:
                     data = source.recv(65536)
-                    if not data:
-                        return
                     if source is client:
+                        if not data:
+                            return
                         server.sendall(data)
-                    else:
+                    elif data:
                         replies.append((time.monotonic() + self.reply_delay, data))
+                    else:
+                        server_open = False
                 while replies and replies[0][0] <= time.monotonic():
                     client.sendall(replies.popleft()[1])
         except (OSError, ValueError):

@@ -42,6 +42,7 @@ class Claimer:
         # Held events that a worker crash already took down once (see _one_suspect).
         self.suspects: set[int] = set()
         self.sent = 0.0  # when the last claim was sent (monotonic)
+        self.tokens: set[uuid.UUID] = set()  # and the lease tokens it returned
 
     async def loop(self) -> None:
         proc = self.proc
@@ -64,6 +65,9 @@ class Claimer:
             if batch and proc.lease_clock.late(self.sent):
                 self._too_late(batch)
             elif batch:
+                # Known to the lease clock and leased in one step: a heartbeat in between
+                # would forget the tokens of events not yet in proc.leased.
+                proc.lease_clock.claimed(self.tokens, self.sent)
                 self.route(batch)
             if batch is not None and len(batch) < limit:
                 # Nothing more is due: sleep until a notification or the poll interval.
@@ -100,12 +104,11 @@ class Claimer:
             ordered=None if ordering is None else ordering.params(),
         )
         self.positions.claimed(batch, full=after is None, started=started)
-        tokens = {batch[0].token} if batch else set()
+        self.tokens = {batch[0].token} if batch else set()
         if proc.delivery is not None:
             extra = await proc.delivery.claim_extra(conn, limit)
-            tokens.update(item.token for item in extra)
+            self.tokens.update(item.token for item in extra)
             batch += extra
-        proc.lease_clock.claimed(tokens, started)
         if any(item.crash_attempts for item in batch):  # only ever after a crash
             batch = await self._one_suspect(conn, batch)
         return batch
@@ -136,8 +139,8 @@ class Claimer:
         already have taken over."""
         proc = self.proc
         logger.warning(
-            "claim_late worker=%s given_back=%d waited=%.1fs: the claim's reply came back too "
-            "close to the end of its lease",
+            "claim_late worker=%s given_back=%d waited=%.1fs: the claim's reply took more than "
+            "half its lease",
             proc.name,
             len(batch),
             time.monotonic() - self.sent,

@@ -1,25 +1,27 @@
 """Keeping leases: the heartbeat that renews the lease of every event this process holds, and
-the lease clock that stops this process starting an event whose lease it can no longer vouch
-for.
+the lease clock that stops this process starting an event whose lease it cannot vouch for.
 
 Every third of the lease, one statement (through the data layer, on the process's upkeep
 connection, retried through outages) renews them all. Expired leases of any worker are the
 reaper's (dispatchbox/maintenance/reaper.py), which the process runs beside the heartbeat.
 
 The lease clock is why a host cut off from the database does not run events that another host
-has taken over meanwhile. A lease runs from the database's ``now()`` when the claim or renewal
-ran, which is never before this process sent it: so "sent + lease" on the local monotonic clock
-is a time before which the lease surely holds. An event may start only while that time is more
-than a third of the lease away (one missed renewal); claims whose reply came later than that
-(a network partition held it back) and queued events whose leases go unrenewed are given back
-instead of run. Their release is guarded by the lease token, so it changes nothing when the
-reaper was first.
+takes over meanwhile. A lease runs from the database's ``now()`` when the claim or renewal ran,
+which is never before this process sent it: so "sent + lease" on the local monotonic clock is a
+time before which the lease surely holds (unless the database's clock jumps). A handler starts
+only if the lease surely holds for its whole timeout, or for half the lease when the timeout is
+longer: then a handler that keeps to its timeout ends before anyone can take its event over.
+Otherwise the event is given back unstarted (worker_release, guarded by the lease token, so it
+changes nothing when the reaper was first); so is a whole claim whose reply took more than half
+the lease (a network partition held it back). Steady renewals every third of the lease leave at
+least two thirds, so a healthy process gives nothing back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -29,23 +31,28 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from dispatchbox.data import worker as worker_data
-from dispatchbox.worker.outcomes import Run, events
 
 if TYPE_CHECKING:
     from dispatchbox.worker.process import WorkerProcess
 
 logger = logging.getLogger("dispatchbox.worker")
 
-CHECK_INTERVAL = 0.1  # seconds between looks for leases about to lapse
+_UNKNOWN = float("inf")  # a token the clock never saw: not this clock's to stop
 
 
 class LeaseClock:
-    """For each claim's lease token, the monotonic time until which its lease surely holds."""
+    """For each claim's lease token, the monotonic time until which its lease surely holds.
 
-    def __init__(self, lease_seconds: float) -> None:
+    Written on the event loop (claims, renewals); read by handler threads as they start an
+    event (a dict read, atomic)."""
+
+    def __init__(self, lease_seconds: float, worker: str) -> None:
         self.lease = lease_seconds
-        self.margin = lease_seconds / 3  # one renewal interval: start nothing closer than this
+        self.worker = worker
         self.until: dict[uuid.UUID, float] = {}
+        self._lock = threading.Lock()  # the give-back count and its log line
+        self._given_back = 0
+        self._logged_at = float("-inf")
 
     def claimed(self, tokens: Iterable[uuid.UUID], sent: float) -> None:
         """A claim sent at ``sent`` (monotonic) leased its events under ``tokens``."""
@@ -53,8 +60,16 @@ class LeaseClock:
             self.until[token] = sent + self.lease
 
     def late(self, sent: float) -> bool:
-        """True when a claim sent at ``sent`` came back too late to start its events."""
-        return time.monotonic() >= sent + self.lease - self.margin
+        """True when a claim sent at ``sent`` came back with less than half its lease left."""
+        return time.monotonic() >= sent + self.lease / 2
+
+    def required(self, timeout: float) -> float:
+        """How long a lease must surely hold for a handler with ``timeout`` to start."""
+        return min(timeout, self.lease / 2)
+
+    def until_of(self, token: uuid.UUID) -> float:
+        """The monotonic time until which the lease under ``token`` surely holds."""
+        return self.until.get(token, _UNKNOWN)
 
     def renewed(self, tokens: Iterable[uuid.UUID], sent: float) -> None:
         """A renewal sent at ``sent`` succeeded. It renewed the tokens whose lease still held
@@ -66,19 +81,26 @@ class LeaseClock:
             if until.get(token, 0.0) > now:
                 until[token] = sent + self.lease
 
-    def lapsing(self) -> set[uuid.UUID]:
-        """Tokens whose lease may run out within the margin: forgotten here (never renewed
-        again) and returned, so that their unstarted events are given back."""
-        limit = time.monotonic() + self.margin
-        lapsing = {token for token, until in self.until.items() if until <= limit}
-        for token in lapsing:
-            del self.until[token]
-        return lapsing
-
     def keep_only(self, tokens: set[uuid.UUID]) -> None:
         """Forget the tokens of claims this process no longer holds anything of."""
         for token in [t for t in self.until if t not in tokens]:
             del self.until[token]
+
+    def gave_back(self, events: int) -> None:
+        """``events`` were not started for want of lease: one log line a second at most."""
+        with self._lock:
+            self._given_back += events
+            now = time.monotonic()
+            if now - self._logged_at < 1.0:
+                return
+            count, self._given_back, self._logged_at = self._given_back, 0, now
+        logger.warning(
+            "lease_unsure worker=%s given_back=%d: their leases might run out before their "
+            "handlers' timeouts (renewals are not getting through); left to whoever takes "
+            "them over",
+            self.worker,
+            count,
+        )
 
 
 async def heartbeat_loop(proc: WorkerProcess) -> None:
@@ -99,38 +121,3 @@ async def heartbeat_loop(proc: WorkerProcess) -> None:
         if items:
             await proc.with_db(proc.upkeep_conn, partial(renew, items))
         clock.keep_only(set(proc.leased.values()))
-
-
-async def lapse_loop(proc: WorkerProcess) -> None:
-    """Give back unstarted events whose lease may lapse before they could run (the heartbeat
-    cannot reach the database): another process may take them over once it runs out."""
-    clock = proc.lease_clock
-    while True:
-        await asyncio.sleep(CHECK_INTERVAL)
-        lapsing = clock.lapsing()
-        if not lapsing:
-            continue
-        runs = proc.handlers.withdraw(partial(_holds_any, lapsing))
-        if runs:
-            give_back(proc, runs)
-            logger.warning(
-                "lease_unsure worker=%s given_back=%d: leases not renewed in time; their "
-                "unstarted events are left to whoever takes them over",
-                proc.name,
-                sum(len(events(run)) for run in runs),
-            )
-
-
-def _holds_any(tokens: set[uuid.UUID], run: Run) -> bool:
-    return any(item.token in tokens for item in events(run))
-
-
-def give_back(proc: WorkerProcess, runs: list[Run]) -> None:
-    """Unstarted runs back to pending through the next flush, the attempt not spent."""
-    book = proc.book
-    for run in runs:
-        items = events(run)
-        proc.batch_extra -= len(items) - 1
-        book.released.extend(items)
-    book.ready.set()
-    proc.want_more.set()

@@ -59,6 +59,10 @@ class HandlerTimeout(Exception):
     """The handler ran past its timeout."""
 
 
+class LeaseUnsure(Exception):
+    """The run's lease might not hold for its timeout: given back unstarted (worker/leases.py)."""
+
+
 def events(run: Run) -> list[Claimed]:
     return run.items if isinstance(run, Batch) else [run]
 
@@ -93,7 +97,7 @@ class OutcomeBook:
         self.batch_settled = batch_settled  # a batch of n events is settled (queue accounting)
         self.completed: list[Claimed] = []  # delivered, not yet written
         self.failed: list[tuple[Failure, str]] = []  # (failure, event_type)
-        self.released: list[Claimed] = []  # not started (breaker): given back
+        self.released: list[Claimed] = []  # never started (breaker, lease unsure): given back
         self.ready = asyncio.Event()
 
     def take(self) -> tuple[list[Claimed], list[tuple[Failure, str]], list[Claimed]]:
@@ -123,7 +127,7 @@ class OutcomeBook:
 
     def record(self, outcome: Outcome) -> None:
         """One event's outcome."""
-        if outcome.label == "released":  # its breaker stopped it before it started
+        if outcome.label == "released":  # its breaker or its lease stopped it from starting
             self.released.append(outcome.item)
             return
         if outcome.failure is None:
@@ -155,7 +159,7 @@ class OutcomeBook:
         seconds = time.monotonic() - start
         if label:
             return Outcome(item, label, seconds, self.failure(item, spec, exc, start, tb=False))
-        if isinstance(exc, DestinationPaused):
+        if isinstance(exc, (DestinationPaused, LeaseUnsure)):  # never started: given back
             return Outcome(item, "released", 0.0)
         if isinstance(exc, EventExpired):
             failure = self.failure(item, spec, exc, start, permanent=True, tb=False)
@@ -171,7 +175,7 @@ class OutcomeBook:
         """Each event's outcome when a batch handler raised: a BatchFailure fails the events it
         names, any other exception all of them. A traceback is formatted once per exception."""
         seconds = time.monotonic() - start
-        if isinstance(exc, DestinationPaused):
+        if isinstance(exc, (DestinationPaused, LeaseUnsure)):
             return [Outcome(item, "released", 0.0) for item in batch.items]
         if isinstance(exc, BatchFailure):
             errors: dict[int, BaseException] = exc.failures

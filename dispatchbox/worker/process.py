@@ -55,7 +55,7 @@ from dispatchbox.worker.delivery import WorkerDelivery
 from dispatchbox.worker.flusher import Flusher
 from dispatchbox.worker.handlers import HandlerRunner
 from dispatchbox.worker.hooks import WorkerHooks
-from dispatchbox.worker.leases import LeaseClock, heartbeat_loop, lapse_loop
+from dispatchbox.worker.leases import LeaseClock, heartbeat_loop
 from dispatchbox.worker.listener import listen_loop
 from dispatchbox.worker.outage import CONNECTION_ERRORS, OutageTracker
 from dispatchbox.worker.outcomes import OutcomeBook, events
@@ -129,9 +129,9 @@ class WorkerProcess:
         self.want_more = asyncio.Event()  # set when the local queues ran low
         self.wakeup = asyncio.Event()  # a NOTIFY arrived
         self.stopping = asyncio.Event()
-        # Everything this process holds a lease on: id -> token.
+        # Everything this process holds a lease on: id -> token; and until when those surely hold.
         self.leased: dict[int, uuid.UUID] = {}
-        self.lease_clock = LeaseClock(config.lease_seconds)  # until when those leases surely hold
+        self.lease_clock = LeaseClock(config.lease_seconds, self.name)
         self.low_water = max(1, config.batch_size // 2)
         self.crashed: BaseException | None = None
         # The default hooks do nothing: skip the per-event call rather than make it.
@@ -151,6 +151,7 @@ class WorkerProcess:
             default_timeout=config.handler_timeout,
             expiry=self.expiry,
             book=self.book,
+            leases=self.lease_clock,
             ran_low=self._maybe_want_more,
         )
         self.flusher = Flusher(self)
@@ -193,7 +194,6 @@ class WorkerProcess:
         background = [
             asyncio.create_task(heartbeat_loop(self), name="heartbeat"),
             asyncio.create_task(self.handlers.watchdog_loop(), name="watchdog"),
-            asyncio.create_task(lapse_loop(self), name="lapse"),
         ]
         if self.reaper.config.interval > 0:
             background.append(asyncio.create_task(self.reaper.run(), name="reaper"))
